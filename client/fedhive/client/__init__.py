@@ -1,0 +1,1 @@
+"""fedhive node runtime: dials out to the coordinator, trains the shared model on local data."""

@@ -1,0 +1,104 @@
+"""``fedhive client``: run a node that dials out to a coordinator."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from fedhive.common.config import ClientConfig, build_config
+from fedhive.common.errors import FedhiveError
+from fedhive.common.logs import setup_logging
+
+log = logging.getLogger("fedhive.client")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedhive client", description=__doc__)
+    p.add_argument("--config", type=Path, help="TOML file with client settings")
+    p.add_argument("--server", help="coordinator address host:port")
+    p.add_argument("--task", help="task factory, package.module:factory")
+    p.add_argument("--data", dest="data_dir", type=Path, help="this node's private data folder")
+    p.add_argument("--name", help="node name (default: host name)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--max-connect-attempts", type=int)
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def parse_task_args(items: list[str]) -> dict[str, bool | int | float | str] | None:
+    if not items:
+        return None
+    out: dict[str, bool | int | float | str] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise FedhiveError(f"--task-arg expects KEY=VALUE, got {item!r}")
+        value: bool | int | float | str = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            for conv in (int, float):
+                try:
+                    value = conv(raw)
+                    break
+                except ValueError:
+                    pass
+        out[key] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = parser().parse_args(argv)
+    setup_logging(ns.log_level)
+    try:
+        config = build_config(
+            ClientConfig,
+            ns.config,
+            {
+                "server": ns.server,
+                "task": ns.task,
+                "data_dir": ns.data_dir,
+                "name": ns.name,
+                "device": ns.device,
+                "seed": ns.seed,
+                "task_args": parse_task_args(ns.task_arg),
+                "max_connect_attempts": ns.max_connect_attempts,
+            },
+        )
+        from fedhive.client.node import Node
+        from fedhive.client.transport import GrpcTransport
+
+        transport = GrpcTransport(config.server)
+        node = Node(config, transport)
+    except FedhiveError as exc:
+        print(f"fedhive client: {exc}", file=sys.stderr)
+        return 2
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: leaving the federation", signum)
+        node.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        stats = node.run()
+    except FedhiveError as exc:
+        print(f"fedhive client: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        transport.close()
+    log.info(
+        "done: %d round(s) trained, %.1f MB down, %.1f MB up",
+        stats.rounds_trained, stats.bytes_down / 1e6, stats.bytes_up / 1e6,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

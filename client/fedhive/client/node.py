@@ -1,0 +1,273 @@
+"""The node runtime: join -> (pull -> evaluate -> train -> push)* -> leave.
+
+The model is built once and lives for the node's lifetime; each round's global model is staged
+in CPU buffers, checked (order, sizes, finite values, digest) and only then copied into the live
+model, so a broken download never corrupts it. A heartbeat thread keeps the node alive in the
+coordinator's eyes while it trains. Unreachable coordinator: exponential backoff with jitter.
+Coordinator restarted (node unknown): join again. SIGTERM: leave cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedhive.common.chunks import Chunk, StreamChecker, iter_chunks
+from fedhive.common.config import ClientConfig
+from fedhive.common.errors import (
+    FedhiveError,
+    InvalidUpdateError,
+    RequestRefused,
+    TaskError,
+    TransportError,
+    UnknownNodeError,
+)
+from fedhive.common.messages import (
+    EvaluationReport,
+    JoinReply,
+    JoinRequest,
+    TaskHeader,
+    TaskKind,
+    TaskTrailer,
+    UpdateHeader,
+    UpdateMessage,
+    UpdateTrailer,
+)
+from fedhive.common.task import Task, TaskContext, exchanged_state, load_task
+from fedhive.common.tensors import TensorSpec, spec_of, tensor_bytes
+from fedhive.client.transport import Transport
+
+log = logging.getLogger("fedhive.client")
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise TaskError(f"unknown device {name!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TaskError(f"device {name!r} requested but CUDA is not available on this node")
+    return name
+
+
+@dataclass
+class NodeStats:
+    rounds_trained: int = 0
+    evaluations: int = 0
+    bytes_down: int = 0
+    bytes_up: int = 0
+    refusals: int = 0
+
+
+class Node:
+    def __init__(self, config: ClientConfig, transport: Transport, task: Task | None = None) -> None:
+        self.config = config
+        self.transport = transport
+        self.device = resolve_device(config.device)
+        self.task = task or load_task(
+            config.task,
+            TaskContext(
+                role="node",
+                data_dir=config.data_dir,
+                device=self.device,
+                seed=config.seed,
+                args=config.task_args,
+            ),
+        )
+        self.model = self.task.build_model().to(self.device)
+        self.state = exchanged_state(self.model)
+        self.specs = [spec_of(name, t) for name, t in self.state.items()]
+        self._staging = [np.empty(s.nbytes, dtype=np.uint8) for s in self.specs]
+        self.stop_event = threading.Event()
+        self.stats = NodeStats()
+        self._join: JoinReply | None = None
+        self._rejoin = threading.Event()
+        self._attempt = 0
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _backoff(self) -> None:
+        cfg = self.config
+        delay = min(cfg.backoff_max_s, cfg.backoff_initial_s * (2 ** min(self._attempt, 30)))
+        self._attempt += 1
+        if cfg.max_connect_attempts is not None and self._attempt >= cfg.max_connect_attempts:
+            raise TransportError(
+                f"coordinator at {cfg.server} unreachable after {self._attempt} attempts"
+            )
+        self.stop_event.wait(delay * random.uniform(0.5, 1.0))
+
+    def _ensure_joined(self) -> JoinReply:
+        while self._join is None or self._rejoin.is_set():
+            if self.stop_event.is_set():
+                raise TransportError("stopping")
+            try:
+                self._join = self.transport.join(
+                    JoinRequest(self.config.name, self.device, self.task.num_examples())
+                )
+                self._rejoin.clear()
+                self._attempt = 0
+                log.info("joined run %s as %s", self._join.run_id, self._join.auth.node_id)
+            except TransportError as exc:
+                log.warning("cannot reach the coordinator (%s); retrying", exc)
+                self._backoff()
+        return self._join
+
+    def _heartbeat_loop(self) -> None:
+        while not self.stop_event.is_set():
+            joined = self._join
+            interval = joined.heartbeat_interval_s if joined else 1.0
+            if self.stop_event.wait(interval):
+                return
+            if joined is None or self._rejoin.is_set():
+                continue
+            try:
+                self.transport.heartbeat(joined.auth)
+            except UnknownNodeError:
+                self._rejoin.set()
+            except FedhiveError as exc:
+                log.debug("heartbeat failed: %s", exc)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.transport.cancel()
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> NodeStats:
+        beat = threading.Thread(target=self._heartbeat_loop, name="fedhive-heartbeat", daemon=True)
+        beat.start()
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    if self._step():
+                        break
+                except UnknownNodeError as exc:
+                    log.warning("%s; joining again", exc)
+                    self._rejoin.set()
+                except TransportError as exc:
+                    if self.stop_event.is_set():
+                        break
+                    log.warning("lost the coordinator (%s); retrying", exc)
+                    self._backoff()
+                except RequestRefused as exc:
+                    self.stats.refusals += 1
+                    log.error("the coordinator refused this node's message: %s", exc)
+        finally:
+            self.stop_event.set()
+            self._leave()
+        return self.stats
+
+    def _leave(self) -> None:
+        if self._join is None:
+            return
+        try:
+            self.transport.leave(self._join.auth, "node stopping")
+        except FedhiveError:
+            pass
+
+    def _step(self) -> bool:
+        """One pull and what it asks for; True when the run is finished."""
+        joined = self._ensure_joined()
+        stream = self.transport.pull(joined.auth, self.config.poll_wait_s)
+        header = next(stream, None)
+        if not isinstance(header, TaskHeader):
+            raise InvalidUpdateError("task stream did not start with a header")
+        self._attempt = 0
+        if header.kind == TaskKind.WAIT:
+            return False
+        if header.kind == TaskKind.FINISH:
+            log.info("run finished after round %d", header.round)
+            return True
+        self._receive(header, stream)
+        config = dict(header.config)
+        if header.kind == TaskKind.EVALUATE:
+            result = self.task.evaluate(self.model, config)
+            n, metrics = (result.num_examples, dict(result.metrics)) if result else (0, {})
+            self.transport.report_evaluation(EvaluationReport(joined.auth, header.round, n, metrics))
+            self.stats.evaluations += 1
+            log.info("round %d: evaluated %s", header.round, _fmt(metrics))
+            return False
+        self._train_and_push(joined, header, config)
+        return False
+
+    def _receive(self, header: TaskHeader, stream: Iterator[object]) -> None:
+        if list(header.tensors) != self.specs:
+            raise TaskError(
+                "the coordinator's model does not match this node's task model "
+                f"({len(header.tensors)} vs {len(self.specs)} tensors; same --task on both?)"
+            )
+        checker = StreamChecker(self.specs, what=f"global model of round {header.round}")
+        for msg in stream:
+            if isinstance(msg, Chunk):
+                checker.accept(msg)
+                buf = self._staging[msg.tensor]
+                buf[msg.offset : msg.offset + len(msg.data)] = np.frombuffer(msg.data, np.uint8)
+            elif isinstance(msg, TaskTrailer):
+                checker.finish(msg.digest)
+                break
+            else:
+                raise InvalidUpdateError("unexpected message in the task stream")
+        else:
+            raise TransportError(f"task stream for round {header.round} ended without a trailer")
+        self.stats.bytes_down += checker.received
+        with torch.no_grad():
+            for spec, buf in zip(self.specs, self._staging, strict=True):
+                target = self.state[spec.name]
+                src = _tensor_view(buf, spec)
+                target.copy_(src, non_blocking=False)
+
+    def _train_and_push(self, joined: JoinReply, header: TaskHeader, config: dict) -> None:
+        started = time.perf_counter()
+        eval_n, eval_metrics = 0, {}
+        if config.get("evaluate", False):
+            ev = self.task.evaluate(self.model, config)
+            if ev is not None:
+                eval_n, eval_metrics = ev.num_examples, dict(ev.metrics)
+        fit = self.task.fit(self.model, config)
+        train_s = time.perf_counter() - started
+        if fit.num_examples <= 0:
+            raise TaskError("fit() must report a positive number of examples")
+        buffers = [tensor_bytes(t) for t in self.state.values()]
+        chunk_size = header.chunk_size or (1 << 20)
+
+        def messages() -> Iterator[UpdateMessage]:
+            import hashlib
+
+            digest = hashlib.sha256()
+            yield UpdateHeader(joined.auth, header.round, fit.num_examples, tuple(self.specs))
+            for chunk in iter_chunks(buffers, chunk_size):
+                digest.update(chunk.data)
+                yield chunk
+            yield UpdateTrailer(digest.digest(), dict(fit.metrics), eval_metrics, eval_n)
+
+        sent = self.transport.push(messages())
+        self.stats.bytes_up += sent
+        self.stats.rounds_trained += 1
+        log.info(
+            "round %d: trained on %d examples in %.2fs %s; sent %.1f MB",
+            header.round, fit.num_examples, train_s, _fmt(fit.metrics), sent / 1e6,
+        )
+
+
+def _tensor_view(buf: np.ndarray, spec: TensorSpec) -> torch.Tensor:
+    from fedhive.common.tensors import DTYPES
+
+    t = torch.from_numpy(buf.view(DTYPES[spec.dtype].storage))
+    if spec.dtype == "bfloat16":
+        t = t.view(torch.int16).view(torch.bfloat16)
+    return t.reshape(spec.shape)
+
+
+def _fmt(metrics: object) -> str:
+    if not isinstance(metrics, dict) or not metrics:
+        return ""
+    return " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))

@@ -1,0 +1,173 @@
+"""How a node talks to the coordinator: a small Protocol and its gRPC implementation.
+
+The gRPC transport maps every ``grpc.RpcError`` to fedhive's exception tree at this boundary:
+UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED -> TransportError (retry with backoff);
+UNAUTHENTICATED -> UnknownNodeError (join again); the other refusals by their status code.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
+
+import grpc
+
+from fedhive.common import serde
+from fedhive.common.chunks import MAX_CHUNK_SIZE, Chunk
+from fedhive.common.errors import (
+    DuplicateUpdateError,
+    FedhiveError,
+    InvalidUpdateError,
+    LimitExceededError,
+    RequestRefused,
+    StaleRoundError,
+    TransportError,
+    UnknownNodeError,
+)
+from fedhive.common.messages import (
+    EvaluationReport,
+    JoinReply,
+    JoinRequest,
+    NodeAuth,
+    TaskMessage,
+    UpdateMessage,
+)
+from fedhive.proto.v1 import coordinator_pb2 as pb
+
+SERVICE = "/fedhive.proto.v1.Coordinator/"
+
+_BY_CODE: dict[grpc.StatusCode, type[FedhiveError]] = {
+    grpc.StatusCode.UNAUTHENTICATED: UnknownNodeError,
+    grpc.StatusCode.FAILED_PRECONDITION: StaleRoundError,
+    grpc.StatusCode.ALREADY_EXISTS: DuplicateUpdateError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: LimitExceededError,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidUpdateError,
+    grpc.StatusCode.PERMISSION_DENIED: RequestRefused,
+}
+
+
+def map_rpc_error(exc: grpc.RpcError, what: str) -> FedhiveError:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    cls = _BY_CODE.get(code, TransportError) if code is not None else TransportError
+    name = code.name if code is not None else "UNKNOWN"
+    return cls(f"{what}: {name}: {details}")
+
+
+class Transport(Protocol):
+    def join(self, request: JoinRequest) -> JoinReply: ...
+    def pull(self, auth: NodeAuth, wait_s: float) -> Iterator[TaskMessage]: ...
+    def push(self, messages: Iterable[UpdateMessage]) -> int: ...
+    def report_evaluation(self, report: EvaluationReport) -> None: ...
+    def heartbeat(self, auth: NodeAuth) -> tuple[int, float]: ...
+    def leave(self, auth: NodeAuth, reason: str) -> None: ...
+    def cancel(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def _identity(buf: bytes) -> bytes:
+    return buf
+
+
+def _update_bytes(msg: UpdateMessage) -> bytes:
+    if isinstance(msg, Chunk):
+        return serde.update_chunk_bytes(msg)
+    return serde.update_message_to_proto(msg).SerializeToString()
+
+
+class GrpcTransport:
+    def __init__(self, address: str, *, timeout_s: float = 30.0) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        limit = MAX_CHUNK_SIZE + (1 << 20)
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.enable_retries", 0),
+            ],
+        )
+        ser = lambda m: m.SerializeToString()  # noqa: E731
+        self._join = self._channel.unary_unary(
+            SERVICE + "Join", request_serializer=ser, response_deserializer=pb.JoinReply.FromString
+        )
+        self._pull = self._channel.unary_stream(
+            SERVICE + "PullTask", request_serializer=ser, response_deserializer=_identity
+        )
+        self._push = self._channel.stream_unary(
+            SERVICE + "PushUpdate",
+            request_serializer=_identity,
+            response_deserializer=pb.PushReply.FromString,
+        )
+        self._report = self._channel.unary_unary(
+            SERVICE + "ReportEvaluation", request_serializer=ser, response_deserializer=pb.Ack.FromString
+        )
+        self._heartbeat = self._channel.unary_unary(
+            SERVICE + "Heartbeat",
+            request_serializer=ser,
+            response_deserializer=pb.HeartbeatReply.FromString,
+        )
+        self._leave = self._channel.unary_unary(
+            SERVICE + "Leave", request_serializer=ser, response_deserializer=pb.Ack.FromString
+        )
+        self._active: Any = None
+        self._lock = threading.Lock()
+
+    def join(self, request: JoinRequest) -> JoinReply:
+        try:
+            reply = self._join(serde.join_request_to_proto(request), timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise map_rpc_error(exc, "join") from exc
+        return serde.join_reply_from_proto(reply)
+
+    def pull(self, auth: NodeAuth, wait_s: float) -> Iterator[TaskMessage]:
+        call = self._pull(pb.PullTaskRequest(auth=serde.auth_to_proto(auth), wait_s=wait_s))
+        with self._lock:
+            self._active = call
+        try:
+            for buf in call:
+                yield serde.task_message_from_bytes(buf)
+        except grpc.RpcError as exc:
+            raise map_rpc_error(exc, "pull") from exc
+        finally:
+            with self._lock:
+                self._active = None
+
+    def push(self, messages: Iterable[UpdateMessage]) -> int:
+        try:
+            reply = self._push((_update_bytes(m) for m in messages))
+        except grpc.RpcError as exc:
+            raise map_rpc_error(exc, "push") from exc
+        return int(reply.bytes_received)
+
+    def report_evaluation(self, report: EvaluationReport) -> None:
+        try:
+            self._report(serde.evaluation_report_to_proto(report), timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise map_rpc_error(exc, "report evaluation") from exc
+
+    def heartbeat(self, auth: NodeAuth) -> tuple[int, float]:
+        try:
+            reply = self._heartbeat(
+                pb.HeartbeatRequest(auth=serde.auth_to_proto(auth)), timeout=self.timeout_s
+            )
+        except grpc.RpcError as exc:
+            raise map_rpc_error(exc, "heartbeat") from exc
+        return int(reply.round), float(reply.heartbeat_interval_s)
+
+    def leave(self, auth: NodeAuth, reason: str) -> None:
+        try:
+            self._leave(pb.LeaveRequest(auth=serde.auth_to_proto(auth), reason=reason), timeout=5.0)
+        except grpc.RpcError as exc:
+            raise map_rpc_error(exc, "leave") from exc
+
+    def cancel(self) -> None:
+        """Cancel the pull in flight (used on SIGTERM)."""
+        with self._lock:
+            if self._active is not None:
+                self._active.cancel()
+
+    def close(self) -> None:
+        self._channel.close()

@@ -1,0 +1,1 @@
+"""Shared core of fedhive: config, tensor encoding, chunking, serde, errors."""

@@ -1,0 +1,136 @@
+"""Cutting a model into chunks, and checking a chunk stream as it arrives.
+
+A payload is the concatenation of the tensors' raw bytes in spec order. It travels as chunks that
+never cross a tensor boundary, each at most ``chunk_size`` bytes, in order. The digest is SHA-256
+of the payload. :class:`StreamChecker` enforces all of it chunk by chunk, so a receiver can refuse
+a bad stream before it touches anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from fedhive.common.errors import InvalidUpdateError, LimitExceededError
+from fedhive.common.tensors import DTYPES, TensorSpec, check_finite, payload_bytes
+
+DEFAULT_CHUNK_SIZE = 1 << 20
+MAX_CHUNK_SIZE = 64 << 20
+
+
+@dataclass(frozen=True)
+class Chunk:
+    tensor: int
+    offset: int
+    data: bytes | memoryview
+
+
+def iter_chunks(buffers: Sequence[memoryview | bytes], chunk_size: int) -> Iterator[Chunk]:
+    """Chunks of each buffer in order; empty tensors produce no chunk."""
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be positive")
+    for index, buf in enumerate(buffers):
+        view = memoryview(buf).cast("B")
+        for start in range(0, len(view), chunk_size):
+            yield Chunk(index, start, view[start : start + chunk_size])
+
+
+def payload_digest(buffers: Iterable[memoryview | bytes]) -> bytes:
+    h = hashlib.sha256()
+    for buf in buffers:
+        h.update(buf)
+    return h.digest()
+
+
+class StreamChecker:
+    """Validates one chunk stream against ``specs``; every method raises on the first problem."""
+
+    def __init__(
+        self,
+        specs: Sequence[TensorSpec],
+        *,
+        max_chunk_size: int = MAX_CHUNK_SIZE,
+        max_payload_bytes: int | None = None,
+        require_finite: bool = True,
+        what: str = "update",
+    ) -> None:
+        self.specs = list(specs)
+        self.total = payload_bytes(self.specs)
+        if max_payload_bytes is not None and self.total > max_payload_bytes:
+            raise LimitExceededError(
+                f"{what} of {self.total} bytes exceeds the limit of {max_payload_bytes} bytes"
+            )
+        self.max_chunk_size = max_chunk_size
+        self.require_finite = require_finite
+        self.what = what
+        self.received = 0
+        self._tensor = 0
+        self._offset = 0
+        self._hash = hashlib.sha256()
+        self._skip_empty()
+
+    def _skip_empty(self) -> None:
+        while self._tensor < len(self.specs) and self.specs[self._tensor].nbytes == 0:
+            self._tensor += 1
+
+    def check(self, chunk: Chunk) -> TensorSpec:
+        """Check ``chunk`` (position, size, alignment, finiteness); return its tensor's spec."""
+        n = len(chunk.data)
+        if self._tensor >= len(self.specs):
+            raise LimitExceededError(
+                f"{self.what}: chunk after the last tensor (payload is {self.total} bytes)"
+            )
+        spec = self.specs[self._tensor]
+        if chunk.tensor != self._tensor or chunk.offset != self._offset:
+            raise InvalidUpdateError(
+                f"{self.what}: out-of-order chunk (tensor {chunk.tensor} offset {chunk.offset}); "
+                f"expected tensor {self._tensor} {spec.name!r} offset {self._offset}"
+            )
+        if n == 0:
+            raise InvalidUpdateError(f"{self.what}: empty chunk for tensor {spec.name!r}")
+        if n > self.max_chunk_size:
+            raise LimitExceededError(
+                f"{self.what}: chunk of {n} bytes exceeds the limit of {self.max_chunk_size}"
+            )
+        if self._offset + n > spec.nbytes:
+            raise LimitExceededError(
+                f"{self.what}: tensor {spec.name!r} overflows its {spec.nbytes} bytes "
+                f"({spec.dtype}{list(spec.shape)})"
+            )
+        if n % DTYPES[spec.dtype].itemsize:
+            raise InvalidUpdateError(
+                f"{self.what}: chunk of tensor {spec.name!r} splits a {spec.dtype} element"
+            )
+        if self.require_finite and not check_finite(chunk.data, spec.dtype):
+            raise InvalidUpdateError(
+                f"{self.what}: tensor {spec.name!r} holds non-finite values (NaN or inf) "
+                f"near byte offset {chunk.offset}"
+            )
+        return spec
+
+    def advance(self, chunk: Chunk) -> None:
+        """Record ``chunk`` as accepted (call after :meth:`check`)."""
+        n = len(chunk.data)
+        self._hash.update(chunk.data)
+        self.received += n
+        self._offset += n
+        if self._offset == self.specs[self._tensor].nbytes:
+            self._tensor += 1
+            self._offset = 0
+            self._skip_empty()
+
+    def accept(self, chunk: Chunk) -> TensorSpec:
+        spec = self.check(chunk)
+        self.advance(chunk)
+        return spec
+
+    def finish(self, digest: bytes) -> None:
+        """The stream ended: it must be complete and its digest must match."""
+        if self.received != self.total:
+            raise InvalidUpdateError(
+                f"{self.what}: truncated stream, {self.received} of {self.total} bytes received"
+            )
+        if not hmac.compare_digest(self._hash.digest(), bytes(digest)):
+            raise InvalidUpdateError(f"{self.what}: digest mismatch (payload corrupted in transit)")

@@ -1,0 +1,41 @@
+"""The ``fedhive`` command: dispatches subcommands to the package that owns them.
+
+``fedhive.common`` imports neither ``fedhive.server`` nor ``fedhive.client``: each subcommand is
+an import path resolved only when it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "server": ("fedhive.server.cli:server_main", "run a coordinator"),
+    "client": ("fedhive.client.cli:main", "run a node that joins a coordinator"),
+    "simulate": ("fedhive.server.simulate:main", "coordinator + N node processes on loopback"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: fedhive <command> [options]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`fedhive <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"fedhive: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module_name, _, attr = COMMANDS[name][0].partition(":")
+    entry = getattr(importlib.import_module(module_name), attr)
+    return int(entry(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

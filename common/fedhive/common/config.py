@@ -1,0 +1,133 @@
+"""Validated configuration (pydantic, ``frozen=True, extra="forbid"``), loaded from TOML + flags.
+
+A misspelled or out-of-range setting is a :class:`~fedhive.common.errors.ConfigError` that names
+the field; nothing is silently ignored.
+"""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedhive.common.chunks import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
+from fedhive.common.errors import ConfigError
+
+Scalar = bool | int | float | str
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+class ServerConfig(_Config):
+    """Everything the coordinator needs for one run."""
+
+    address: str = "127.0.0.1:8765"
+    run_dir: Path = Path("runs/latest")
+    task: str = "fedhive.common.tasks.digits:make_task"
+    task_args: dict[str, Scalar] = Field(default_factory=dict)
+    seed: int = 0
+    rounds: int = Field(default=10, ge=1)
+    min_nodes: int = Field(default=2, ge=1)
+    fraction: float = Field(default=1.0, gt=0.0, le=1.0)
+    min_updates: int | None = Field(default=None, ge=1)
+    round_timeout_s: float = Field(default=600.0, gt=0)
+    join_timeout_s: float = Field(default=3600.0, gt=0)
+    on_failed_round: Literal["retry", "stop"] = "retry"
+    max_round_retries: int = Field(default=3, ge=0)
+    chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=1024, le=MAX_CHUNK_SIZE)
+    max_update_bytes: int | None = Field(default=None, ge=1)
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    heartbeat_timeout_s: float = Field(default=30.0, gt=0)
+    train: dict[str, Scalar] = Field(default_factory=dict)
+    federated_evaluation: bool = True
+    eval_data: Path | None = None
+    device: str = "cpu"
+    spool_dir: Path | None = None
+    spool_memory_bytes: int = Field(default=0, ge=0)
+    max_workers: int = Field(default=256, ge=4)
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> ServerConfig:
+        if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
+            raise ValueError("heartbeat_timeout_s must be larger than heartbeat_interval_s")
+        if self.min_updates is not None and self.min_updates > self.min_nodes:
+            raise ValueError(
+                f"min_updates ({self.min_updates}) cannot exceed min_nodes ({self.min_nodes})"
+            )
+        _check_task_path(self.task)
+        return self
+
+
+class ClientConfig(_Config):
+    """Everything a node needs to join a run."""
+
+    server: str = "127.0.0.1:8765"
+    task: str = "fedhive.common.tasks.digits:make_task"
+    task_args: dict[str, Scalar] = Field(default_factory=dict)
+    data_dir: Path | None = None
+    name: str = Field(default_factory=socket.gethostname, min_length=1)
+    device: str = "auto"
+    seed: int = 0
+    backoff_initial_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+    max_connect_attempts: int | None = Field(default=None, ge=1)
+    poll_wait_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ClientConfig:
+        _check_task_path(self.task)
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be >= backoff_initial_s")
+        return self
+
+
+def _check_task_path(path: str) -> None:
+    module, sep, attr = path.partition(":")
+    if not sep or not module or not attr:
+        raise ValueError(f"task must look like 'package.module:factory', got {path!r}")
+
+
+C = TypeVar("C", bound=_Config)
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting (misspelled?)"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def build_config(
+    model: type[C],
+    path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> C:
+    """Read ``path`` (TOML, optional), apply non-None ``overrides`` (CLI flags), validate."""
+    data: dict[str, Any] = {}
+    source = "flags"
+    if path is not None:
+        source = str(path)
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from exc

@@ -1,0 +1,87 @@
+"""The one exception tree of fedhive.
+
+::
+
+    FedhiveError                    base of everything fedhive raises on purpose
+    ├── ConfigError                 a bad or misspelled setting (names the field)
+    ├── TaskError                   a task factory could not be loaded or misbehaved
+    ├── TransportError              the coordinator could not be reached / the call broke
+    │   └── CoordinatorGone         the run is over or the coordinator forgot this node
+    └── RequestRefused              the coordinator refused a request (maps to a gRPC status)
+        ├── UnknownNodeError        node id / token not recognised      -> UNAUTHENTICATED
+        ├── StaleRoundError         update for a round that is not open -> FAILED_PRECONDITION
+        ├── NotSelectedError        node is not part of the open round  -> FAILED_PRECONDITION
+        ├── DuplicateUpdateError    second update from the same node    -> ALREADY_EXISTS
+        ├── LimitExceededError      a size limit was crossed            -> RESOURCE_EXHAUSTED
+        └── InvalidUpdateError      malformed stream, wrong shape/dtype,
+                                    non-finite values, bad digest...    -> INVALID_ARGUMENT
+
+``fedhive.common`` imports neither grpc nor torch for its errors: each ``RequestRefused`` carries the
+*name* of its gRPC status code; the servicer and the node transport map it at the boundary (and map
+foreign errors back with ``raise ... from exc``).
+"""
+
+from __future__ import annotations
+
+
+class FedhiveError(Exception):
+    """Base class of every error fedhive raises on purpose."""
+
+
+class ConfigError(FedhiveError):
+    """A configuration value is missing, misspelled or out of range."""
+
+
+class TaskError(FedhiveError):
+    """A task (model + data + training code) could not be loaded or failed."""
+
+
+class TransportError(FedhiveError):
+    """The coordinator could not be reached, or a call to it broke off."""
+
+
+class CoordinatorGone(TransportError):
+    """The coordinator no longer knows this node (it restarted, or the run ended)."""
+
+
+class RequestRefused(FedhiveError):
+    """The coordinator refused a request; ``status`` names the gRPC status code it maps to."""
+
+    status = "INVALID_ARGUMENT"
+
+
+class UnknownNodeError(RequestRefused):
+    status = "UNAUTHENTICATED"
+
+
+class StaleRoundError(RequestRefused):
+    status = "FAILED_PRECONDITION"
+
+
+class NotSelectedError(RequestRefused):
+    status = "FAILED_PRECONDITION"
+
+
+class DuplicateUpdateError(RequestRefused):
+    status = "ALREADY_EXISTS"
+
+
+class LimitExceededError(RequestRefused):
+    status = "RESOURCE_EXHAUSTED"
+
+
+class InvalidUpdateError(RequestRefused):
+    status = "INVALID_ARGUMENT"
+
+
+REFUSALS: dict[str, type[RequestRefused]] = {
+    cls.__name__: cls
+    for cls in (
+        UnknownNodeError,
+        StaleRoundError,
+        NotSelectedError,
+        DuplicateUpdateError,
+        LimitExceededError,
+        InvalidUpdateError,
+    )
+}

@@ -1,0 +1,86 @@
+"""Domain types of the wire contract (what serde turns protobuf messages into)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from fedhive.common.chunks import Chunk
+from fedhive.common.tensors import TensorSpec
+
+ConfigScalar = bool | int | float | str
+PROTOCOL_VERSION = 1
+
+
+class TaskKind(enum.IntEnum):
+    WAIT = 1
+    TRAIN = 2
+    EVALUATE = 3
+    FINISH = 4
+
+
+@dataclass(frozen=True)
+class NodeAuth:
+    node_id: str
+    token: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class JoinRequest:
+    name: str
+    device: str = "cpu"
+    num_examples: int = 0
+    protocol_version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True)
+class JoinReply:
+    auth: NodeAuth
+    run_id: str
+    heartbeat_interval_s: float
+
+
+@dataclass(frozen=True)
+class TaskHeader:
+    run_id: str
+    round: int
+    kind: TaskKind
+    config: Mapping[str, ConfigScalar] = field(default_factory=dict)
+    tensors: tuple[TensorSpec, ...] = ()
+    payload_bytes: int = 0
+    chunk_size: int = 0
+    retry_after_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class TaskTrailer:
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class UpdateHeader:
+    auth: NodeAuth
+    round: int
+    num_examples: int
+    tensors: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class UpdateTrailer:
+    digest: bytes
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    eval_metrics: Mapping[str, float] = field(default_factory=dict)
+    eval_examples: int = 0
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    auth: NodeAuth
+    round: int
+    num_examples: int
+    metrics: Mapping[str, float]
+
+
+TaskMessage = TaskHeader | Chunk | TaskTrailer
+UpdateMessage = UpdateHeader | Chunk | UpdateTrailer

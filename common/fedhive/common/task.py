@@ -1,0 +1,93 @@
+"""The user-facing task interface: model + data + training code, named by an import path.
+
+A task is made by a factory ``package.module:factory`` called with a :class:`TaskContext`. The same
+factory serves the coordinator (``role="server"``: initial model, optional held-out evaluation)
+and every node (``role="node"``: local training and federated evaluation on private data)::
+
+    def make_task(ctx: TaskContext) -> Task: ...
+
+The node runtime owns everything else: joining, pulling the global model into the live model,
+pushing the update, heartbeats, reconnects. The model object lives as long as the node.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+from fedhive.common.errors import TaskError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+Scalar = bool | int | float | str
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    role: Literal["server", "node"]
+    data_dir: Path | None = None
+    device: str = "cpu"
+    seed: int = 0
+    args: Mapping[str, Scalar] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    num_examples: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    num_examples: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What a task provides; ``evaluate`` may return None when there is no data to evaluate on."""
+
+    def build_model(self) -> torch.nn.Module: ...
+
+    def num_examples(self) -> int: ...
+
+    def fit(self, model: torch.nn.Module, config: Mapping[str, Scalar]) -> FitResult: ...
+
+    def evaluate(
+        self, model: torch.nn.Module, config: Mapping[str, Scalar]
+    ) -> EvalResult | None: ...
+
+
+def exchanged_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors that travel: the model's state dict (parameters and buffers), in order."""
+    return dict(model.state_dict(keep_vars=False))
+
+
+def load_task(path: str, ctx: TaskContext) -> Task:
+    """Import ``package.module:factory`` and call it with ``ctx``."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise TaskError(f"task must look like 'package.module:factory', got {path!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise TaskError(f"cannot import task module {module_name!r}: {exc}") from exc
+    factory: Callable[[TaskContext], Task] | None = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise TaskError(f"task module {module_name!r} has no callable {attr!r}")
+    try:
+        task = factory(ctx)
+    except TaskError:
+        raise
+    except Exception as exc:
+        raise TaskError(f"task factory {path} failed: {exc}") from exc
+    if not isinstance(task, Task):
+        raise TaskError(
+            f"task factory {path} returned {type(task).__name__}, which lacks "
+            "build_model/num_examples/fit/evaluate"
+        )
+    return task

@@ -1,0 +1,1 @@
+"""Built-in tasks: ``digits`` (the quickstart CNN) and ``constant`` (benchmarks and tests)."""

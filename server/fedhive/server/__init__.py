@@ -1,0 +1,1 @@
+"""fedhive coordinator: gRPC service, round engine, FedAvg, run directory."""

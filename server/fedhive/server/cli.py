@@ -1,0 +1,115 @@
+"""``fedhive server``: run a coordinator for one federated run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from fedhive.common.config import ServerConfig, build_config
+from fedhive.common.errors import FedhiveError
+from fedhive.common.logs import setup_logging
+
+
+def _kv(items: list[str], flag: str) -> dict[str, Any] | None:
+    if not items:
+        return None
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise FedhiveError(f"{flag} expects KEY=VALUE, got {item!r}")
+        value: Any = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            for conv in (int, float):
+                try:
+                    value = conv(raw)
+                    break
+                except ValueError:
+                    pass
+        out[key] = value
+    return out
+
+
+def add_server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML file with server settings")
+    p.add_argument("--address", help="listen address host:port (default 127.0.0.1:8765)")
+    p.add_argument("--run-dir", type=Path)
+    p.add_argument("--task", help="task factory, package.module:factory")
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--min-nodes", type=int)
+    p.add_argument("--fraction", type=float)
+    p.add_argument("--min-updates", type=int)
+    p.add_argument("--round-timeout", dest="round_timeout_s", type=float)
+    p.add_argument("--chunk-size", type=int)
+    p.add_argument("--eval-data", type=Path, help="held-out data for coordinator-side evaluation")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                   help="training config sent to nodes each round (epochs, batch_size, lr ...)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--log-level", default="INFO")
+
+
+def config_from_args(ns: argparse.Namespace, **extra: Any) -> ServerConfig:
+    overrides: dict[str, Any] = {
+        "address": ns.address,
+        "run_dir": ns.run_dir,
+        "task": ns.task,
+        "rounds": ns.rounds,
+        "min_nodes": ns.min_nodes,
+        "fraction": ns.fraction,
+        "min_updates": ns.min_updates,
+        "round_timeout_s": ns.round_timeout_s,
+        "chunk_size": ns.chunk_size,
+        "eval_data": ns.eval_data,
+        "seed": ns.seed,
+        "task_args": _kv(ns.task_arg, "--task-arg"),
+        "train": _kv(ns.train, "--train"),
+        "progress": False if ns.no_progress else None,
+        **extra,
+    }
+    return build_config(ServerConfig, ns.config, overrides)
+
+
+def run(config: ServerConfig) -> int:
+    from rich.console import Console
+
+    from fedhive.server.app import serve
+    from fedhive.server.coordinator import RunAborted
+    from fedhive.server.progress import RichProgress, summary_table
+
+    console = Console(stderr=False)
+    progress = RichProgress(config.rounds, console)
+    try:
+        if config.progress:
+            with progress:
+                history = serve(config, progress)
+        else:
+            history = serve(config, progress)
+    except RunAborted as exc:
+        console.print(f"[red]run aborted:[/red] {exc}")
+        return 1
+    console.print(summary_table(history))
+    console.print(f"run directory: {config.run_dir}")
+    return 0
+
+
+def server_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="fedhive server", description=__doc__)
+    add_server_args(p)
+    ns = p.parse_args(argv)
+    setup_logging(ns.log_level)
+    try:
+        config = config_from_args(ns)
+        return run(config)
+    except FedhiveError as exc:
+        print(f"fedhive server: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(server_main())

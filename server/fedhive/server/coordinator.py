@@ -1,0 +1,663 @@
+"""The round engine. Imports no grpc: the servicer (or a test) calls the node-facing methods.
+
+Node-facing, thread-safe: :meth:`Coordinator.join`, :meth:`pull`, :meth:`open_update` (returns an
+:class:`UpdateSession` that takes checked chunks and a trailer), :meth:`report_evaluation`,
+:meth:`heartbeat`, :meth:`leave`. The driver, :meth:`Coordinator.run`, loops over rounds:
+
+    wait for ``min_nodes`` -> select a fraction -> open the round (every selected node's pull now
+    returns the task) -> collect until all selected nodes reported, were refused or dropped, or the
+    deadline passes -> close -> if at least ``min_updates`` arrived: finalize the strategy, commit
+    the model and the round's record -> next round; else retry or stop, per config.
+
+Invariant: an update touches the aggregate only after its whole stream was checked (every chunk
+on arrival, length and digest at the end); a refused or broken update leaves no trace.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedhive.common import serde
+from fedhive.common.chunks import Chunk, StreamChecker, iter_chunks, payload_digest
+from fedhive.common.config import ServerConfig
+from fedhive.common.errors import (
+    DuplicateUpdateError,
+    FedhiveError,
+    InvalidUpdateError,
+    LimitExceededError,
+    NotSelectedError,
+    RequestRefused,
+    StaleRoundError,
+    UnknownNodeError,
+)
+from fedhive.common.messages import (
+    EvaluationReport,
+    JoinReply,
+    JoinRequest,
+    NodeAuth,
+    TaskHeader,
+    TaskKind,
+    TaskTrailer,
+    UpdateHeader,
+    UpdateTrailer,
+)
+from fedhive.common.tensors import TensorSpec, payload_bytes
+from fedhive.server.spool import Spool, SpoolBudget
+from fedhive.server.store import RunStore
+from fedhive.server.strategy import Aggregator, FedAvg
+
+log = logging.getLogger("fedhive.server")
+
+MAX_PULL_WAIT_S = 60.0
+
+
+class RunAborted(FedhiveError):
+    """The run stopped before its last round (not enough nodes or updates)."""
+
+
+class RoundListener(Protocol):
+    def round_opened(self, round_: int, kind: str, expected: int) -> None: ...
+    def update_received(self, round_: int, received: int, expected: int, bytes_in: int) -> None: ...
+    def round_closed(self, event: Mapping[str, Any]) -> None: ...
+
+
+Evaluator = Callable[[int, Sequence[TensorSpec], Sequence[np.ndarray]], Mapping[str, float] | None]
+
+
+def weighted_mean(items: Sequence[tuple[int, Mapping[str, float]]]) -> dict[str, float]:
+    """Example-weighted mean of each metric over the items that report it."""
+    sums: dict[str, float] = {}
+    weights: dict[str, int] = {}
+    for n, metrics in items:
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + n * float(value)
+            weights[key] = weights.get(key, 0) + n
+    return {k: sums[k] / weights[k] for k in sorted(sums) if weights[k] > 0}
+
+
+@dataclass
+class NodeRecord:
+    node_id: str
+    name: str
+    device: str
+    num_examples: int
+    token: bytes
+    last_seen: float
+    alive: bool = True
+    finished: bool = False
+
+
+@dataclass
+class Contribution:
+    node_id: str
+    num_examples: int
+    metrics: Mapping[str, float]
+    eval_metrics: Mapping[str, float]
+    eval_examples: int
+    bytes_in: int
+    upload_s: float
+
+
+@dataclass
+class Broadcast:
+    """A round's task, encoded once for every node: header, chunks, trailer as wire bytes."""
+
+    messages: list[bytes]
+    payload_bytes: int
+
+
+@dataclass
+class RoundState:
+    number: int
+    attempt: int
+    kind: TaskKind
+    selected: set[str]
+    deadline: float
+    opened_at: float
+    broadcast: Broadcast
+    pulled: set[str] = field(default_factory=set)
+    reported: dict[str, Contribution] = field(default_factory=dict)
+    evaluations: dict[str, tuple[int, Mapping[str, float]]] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+    dropped: set[str] = field(default_factory=set)
+    in_flight: set[str] = field(default_factory=set)
+    folding: int = 0
+    closed: bool = False
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    def pending(self) -> set[str]:
+        return self.selected - set(self.reported) - set(self.evaluations) - set(self.refused) - self.dropped
+
+
+class UpdateSession:
+    """One update stream: chunks are checked and staged; the trailer commits or nothing does."""
+
+    def __init__(self, coord: Coordinator, node: NodeRecord, state: RoundState, header: UpdateHeader):
+        self._coord = coord
+        self.node = node
+        self.state = state
+        self.header = header
+        self.num_examples = header.num_examples
+        self.started = time.monotonic()
+        cfg = coord.config
+        self.checker = StreamChecker(
+            coord.specs,
+            max_chunk_size=cfg.chunk_size,
+            max_payload_bytes=cfg.max_update_bytes,
+            what=f"update from {node.node_id} for round {state.number}",
+        )
+        self._offsets = np.cumsum([0] + [s.nbytes for s in coord.specs]).tolist()
+        self.spool = Spool(self.checker.total, coord.spool_budget, cfg.spool_dir)
+        self.done = False
+
+    # -- StagedUpdate
+    def pieces(self, tensor: int) -> Iterator[memoryview]:
+        begin, end = self._offsets[tensor], self._offsets[tensor + 1]
+        return self.spool.pieces(begin, end - begin)
+
+    def add_chunk(self, chunk: Chunk) -> None:
+        self.checker.check(chunk)
+        self.spool.write(chunk.data)
+        self.checker.advance(chunk)
+
+    def finish(self, trailer: UpdateTrailer) -> Contribution:
+        self.checker.finish(trailer.digest)
+        try:
+            return self._coord._commit(self, trailer)
+        finally:
+            self._close()
+
+    def abort(self, reason: str) -> None:
+        if self.done:
+            return
+        self._close()
+        self._coord._refuse(self, reason)
+
+    def _close(self) -> None:
+        self.done = True
+        self.spool.close()
+
+
+class Coordinator:
+    def __init__(
+        self,
+        config: ServerConfig,
+        specs: Sequence[TensorSpec],
+        initial: Sequence[np.ndarray],
+        store: RunStore,
+        *,
+        aggregator: Aggregator | None = None,
+        evaluator: Evaluator | None = None,
+        listener: RoundListener | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        self.config = config
+        self.specs = list(specs)
+        self.store = store
+        self.aggregator: Aggregator = aggregator if aggregator is not None else FedAvg()
+        self.evaluator = evaluator
+        self.listener = listener
+        self.run_id = run_id or secrets.token_hex(8)
+        self.spool_budget = SpoolBudget(config.spool_memory_bytes)
+        self.model_bytes = payload_bytes(self.specs)
+        self._global: list[np.ndarray] = [np.ascontiguousarray(a) for a in initial]
+        self._check_initial()
+        self._cv = threading.Condition()
+        self._fold_lock = threading.Lock()
+        self._nodes: dict[str, NodeRecord] = {}
+        self._next_node = 0
+        self._round: RoundState | None = None
+        self._broadcast: Broadcast | None = None
+        self._broadcast_kind: tuple[int, TaskKind] | None = None
+        self._finished = False
+        self._stop = threading.Event()
+        self.committed_rounds = 0
+        self.history: list[dict[str, Any]] = []
+
+    def _check_initial(self) -> None:
+        if len(self._global) != len(self.specs):
+            raise ValueError("initial model and specs differ in length")
+        for spec, arr in zip(self.specs, self._global, strict=True):
+            if arr.nbytes != spec.nbytes:
+                raise ValueError(f"initial tensor {spec.name!r} has {arr.nbytes} bytes, not {spec.nbytes}")
+
+    # ------------------------------------------------------------------ node-facing API
+
+    def join(self, req: JoinRequest) -> JoinReply:
+        if not req.name or len(req.name) > 128:
+            raise InvalidUpdateError("node name must be 1-128 characters")
+        if req.protocol_version != 1:
+            raise InvalidUpdateError(f"protocol version {req.protocol_version} is not supported (1)")
+        with self._cv:
+            self._next_node += 1
+            node_id = f"{req.name}-{self._next_node}"
+            token = secrets.token_bytes(32)
+            self._nodes[node_id] = NodeRecord(
+                node_id, req.name, req.device, req.num_examples, token, time.monotonic()
+            )
+            self._cv.notify_all()
+        log.info("node %s joined (device=%s, examples=%d)", node_id, req.device, req.num_examples)
+        return JoinReply(NodeAuth(node_id, token), self.run_id, self.config.heartbeat_interval_s)
+
+    def _auth(self, auth: NodeAuth) -> NodeRecord:
+        node = self._nodes.get(auth.node_id)
+        if node is None or not hmac.compare_digest(node.token, auth.token):
+            raise UnknownNodeError(
+                f"unknown node {auth.node_id!r} or wrong token (not joined, or the coordinator "
+                "restarted): join again"
+            )
+        node.last_seen = time.monotonic()
+        if not node.alive:
+            node.alive = True
+            log.info("node %s is back", node.node_id)
+        return node
+
+    def heartbeat(self, auth: NodeAuth) -> tuple[int, float]:
+        with self._cv:
+            self._auth(auth)
+            rnd = self._round.number if self._round else 0
+        return rnd, self.config.heartbeat_interval_s
+
+    def leave(self, auth: NodeAuth, reason: str = "") -> None:
+        with self._cv:
+            node = self._auth(auth)
+            node.alive = False
+            node.finished = True
+            if self._round is not None and node.node_id in self._round.pending():
+                self._round.dropped.add(node.node_id)
+            self._cv.notify_all()
+        log.info("node %s left%s", node.node_id, f" ({reason})" if reason else "")
+
+    def pull(self, auth: NodeAuth, wait_s: float) -> list[bytes]:
+        """The node's next task as encoded TaskMessages; long-polls up to ``wait_s`` seconds."""
+        wait_s = min(max(wait_s, 0.0), MAX_PULL_WAIT_S)
+        deadline = time.monotonic() + wait_s
+        with self._cv:
+            node = self._auth(auth)
+            while True:
+                if self._finished:
+                    node.finished = True
+                    self._cv.notify_all()
+                    return [self._header_bytes(TaskKind.FINISH, self.committed_rounds)]
+                st = self._round
+                if st is not None and not st.closed and node.node_id in st.pending():
+                    if node.node_id not in st.in_flight:
+                        st.pulled.add(node.node_id)
+                        st.bytes_out += st.broadcast.payload_bytes
+                        return st.broadcast.messages
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stop.is_set():
+                    number = st.number if st is not None else 0
+                    return [self._header_bytes(TaskKind.WAIT, number, retry_after_s=0.0)]
+                self._cv.wait(remaining)
+                node.last_seen = time.monotonic()
+
+    def open_update(self, header: UpdateHeader) -> UpdateSession:
+        with self._cv:
+            node = self._auth(header.auth)
+            st = self._round
+            if st is None or st.kind != TaskKind.TRAIN or header.round != st.number:
+                current = "no training round" if st is None or st.kind != TaskKind.TRAIN else (
+                    f"round {st.number}"
+                )
+                raise StaleRoundError(
+                    f"update from {node.node_id} is for round {header.round}, but {current} is open"
+                )
+            if st.closed:
+                raise StaleRoundError(
+                    f"update from {node.node_id} for round {st.number} is late: the round is closed"
+                )
+            nid = node.node_id
+            if nid in st.reported:
+                raise DuplicateUpdateError(f"node {nid} already sent its update for round {st.number}")
+            if nid in st.in_flight:
+                raise DuplicateUpdateError(
+                    f"node {nid} is already uploading an update for round {st.number}"
+                )
+            if nid not in st.selected:
+                raise NotSelectedError(f"node {nid} is not selected for round {st.number}")
+            if nid in st.refused:
+                raise NotSelectedError(
+                    f"node {nid} was dropped from round {st.number} after a refused update "
+                    f"({st.refused[nid]}); it may take part again next round"
+                )
+            try:
+                self._check_header(header, nid)
+                session = UpdateSession(self, node, st, header)
+            except RequestRefused as exc:
+                st.refused[nid] = str(exc)
+                self._cv.notify_all()
+                log.warning("refused update: %s", exc)
+                raise
+            st.in_flight.add(nid)
+            return session
+
+    def _check_header(self, header: UpdateHeader, nid: str) -> None:
+        what = f"update from {nid}"
+        if header.num_examples <= 0:
+            raise InvalidUpdateError(f"{what}: example count must be > 0, got {header.num_examples}")
+        got, want = header.tensors, self.specs
+        if len(got) != len(want):
+            raise InvalidUpdateError(f"{what}: {len(got)} tensors, the global model has {len(want)}")
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            if g.name != w.name:
+                raise InvalidUpdateError(f"{what}: tensor {i} is {g.name!r}, expected {w.name!r}")
+            if g.dtype != w.dtype:
+                raise InvalidUpdateError(
+                    f"{what}: tensor {w.name!r} has dtype {g.dtype}, expected {w.dtype}"
+                )
+            if g.shape != w.shape:
+                raise InvalidUpdateError(
+                    f"{what}: tensor {w.name!r} has shape {list(g.shape)}, expected {list(w.shape)}"
+                )
+        limit = self.config.max_update_bytes
+        if limit is not None and self.model_bytes > limit:
+            raise LimitExceededError(f"{what}: {self.model_bytes} bytes exceeds the limit {limit}")
+
+    def _commit(self, session: UpdateSession, trailer: UpdateTrailer) -> Contribution:
+        st = session.state
+        nid = session.node.node_id
+        with self._cv:
+            st.in_flight.discard(nid)
+            if st.closed or self._round is not st:
+                self._cv.notify_all()
+                raise StaleRoundError(
+                    f"update from {nid} for round {st.number} is late: the round closed before "
+                    "its upload completed"
+                )
+            st.folding += 1
+        try:
+            with self._fold_lock:
+                self.aggregator.fold(session)
+        except Exception:
+            with self._cv:
+                st.folding -= 1
+                st.refused[nid] = "aggregation failed"
+                self._cv.notify_all()
+            raise
+        contribution = Contribution(
+            node_id=nid,
+            num_examples=session.num_examples,
+            metrics=dict(trailer.metrics),
+            eval_metrics=dict(trailer.eval_metrics),
+            eval_examples=trailer.eval_examples,
+            bytes_in=session.checker.received,
+            upload_s=time.monotonic() - session.started,
+        )
+        with self._cv:
+            st.folding -= 1
+            st.reported[nid] = contribution
+            st.bytes_in += contribution.bytes_in
+            received, expected, bytes_in = len(st.reported), len(st.selected), st.bytes_in
+            self._cv.notify_all()
+        if self.listener is not None:
+            self.listener.update_received(st.number, received, expected, bytes_in)
+        return contribution
+
+    def _refuse(self, session: UpdateSession, reason: str) -> None:
+        st = session.state
+        nid = session.node.node_id
+        with self._cv:
+            st.in_flight.discard(nid)
+            if nid not in st.reported:
+                st.refused[nid] = reason
+            self._cv.notify_all()
+        log.warning("refused update from %s for round %d: %s", nid, st.number, reason)
+
+    def report_evaluation(self, report: EvaluationReport) -> None:
+        with self._cv:
+            node = self._auth(report.auth)
+            st = self._round
+            if st is None or st.kind != TaskKind.EVALUATE or st.number != report.round or st.closed:
+                raise StaleRoundError(
+                    f"evaluation from {node.node_id} for round {report.round}: no such evaluation open"
+                )
+            if node.node_id not in st.selected:
+                raise NotSelectedError(f"node {node.node_id} was not asked to evaluate")
+            if node.node_id in st.evaluations:
+                raise DuplicateUpdateError(f"node {node.node_id} already reported its evaluation")
+            st.evaluations[node.node_id] = (report.num_examples, dict(report.metrics))
+            self._cv.notify_all()
+
+    # ------------------------------------------------------------------ driver
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cv:
+            self._cv.notify_all()
+
+    def _header_bytes(self, kind: TaskKind, number: int, **extra: Any) -> bytes:
+        return serde.task_message_to_bytes(TaskHeader(self.run_id, number, kind, **extra))
+
+    def _encode(self, number: int, kind: TaskKind, config: Mapping[str, Any]) -> Broadcast:
+        buffers = [memoryview(a).cast("B") for a in self._global]
+        header = TaskHeader(
+            run_id=self.run_id,
+            round=number,
+            kind=kind,
+            config=dict(config),
+            tensors=tuple(self.specs),
+            payload_bytes=self.model_bytes,
+            chunk_size=self.config.chunk_size,
+        )
+        messages = [serde.task_message_to_bytes(header)]
+        messages.extend(serde.task_chunk_bytes(c) for c in iter_chunks(buffers, self.config.chunk_size))
+        messages.append(serde.task_message_to_bytes(TaskTrailer(payload_digest(buffers))))
+        return Broadcast(messages, self.model_bytes)
+
+    def _alive(self) -> list[NodeRecord]:
+        now = time.monotonic()
+        out = []
+        for node in self._nodes.values():
+            if node.alive and now - node.last_seen > self.config.heartbeat_timeout_s:
+                node.alive = False
+                log.warning("node %s missed its heartbeats; considered gone", node.node_id)
+            if node.alive and not node.finished:
+                out.append(node)
+        return out
+
+    def _wait_for_nodes(self, count: int) -> None:
+        deadline = time.monotonic() + self.config.join_timeout_s
+        with self._cv:
+            logged = False
+            while len(self._alive()) < count:
+                if self._stop.is_set():
+                    raise RunAborted("stopped while waiting for nodes")
+                if time.monotonic() >= deadline:
+                    raise RunAborted(
+                        f"only {len(self._alive())} of the {count} nodes needed joined within "
+                        f"{self.config.join_timeout_s:g}s"
+                    )
+                if not logged:
+                    log.info("waiting for %d node(s) (%d connected)", count, len(self._alive()))
+                    logged = True
+                self._cv.wait(0.5)
+
+    def run(self) -> list[dict[str, Any]]:
+        """Run every round, then the final federated evaluation; returns the round records."""
+        cfg = self.config
+        self.store.append_event(
+            {"event": "start", "run_id": self.run_id, "time": time.time(), "model_bytes": self.model_bytes,
+             "tensors": len(self.specs)}
+        )
+        self.store.write_model(0, self.specs, [memoryview(a).cast("B") for a in self._global])
+        number, attempt = 1, 0
+        try:
+            while number <= cfg.rounds:
+                if self._stop.is_set():
+                    raise RunAborted("stopped")
+                event = self._run_round(number, attempt, TaskKind.TRAIN)
+                if event["committed"]:
+                    number, attempt = number + 1, 0
+                    continue
+                attempt += 1
+                if cfg.on_failed_round == "stop" or attempt > cfg.max_round_retries:
+                    raise RunAborted(f"round {number} failed: {event['reason']}")
+                log.warning("round %d failed (%s); retrying (%d/%d)", number, event["reason"],
+                            attempt, cfg.max_round_retries)
+            if cfg.federated_evaluation:
+                self._run_round(cfg.rounds, 0, TaskKind.EVALUATE)
+        except RunAborted as exc:
+            log.error("run aborted: %s", exc)
+            self.store.append_event({"event": "aborted", "reason": str(exc), "time": time.time()})
+            self._finish()
+            raise
+        self._finish()
+        self.store.append_event({"event": "finished", "rounds": self.committed_rounds, "time": time.time()})
+        return self.history
+
+    def _finish(self, grace_s: float = 5.0) -> None:
+        deadline = time.monotonic() + grace_s
+        with self._cv:
+            self._finished = True
+            self._round = None
+            self._cv.notify_all()
+            while time.monotonic() < deadline and any(
+                n.alive and not n.finished for n in self._nodes.values()
+            ):
+                self._cv.wait(0.1)
+
+    def _select(self, number: int, attempt: int, alive: list[NodeRecord]) -> set[str]:
+        ids = sorted(n.node_id for n in alive)
+        k = min(len(ids), max(self.config.min_nodes, math.ceil(self.config.fraction * len(ids))))
+        rng = random.Random(f"{self.config.seed}:{number}:{attempt}")
+        return set(rng.sample(ids, k))
+
+    def _run_round(self, number: int, attempt: int, kind: TaskKind) -> dict[str, Any]:
+        cfg = self.config
+        self._wait_for_nodes(cfg.min_nodes if kind == TaskKind.TRAIN else 1)
+        train_config: dict[str, Any] = {**cfg.train, "round": number}
+        if kind == TaskKind.TRAIN:
+            train_config["evaluate"] = cfg.federated_evaluation
+            self.aggregator.begin(self.specs, self._global)
+        broadcast = self._broadcast
+        if broadcast is None or self._broadcast_kind != (number, kind):
+            self._broadcast = None
+            broadcast = self._encode(number, kind, train_config)
+            self._broadcast = broadcast
+            self._broadcast_kind = (number, kind)
+        with self._cv:
+            alive = self._alive()
+            selected = self._select(number, attempt, alive) if kind == TaskKind.TRAIN else {
+                n.node_id for n in alive
+            }
+            now = time.monotonic()
+            st = RoundState(number, attempt, kind, selected, now + cfg.round_timeout_s, now, broadcast)
+            self._round = st
+            self._cv.notify_all()
+        log.info("round %d%s: %s sent to %d node(s)", number,
+                 f" (attempt {attempt + 1})" if attempt else "", kind.name.lower(), len(selected))
+        if self.listener is not None:
+            self.listener.round_opened(number, kind.name.lower(), len(selected))
+        reason = ""
+        with self._cv:
+            while True:
+                now = time.monotonic()
+                for nid in list(st.pending()):
+                    node = self._nodes[nid]
+                    if nid not in st.in_flight and (
+                        not node.alive or now - node.last_seen > cfg.heartbeat_timeout_s
+                    ):
+                        node.alive = False
+                        st.dropped.add(nid)
+                        log.warning("round %d: node %s dropped (no heartbeat)", number, nid)
+                if not st.pending() and not st.in_flight and st.folding == 0:
+                    break
+                if now >= st.deadline:
+                    reason = f"deadline of {cfg.round_timeout_s:g}s passed"
+                    break
+                if self._stop.is_set():
+                    reason = "stopped"
+                    break
+                self._cv.wait(min(0.25, st.deadline - now))
+            st.closed = True
+            self._cv.notify_all()
+            while st.folding:
+                self._cv.wait(0.1)
+        duration = time.monotonic() - st.opened_at
+        if kind == TaskKind.EVALUATE:
+            return self._close_evaluation(st, duration)
+        return self._close_training(st, duration, reason)
+
+    def _base_event(self, st: RoundState, duration: float) -> dict[str, Any]:
+        return {
+            "round": st.number,
+            "attempt": st.attempt,
+            "selected": sorted(st.selected),
+            "refused": dict(sorted(st.refused.items())),
+            "dropped": sorted(st.dropped),
+            "duration_s": round(duration, 6),
+            "bytes_in": st.bytes_in,
+            "bytes_out": st.bytes_out,
+            "time": time.time(),
+        }
+
+    def _close_training(self, st: RoundState, duration: float, reason: str) -> dict[str, Any]:
+        cfg = self.config
+        event = {"event": "round", **self._base_event(st, duration)}
+        contributions = list(st.reported.values())
+        event["reported"] = sorted(st.reported)
+        event["examples"] = sum(c.num_examples for c in contributions)
+        needed = cfg.min_updates or 1
+        if len(contributions) < needed:
+            event["committed"] = False
+            event["reason"] = (
+                f"{len(contributions)} update(s) accepted, {needed} needed"
+                + (f" ({reason})" if reason else "")
+            )
+            log.warning("round %d not committed: %s", st.number, event["reason"])
+        else:
+            started = time.monotonic()
+            new_global = self.aggregator.finalize()
+            event["aggregate_s"] = round(time.monotonic() - started, 6)
+            self._broadcast = None  # the old model's encoded chunks are no longer needed
+            self._global = [np.ascontiguousarray(a).reshape(-1) for a in new_global]
+            self.store.write_model(st.number, self.specs, [memoryview(a).cast("B") for a in self._global])
+            event["committed"] = True
+            event["train"] = weighted_mean([(c.num_examples, c.metrics) for c in contributions])
+            evals = [(c.eval_examples, c.eval_metrics) for c in contributions if c.eval_examples]
+            if evals:
+                event["evaluate"] = {
+                    "model_round": st.number - 1,
+                    "examples": sum(n for n, _ in evals),
+                    **weighted_mean(evals),
+                }
+            if self.evaluator is not None:
+                metrics = self.evaluator(st.number, self.specs, self._global)
+                if metrics is not None:
+                    event["server_evaluate"] = dict(metrics)
+            self.committed_rounds = st.number
+            if reason:
+                event["note"] = reason
+        event["duration_s"] = round(time.monotonic() - st.opened_at, 6)
+        self.store.append_event(event)
+        self.history.append(event)
+        if self.listener is not None:
+            self.listener.round_closed(event)
+        return event
+
+    def _close_evaluation(self, st: RoundState, duration: float) -> dict[str, Any]:
+        event = {"event": "evaluate", **self._base_event(st, duration)}
+        items = list(st.evaluations.values())
+        event["reported"] = sorted(st.evaluations)
+        event["committed"] = True
+        event["model_round"] = self.committed_rounds
+        event["examples"] = sum(n for n, _ in items)
+        event["evaluate"] = weighted_mean(items)
+        self.store.append_event(event)
+        self.history.append(event)
+        if self.listener is not None:
+            self.listener.round_closed(event)
+        return event

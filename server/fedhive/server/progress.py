@@ -1,0 +1,105 @@
+"""Live progress (rich): round, updates received / expected, bytes per second; summary table."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+def _metric_text(event: Mapping[str, Any]) -> str:
+    parts = []
+    for section, label in (("server_evaluate", "test"), ("evaluate", "fed-eval"), ("train", "train")):
+        metrics = event.get(section) or {}
+        for key in ("accuracy", "loss"):
+            if key in metrics:
+                parts.append(f"{label} {key}={metrics[key]:.4f}")
+    return "  ".join(parts)
+
+
+class RichProgress:
+    """A :class:`~fedhive.server.coordinator.RoundListener` that draws to the terminal."""
+
+    def __init__(self, rounds: int, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.rounds = rounds
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("updates  {task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self._task: Any = None
+        self._opened = 0.0
+
+    def __enter__(self) -> RichProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def round_opened(self, round_: int, kind: str, expected: int) -> None:
+        if self._task is not None:
+            self.progress.remove_task(self._task)
+        self._opened = time.monotonic()
+        self._task = self.progress.add_task(
+            f"round {round_}/{self.rounds} {kind}", total=expected, rate=""
+        )
+
+    def update_received(self, round_: int, received: int, expected: int, bytes_in: int) -> None:
+        if self._task is None:
+            return
+        elapsed = max(time.monotonic() - self._opened, 1e-9)
+        self.progress.update(
+            self._task, completed=received, rate=f"{bytes_in / elapsed / 1e6:8.1f} MB/s in"
+        )
+
+    def round_closed(self, event: Mapping[str, Any]) -> None:
+        if self._task is not None:
+            self.progress.remove_task(self._task)
+            self._task = None
+        kind = event.get("event")
+        n_rep, n_sel = len(event.get("reported", [])), len(event.get("selected", []))
+        status = "" if event.get("committed") else f"  [red]not committed: {event.get('reason')}"
+        head = "final evaluation" if kind == "evaluate" else f"round {event['round']:>3}"
+        self.console.print(
+            f"{head}: {n_rep}/{n_sel} nodes, {event.get('duration_s', 0):.2f}s  "
+            f"{_metric_text(event)}{status}",
+            highlight=False,
+        )
+
+
+def summary_table(history: Sequence[Mapping[str, Any]]) -> Table:
+    table = Table(title="fedhive run summary")
+    for col in ("round", "nodes", "examples", "train loss", "fed-eval acc", "test acc", "seconds",
+                "MB in", "MB out"):
+        table.add_column(col, justify="right")
+    for ev in history:
+        train = ev.get("train") or {}
+        fed = ev.get("evaluate") or {}
+        test = ev.get("server_evaluate") or {}
+
+        def fmt(d: Mapping[str, Any], k: str) -> str:
+            return f"{d[k]:.4f}" if k in d else "-"
+
+        label = "final eval" if ev.get("event") == "evaluate" else str(ev["round"])
+        table.add_row(
+            label,
+            f"{len(ev.get('reported', []))}/{len(ev.get('selected', []))}",
+            str(ev.get("examples", "-")),
+            fmt(train, "loss"),
+            fmt(fed, "accuracy"),
+            fmt(test, "accuracy"),
+            f"{ev.get('duration_s', 0):.2f}",
+            f"{ev.get('bytes_in', 0) / 1e6:.1f}",
+            f"{ev.get('bytes_out', 0) / 1e6:.1f}",
+        )
+    return table

@@ -1,0 +1,187 @@
+"""The gRPC face of the coordinator: bytes -> domain types (serde) -> coordinator -> bytes.
+
+Thin by design. Our refusals become their gRPC status codes with the message that names the
+problem; anything unexpected is logged and answered with INTERNAL, and never reaches the round.
+Each round's broadcast is already encoded, so PullTask streams pre-serialized messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from fedhive.common import serde
+from fedhive.common.chunks import Chunk
+from fedhive.common.errors import FedhiveError, InvalidUpdateError, RequestRefused
+from fedhive.common.messages import UpdateHeader, UpdateMessage, UpdateTrailer
+from fedhive.proto.v1 import coordinator_pb2 as pb
+from fedhive.server.coordinator import Coordinator, UpdateSession
+
+log = logging.getLogger("fedhive.server.grpc")
+
+SERVICE = "fedhive.proto.v1.Coordinator"
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A request whose bytes did not decode; handled as a refusal by the method."""
+
+    reason: str
+
+
+def _safe(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(buf: bytes) -> Any:
+        try:
+            return decode(buf)
+        except FedhiveError as exc:
+            return Malformed(str(exc))
+        except Exception as exc:  # defensive: a decoder bug must not kill the call silently
+            return Malformed(f"undecodable message: {exc}")
+
+    return deserialize
+
+
+def _proto(msg_type: type[Any], convert: Callable[[Any], Any]) -> Callable[[bytes], Any]:
+    return _safe(lambda buf: convert(serde._parse(msg_type, buf)))
+
+
+def _serialize(msg: Any) -> bytes:
+    return msg if isinstance(msg, bytes) else msg.SerializeToString()
+
+
+@contextlib.contextmanager
+def _status(context: grpc.ServicerContext, method: str) -> Iterator[None]:
+    try:
+        yield
+    except RequestRefused as exc:
+        context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
+    except FedhiveError as exc:
+        log.error("%s failed: %s", method, exc)
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    except Exception as exc:
+        if isinstance(exc, grpc.RpcError) or type(exc).__name__ == "_AbortError":
+            raise
+        log.exception("%s: internal error", method)
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}")
+
+
+def _checked(request: Any) -> Any:
+    if isinstance(request, Malformed):
+        raise InvalidUpdateError(request.reason)
+    return request
+
+
+class CoordinatorServicer:
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coord = coordinator
+
+    def join(self, request: Any, context: grpc.ServicerContext) -> pb.JoinReply:
+        with _status(context, "Join"):
+            reply = self.coord.join(_checked(request))
+            return serde.join_reply_to_proto(reply)
+        raise AssertionError("unreachable")
+
+    def pull_task(self, request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
+        with _status(context, "PullTask"):
+            auth, wait_s = _checked(request)
+            messages = self.coord.pull(auth, wait_s)
+        yield from messages
+
+    def push_update(self, requests: Iterator[Any], context: grpc.ServicerContext) -> pb.PushReply:
+        session: UpdateSession | None = None
+        with _status(context, "PushUpdate"):
+            try:
+                first = _checked(next(requests, None) or Malformed("empty update stream"))
+                if not isinstance(first, UpdateHeader):
+                    raise InvalidUpdateError("an update stream must start with its header")
+                session = self.coord.open_update(first)
+                trailer = self._receive(session, requests)
+                contribution = session.finish(trailer)
+                return pb.PushReply(round=session.state.number, bytes_received=contribution.bytes_in)
+            except RequestRefused as exc:
+                if session is not None:
+                    session.abort(str(exc))
+                raise
+            except Exception as exc:
+                if session is not None:
+                    session.abort(f"upload broke off ({type(exc).__name__}: {exc})")
+                raise
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _receive(session: UpdateSession, requests: Iterator[UpdateMessage | Malformed]) -> UpdateTrailer:
+        for msg in requests:
+            msg = _checked(msg)
+            if isinstance(msg, Chunk):
+                session.add_chunk(msg)
+            elif isinstance(msg, UpdateTrailer):
+                if next(requests, None) is not None:
+                    raise InvalidUpdateError("update stream continues after its trailer")
+                return msg
+            else:
+                raise InvalidUpdateError("an update stream carries exactly one header")
+        raise InvalidUpdateError(
+            f"truncated stream: it ended after {session.checker.received} of "
+            f"{session.checker.total} bytes, without a trailer"
+        )
+
+    def report_evaluation(self, request: Any, context: grpc.ServicerContext) -> pb.Ack:
+        with _status(context, "ReportEvaluation"):
+            self.coord.report_evaluation(_checked(request))
+            return pb.Ack()
+        raise AssertionError("unreachable")
+
+    def heartbeat(self, request: Any, context: grpc.ServicerContext) -> pb.HeartbeatReply:
+        with _status(context, "Heartbeat"):
+            rnd, interval = self.coord.heartbeat(_checked(request))
+            return pb.HeartbeatReply(round=rnd, heartbeat_interval_s=interval)
+        raise AssertionError("unreachable")
+
+    def leave(self, request: Any, context: grpc.ServicerContext) -> pb.Ack:
+        with _status(context, "Leave"):
+            auth, reason = _checked(request)
+            self.coord.leave(auth, reason)
+            return pb.Ack()
+        raise AssertionError("unreachable")
+
+
+def generic_handler(servicer: CoordinatorServicer) -> grpc.GenericRpcHandler:
+    auth_of = serde.auth_from_proto
+    handlers = {
+        "Join": grpc.unary_unary_rpc_method_handler(
+            servicer.join,
+            request_deserializer=_proto(pb.JoinRequest, serde.join_request_from_proto),
+            response_serializer=_serialize,
+        ),
+        "PullTask": grpc.unary_stream_rpc_method_handler(
+            servicer.pull_task,
+            request_deserializer=_proto(pb.PullTaskRequest, lambda m: (auth_of(m.auth), m.wait_s)),
+            response_serializer=_serialize,
+        ),
+        "PushUpdate": grpc.stream_unary_rpc_method_handler(
+            servicer.push_update,
+            request_deserializer=_safe(serde.update_message_from_bytes),
+            response_serializer=_serialize,
+        ),
+        "ReportEvaluation": grpc.unary_unary_rpc_method_handler(
+            servicer.report_evaluation,
+            request_deserializer=_proto(pb.EvaluationReport, serde.evaluation_report_from_proto),
+            response_serializer=_serialize,
+        ),
+        "Heartbeat": grpc.unary_unary_rpc_method_handler(
+            servicer.heartbeat,
+            request_deserializer=_proto(pb.HeartbeatRequest, lambda m: auth_of(m.auth)),
+            response_serializer=_serialize,
+        ),
+        "Leave": grpc.unary_unary_rpc_method_handler(
+            servicer.leave,
+            request_deserializer=_proto(pb.LeaveRequest, lambda m: (auth_of(m.auth), m.reason)),
+            response_serializer=_serialize,
+        ),
+    }
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
