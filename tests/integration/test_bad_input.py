@@ -1,0 +1,164 @@
+"""Hostile and broken updates over real gRPC: each refused with a clear status naming the
+problem, and each round then completes with the honest nodes, their average untouched."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from fedhive.proto.v1 import coordinator_pb2 as pb
+from tests.integration.adversary import Adversary, Task
+from tests.integration.harness import channel, start_coordinator, start_node, wait_all
+
+Case = Callable[[Adversary, Task], list[pb.UpdateMessage]]
+
+
+def wrong_shape(a: Adversary, t: Task) -> list[pb.UpdateMessage]:
+    specs = [pb.TensorSpec(name=s.name, dtype=s.dtype, shape=list(s.shape)) for s in t.specs]
+    specs[1].shape[:] = [3, 111]
+    return a.messages(t, specs=specs)
+
+
+def wrong_dtype(a: Adversary, t: Task) -> list[pb.UpdateMessage]:
+    specs = [pb.TensorSpec(name=s.name, dtype=s.dtype, shape=list(s.shape)) for s in t.specs]
+    specs[0].dtype = "float16"
+    return a.messages(t, specs=specs)
+
+
+def nan_values(a: Adversary, t: Task) -> list[pb.UpdateMessage]:
+    arrays = [x.copy() for x in t.arrays]
+    arrays[2][7] = np.nan
+    return a.messages(t, arrays=arrays)
+
+
+def truncated(a: Adversary, t: Task) -> list[pb.UpdateMessage]:
+    return a.messages(t, trailer=False)[:-1]
+
+
+def bad_digest(a: Adversary, t: Task) -> list[pb.UpdateMessage]:
+    return a.messages(t, digest=b"\x00" * 32)
+
+
+def unknown_node(a: Adversary, t: Task) -> list[pb.UpdateMessage]:
+    return a.messages(t, auth=pb.NodeAuth(node_id="eve-99", token=b"x" * 32))
+
+
+def wrong_round(a: Adversary, t: Task) -> list[pb.UpdateMessage]:
+    return a.messages(t, round_=t.round + 5)
+
+
+def oversized(a: Adversary, t: Task) -> list[pb.UpdateMessage]:
+    return a.messages(t, extra_chunk=b"\x00" * 4096)
+
+
+def oversized_chunk(a: Adversary, t: Task) -> list[pb.UpdateMessage]:
+    return a.messages(t, chunk_size=t.chunk_size * 2)
+
+
+def zero_examples(a: Adversary, t: Task) -> list[pb.UpdateMessage]:
+    return a.messages(t, num_examples=0)
+
+
+CASES: list[tuple[Case, grpc.StatusCode, str]] = [
+    (wrong_shape, grpc.StatusCode.INVALID_ARGUMENT, "shape"),
+    (wrong_dtype, grpc.StatusCode.INVALID_ARGUMENT, "dtype float16"),
+    (nan_values, grpc.StatusCode.INVALID_ARGUMENT, "non-finite"),
+    (truncated, grpc.StatusCode.INVALID_ARGUMENT, "truncated"),
+    (bad_digest, grpc.StatusCode.INVALID_ARGUMENT, "digest mismatch"),
+    (unknown_node, grpc.StatusCode.UNAUTHENTICATED, "unknown node 'eve-99'"),
+    (wrong_round, grpc.StatusCode.FAILED_PRECONDITION, "round"),
+    (oversized, grpc.StatusCode.RESOURCE_EXHAUSTED, "after the last tensor"),
+    (oversized_chunk, grpc.StatusCode.RESOURCE_EXHAUSTED, "exceeds the limit"),
+    (zero_examples, grpc.StatusCode.INVALID_ARGUMENT, "example count"),
+]
+
+
+def test_each_bad_update_is_refused_and_rounds_complete_with_honest_nodes(tmp_path: Path) -> None:
+    # Prepare: 2 honest node processes + the adversary; chunk size 1 KiB so tensors span chunks
+    args = {"params": 3000, "tensors": 3}
+    rounds = len(CASES)
+    coord = start_coordinator(
+        tmp_path, rounds=rounds, min_nodes=3, chunk_size=1024, task_args=args
+    )
+    adversary = Adversary(channel(coord.address))
+    procs = [start_node(coord.address, f"h{i}", seed=i, task_args=args) for i in range(2)]
+    outcomes = []
+
+    # Execute: one hostile case per round, then a NaN update so the adversary is surely dropped
+    for case, _, _ in CASES:
+        task = adversary.pull()
+        assert task is not None
+        outcomes.append(adversary.push(case(adversary, task)))
+        adversary.push(nan_values(adversary, task))
+    history = coord.join(timeout=120)
+    codes = wait_all(procs)
+
+    # Assert: each refusal has the right status and a message naming the problem
+    for (case, code, text), outcome in zip(CASES, outcomes, strict=True):
+        assert isinstance(outcome, grpc.RpcError), case.__name__
+        assert outcome.code() == code, (case.__name__, outcome.details())
+        assert text in outcome.details(), (case.__name__, outcome.details())
+    # every round committed with exactly the honest nodes
+    assert codes == [0, 0]
+    rounds_ = [e for e in history if e["event"] == "round"]
+    assert len(rounds_) == rounds
+    assert all(e["committed"] and len(e["reported"]) == 2 for e in rounds_)
+    assert all(any(k.startswith("mallory") for k in e["refused"]) for e in rounds_)
+    # and the global model is the honest average: deltas 1, 2 with 100, 101 examples each round
+    step = (100 * 1.0 + 101 * 2.0) / 201
+    final = load_file(str(tmp_path / "run" / "models" / f"round-{rounds:04d}.safetensors"))
+    for k in range(3):
+        np.testing.assert_allclose(final[f"weights.{k}"], k + rounds * step, rtol=1e-6)
+
+
+def test_duplicate_and_late_updates_are_refused(tmp_path: Path) -> None:
+    # Prepare: two raw nodes; the round accepts one update and closes at its deadline
+    coord = start_coordinator(
+        tmp_path, rounds=1, min_nodes=2, min_updates=1, round_timeout_s=2.0, heartbeat_timeout_s=30
+    )
+    alice, bob = Adversary(channel(coord.address), "alice"), Adversary(channel(coord.address), "bob")
+    task_a, task_b = alice.pull(), bob.pull()
+    assert task_a is not None and task_b is not None
+
+    # Execute
+    first = alice.push(alice.messages(task_a))
+    second = alice.push(alice.messages(task_a))
+    history = coord.join(timeout=30)
+    late = bob.push(bob.messages(task_b))
+
+    # Assert
+    assert isinstance(first, pb.PushReply) and first.bytes_received == 4000
+    assert isinstance(second, grpc.RpcError)
+    assert second.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "already sent" in second.details()
+    assert isinstance(late, grpc.RpcError)
+    assert late.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE)
+    rnd = [e for e in history if e["event"] == "round"][0]
+    assert rnd["committed"] and rnd["reported"] == [n for n in rnd["selected"] if "alice" in n]
+    coord.stop()
+
+
+@pytest.mark.parametrize("payload", [b"", b"\xff\xff\xff", b"\x0a\x05hello-not-a-header"])
+def test_malformed_bytes_get_invalid_argument(tmp_path: Path, payload: bytes) -> None:
+    # Prepare
+    coord = start_coordinator(tmp_path, rounds=1, min_nodes=1, join_timeout_s=5)
+    ch = channel(coord.address)
+    push = ch.stream_unary(
+        "/fedhive.proto.v1.Coordinator/PushUpdate",
+        request_serializer=lambda b: b,
+        response_deserializer=pb.PushReply.FromString,
+    )
+
+    # Execute
+    with pytest.raises(grpc.RpcError) as info:
+        push(iter([payload]))
+
+    # Assert
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    coord.stop()
+    ch.close()
