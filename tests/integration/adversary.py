@@ -24,7 +24,9 @@ class Task:
 class Adversary:
     def __init__(self, channel: grpc.Channel, name: str = "mallory") -> None:
         self.stub = pb_grpc.CoordinatorStub(channel)
-        reply = self.stub.Join(pb.JoinRequest(name=name, device="cpu", num_examples=10, protocol_version=1))
+        reply = self.stub.Join(
+            pb.JoinRequest(name=name, device="cpu", num_examples=10, protocol_version=1)
+        )
         self.auth = reply.auth
 
     def pull(self, wait_s: float = 30.0) -> Task | None:
@@ -78,7 +80,9 @@ class Adversary:
                 h.update(data)
                 out.append(pb.UpdateMessage(chunk=pb.Chunk(tensor=i, offset=start, data=data)))
         if extra_chunk is not None:
-            out.append(pb.UpdateMessage(chunk=pb.Chunk(tensor=len(arrays), offset=0, data=extra_chunk)))
+            out.append(
+                pb.UpdateMessage(chunk=pb.Chunk(tensor=len(arrays), offset=0, data=extra_chunk))
+            )
         if trailer:
             out.append(
                 pb.UpdateMessage(

@@ -82,11 +82,26 @@ def start_node(
     log: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     cmd = [
-        sys.executable, "-m", "fedhive.common.cli", "client",
-        "--server", address, "--task", task, "--name", name, "--seed", str(seed),
-        "--device", "cpu", "--max-connect-attempts", "10",
+        sys.executable,
+        "-m",
+        "fedhive.common.cli",
+        "client",
+        "--server",
+        address,
+        "--task",
+        task,
+        "--name",
+        name,
+        "--seed",
+        str(seed),
+        "--device",
+        "cpu",
+        "--max-connect-attempts",
+        "10",
     ]
-    for key, value in (task_args if task_args is not None else {"params": 1000, "tensors": 3}).items():
+    for key, value in (
+        task_args if task_args is not None else {"params": 1000, "tensors": 3}
+    ).items():
         cmd += ["--task-arg", f"{key}={value}"]
     if data is not None:
         cmd += ["--data", str(data)]
@@ -110,5 +125,8 @@ def wait_all(procs: list[subprocess.Popen[bytes]], timeout: float = 60.0) -> lis
 def channel(address: str) -> grpc.Channel:
     return grpc.insecure_channel(
         address,
-        options=[("grpc.max_send_message_length", 80 << 20), ("grpc.max_receive_message_length", 80 << 20)],
+        options=[
+            ("grpc.max_send_message_length", 80 << 20),
+            ("grpc.max_receive_message_length", 80 << 20),
+        ],
     )

@@ -82,9 +82,7 @@ def test_each_bad_update_is_refused_and_rounds_complete_with_honest_nodes(tmp_pa
     # Prepare: 2 honest node processes + the adversary; chunk size 1 KiB so tensors span chunks
     args = {"params": 3000, "tensors": 3}
     rounds = len(CASES)
-    coord = start_coordinator(
-        tmp_path, rounds=rounds, min_nodes=3, chunk_size=1024, task_args=args
-    )
+    coord = start_coordinator(tmp_path, rounds=rounds, min_nodes=3, chunk_size=1024, task_args=args)
     adversary = Adversary(channel(coord.address))
     procs = [start_node(coord.address, f"h{i}", seed=i, task_args=args) for i in range(2)]
     outcomes = []
@@ -121,7 +119,10 @@ def test_duplicate_and_late_updates_are_refused(tmp_path: Path) -> None:
     coord = start_coordinator(
         tmp_path, rounds=1, min_nodes=2, min_updates=1, round_timeout_s=2.0, heartbeat_timeout_s=30
     )
-    alice, bob = Adversary(channel(coord.address), "alice"), Adversary(channel(coord.address), "bob")
+    alice, bob = (
+        Adversary(channel(coord.address), "alice"),
+        Adversary(channel(coord.address), "bob"),
+    )
     task_a, task_b = alice.pull(), bob.pull()
     assert task_a is not None and task_b is not None
 
@@ -138,7 +139,7 @@ def test_duplicate_and_late_updates_are_refused(tmp_path: Path) -> None:
     assert "already sent" in second.details()
     assert isinstance(late, grpc.RpcError)
     assert late.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE)
-    rnd = [e for e in history if e["event"] == "round"][0]
+    rnd = next(e for e in history if e["event"] == "round")
     assert rnd["committed"] and rnd["reported"] == [n for n in rnd["selected"] if "alice" in n]
     coord.stop()
 

@@ -78,8 +78,17 @@ def test_simulate_command_runs_digits_quickstart(tmp_path: Path) -> None:
     # Execute: the README's quickstart, shortened
     proc = subprocess.run(
         [
-            sys.executable, "-m", "fedhive.common.cli", "simulate", "--nodes", "2", "--rounds",
-            "2", "--workdir", str(tmp_path), "--no-progress",
+            sys.executable,
+            "-m",
+            "fedhive.common.cli",
+            "simulate",
+            "--nodes",
+            "2",
+            "--rounds",
+            "2",
+            "--workdir",
+            str(tmp_path),
+            "--no-progress",
         ],
         capture_output=True,
         text=True,
@@ -88,9 +97,7 @@ def test_simulate_command_runs_digits_quickstart(tmp_path: Path) -> None:
 
     # Assert
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    events = [
-        json.loads(x) for x in (tmp_path / "run" / "events.jsonl").read_text().splitlines()
-    ]
+    events = [json.loads(x) for x in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     rounds = [e for e in events if e["event"] == "round"]
     assert len(rounds) == 2 and all(e["committed"] for e in rounds)
     assert "accuracy" in rounds[-1]["server_evaluate"]

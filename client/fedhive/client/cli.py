@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         transport.close()
     log.info(
         "done: %d round(s) trained, %.1f MB down, %.1f MB up",
-        stats.rounds_trained, stats.bytes_down / 1e6, stats.bytes_up / 1e6,
+        stats.rounds_trained,
+        stats.bytes_down / 1e6,
+        stats.bytes_up / 1e6,
     )
     return 0
 

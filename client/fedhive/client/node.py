@@ -9,6 +9,7 @@ Coordinator restarted (node unknown): join again. SIGTERM: leave cleanly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedhive.client.transport import Transport
 from fedhive.common.chunks import Chunk, StreamChecker, iter_chunks
 from fedhive.common.config import ClientConfig
 from fedhive.common.errors import (
@@ -42,7 +44,6 @@ from fedhive.common.messages import (
 )
 from fedhive.common.task import Task, TaskContext, exchanged_state, load_task
 from fedhive.common.tensors import TensorSpec, spec_of, tensor_bytes
-from fedhive.client.transport import Transport
 
 log = logging.getLogger("fedhive.client")
 
@@ -69,7 +70,9 @@ class NodeStats:
 
 
 class Node:
-    def __init__(self, config: ClientConfig, transport: Transport, task: Task | None = None) -> None:
+    def __init__(
+        self, config: ClientConfig, transport: Transport, task: Task | None = None
+    ) -> None:
         self.config = config
         self.transport = transport
         self.device = resolve_device(config.device)
@@ -169,10 +172,8 @@ class Node:
     def _leave(self) -> None:
         if self._join is None:
             return
-        try:
+        with contextlib.suppress(FedhiveError):
             self.transport.leave(self._join.auth, "node stopping")
-        except FedhiveError:
-            pass
 
     def _step(self) -> bool:
         """One pull and what it asks for; True when the run is finished."""
@@ -192,7 +193,9 @@ class Node:
         if header.kind == TaskKind.EVALUATE:
             result = self.task.evaluate(self.model, config)
             n, metrics = (result.num_examples, dict(result.metrics)) if result else (0, {})
-            self.transport.report_evaluation(EvaluationReport(joined.auth, header.round, n, metrics))
+            self.transport.report_evaluation(
+                EvaluationReport(joined.auth, header.round, n, metrics)
+            )
             self.stats.evaluations += 1
             log.info("round %d: evaluated %s", header.round, _fmt(metrics))
             return False
@@ -254,7 +257,11 @@ class Node:
         self.stats.rounds_trained += 1
         log.info(
             "round %d: trained on %d examples in %.2fs %s; sent %.1f MB",
-            header.round, fit.num_examples, train_s, _fmt(fit.metrics), sent / 1e6,
+            header.round,
+            fit.num_examples,
+            train_s,
+            _fmt(fit.metrics),
+            sent / 1e6,
         )
 
 

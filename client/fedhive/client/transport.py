@@ -102,7 +102,9 @@ class GrpcTransport:
             response_deserializer=pb.PushReply.FromString,
         )
         self._report = self._channel.unary_unary(
-            SERVICE + "ReportEvaluation", request_serializer=ser, response_deserializer=pb.Ack.FromString
+            SERVICE + "ReportEvaluation",
+            request_serializer=ser,
+            response_deserializer=pb.Ack.FromString,
         )
         self._heartbeat = self._channel.unary_unary(
             SERVICE + "Heartbeat",
@@ -137,7 +139,7 @@ class GrpcTransport:
 
     def push(self, messages: Iterable[UpdateMessage]) -> int:
         try:
-            reply = self._push((_update_bytes(m) for m in messages))
+            reply = self._push(_update_bytes(m) for m in messages)
         except grpc.RpcError as exc:
             raise map_rpc_error(exc, "push") from exc
         return int(reply.bytes_received)

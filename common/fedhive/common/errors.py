@@ -16,9 +16,9 @@
         └── InvalidUpdateError      malformed stream, wrong shape/dtype,
                                     non-finite values, bad digest...    -> INVALID_ARGUMENT
 
-``fedhive.common`` imports neither grpc nor torch for its errors: each ``RequestRefused`` carries the
-*name* of its gRPC status code; the servicer and the node transport map it at the boundary (and map
-foreign errors back with ``raise ... from exc``).
+``fedhive.common`` imports neither grpc nor torch for its errors: each ``RequestRefused``
+carries the *name* of its gRPC status code; the servicer and the node transport map it at the
+boundary (and map foreign errors back with ``raise ... from exc``).
 """
 
 from __future__ import annotations

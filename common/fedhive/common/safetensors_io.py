@@ -89,9 +89,11 @@ class SafetensorsFile:
                 header = json.loads(f.read(n))
             except (struct.error, ValueError) as exc:
                 raise FedhiveError(f"{path}: not a safetensors file") from exc
-            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(
-                f.fileno()
-            ).st_size else None
+            self._mm = (
+                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                if os.fstat(f.fileno()).st_size
+                else None
+            )
         self.metadata: dict[str, str] = header.pop("__metadata__", {}) or {}
         entries = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
         self.specs: list[TensorSpec] = []

@@ -8,8 +8,8 @@ what a type can validate on its own (known dtype, sane shapes, a body present) a
 from __future__ import annotations
 
 import math
-from typing import Any
 from collections.abc import Mapping
+from typing import Any
 
 from fedhive.common.chunks import Chunk
 from fedhive.common.errors import InvalidUpdateError
@@ -114,7 +114,9 @@ def join_request_from_proto(msg: pb.JoinRequest) -> JoinRequest:
 
 def join_reply_to_proto(rep: JoinReply) -> pb.JoinReply:
     return pb.JoinReply(
-        auth=auth_to_proto(rep.auth), run_id=rep.run_id, heartbeat_interval_s=rep.heartbeat_interval_s
+        auth=auth_to_proto(rep.auth),
+        run_id=rep.run_id,
+        heartbeat_interval_s=rep.heartbeat_interval_s,
     )
 
 
@@ -133,7 +135,7 @@ def task_header_to_proto(h: TaskHeader) -> pb.TaskHeader:
     return pb.TaskHeader(
         run_id=h.run_id,
         round=h.round,
-        kind=int(h.kind),
+        kind=pb.TaskKind.Name(int(h.kind)),
         config=config_to_proto(h.config),
         tensors=[tensor_spec_to_proto(s) for s in h.tensors],
         payload_bytes=h.payload_bytes,
@@ -246,7 +248,10 @@ def update_message_from_proto(msg: pb.UpdateMessage) -> UpdateMessage:
 
 def evaluation_report_to_proto(r: EvaluationReport) -> pb.EvaluationReport:
     return pb.EvaluationReport(
-        auth=auth_to_proto(r.auth), round=r.round, num_examples=r.num_examples, metrics=dict(r.metrics)
+        auth=auth_to_proto(r.auth),
+        round=r.round,
+        num_examples=r.num_examples,
+        metrics=dict(r.metrics),
     )
 
 

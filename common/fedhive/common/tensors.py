@@ -56,9 +56,7 @@ def dtype(name: str) -> DType:
     try:
         return DTYPES[name]
     except KeyError:
-        raise InvalidUpdateError(
-            f"unknown dtype {name!r} (known: {', '.join(DTYPES)})"
-        ) from None
+        raise InvalidUpdateError(f"unknown dtype {name!r} (known: {', '.join(DTYPES)})") from None
 
 
 @dataclass(frozen=True)
@@ -72,7 +70,9 @@ class TensorSpec:
     def __post_init__(self) -> None:
         dtype(self.dtype)
         if len(self.shape) > MAX_DIMS:
-            raise InvalidUpdateError(f"tensor {self.name!r}: {len(self.shape)} dimensions > {MAX_DIMS}")
+            raise InvalidUpdateError(
+                f"tensor {self.name!r}: {len(self.shape)} dimensions > {MAX_DIMS}"
+            )
         if any(d < 0 for d in self.shape):
             raise InvalidUpdateError(f"tensor {self.name!r}: negative dimension in {self.shape}")
 
@@ -89,12 +89,17 @@ def payload_bytes(specs: list[TensorSpec] | tuple[TensorSpec, ...]) -> int:
     return sum(s.nbytes for s in specs)
 
 
+def raw_view(arr: np.ndarray) -> memoryview:
+    """The bytes of ``arr`` as a flat memoryview (no copy when it is contiguous)."""
+    return np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data
+
+
 def check_finite(data: memoryview | bytes | np.ndarray, dtype_name: str) -> bool:
     """True when every float word of ``data`` is finite (integers always are)."""
     mask = _EXP_MASK.get(dtype_name)
     if mask is None:
         return True
-    words = np.frombuffer(data, dtype=mask[0])
+    words = np.frombuffer(data, dtype=mask[0])  # type: ignore[call-overload]
     if words.size == 0:
         return True
     return not bool(np.any((words & mask[1]) == mask[1]))
@@ -152,7 +157,9 @@ _TORCH_NAMES = {
 def torch_dtype_name(t: torch.Tensor) -> str:
     name = str(t.dtype).removeprefix("torch.")
     if name not in _TORCH_NAMES:
-        raise InvalidUpdateError(f"tensor dtype {t.dtype} cannot travel (known: {', '.join(DTYPES)})")
+        raise InvalidUpdateError(
+            f"tensor dtype {t.dtype} cannot travel (known: {', '.join(DTYPES)})"
+        )
     return name
 
 
@@ -172,7 +179,7 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
         t = t.view(torch.int16)
     elif t.dtype == torch.bool:
         t = t.view(torch.uint8)
-    return memoryview(t.numpy()).cast("B")
+    return raw_view(t.numpy())
 
 
 def tensor_from_bytes(spec: TensorSpec, data: bytes | bytearray | memoryview) -> torch.Tensor:

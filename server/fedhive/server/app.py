@@ -14,10 +14,16 @@ from typing import Any
 import grpc
 import numpy as np
 
-from fedhive.common.config import ServerConfig
 from fedhive.common.chunks import MAX_CHUNK_SIZE
+from fedhive.common.config import ServerConfig
 from fedhive.common.task import Task, TaskContext, exchanged_state, load_task
-from fedhive.common.tensors import TensorSpec, spec_of, tensor_bytes, tensor_from_bytes
+from fedhive.common.tensors import (
+    TensorSpec,
+    raw_view,
+    spec_of,
+    tensor_bytes,
+    tensor_from_bytes,
+)
 from fedhive.server.coordinator import Coordinator, RoundListener
 from fedhive.server.servicer import CoordinatorServicer, generic_handler
 from fedhive.server.store import RunStore
@@ -58,7 +64,7 @@ def task_evaluator(task: Task, config: Mapping[str, Any]) -> Any:
         state = exchanged_state(model)
         with torch.no_grad():
             for spec, arr in zip(specs, arrays, strict=True):
-                state[spec.name].copy_(tensor_from_bytes(spec, memoryview(arr).cast("B")))
+                state[spec.name].copy_(tensor_from_bytes(spec, raw_view(arr)))
         result = task.evaluate(model, {**config, "round": round_})
         if result is None:
             return None
@@ -78,9 +84,7 @@ class RunningServer:
         self.server.stop(grace).wait()
 
 
-def start_server(
-    config: ServerConfig, listener: RoundListener | None = None
-) -> RunningServer:
+def start_server(config: ServerConfig, listener: RoundListener | None = None) -> RunningServer:
     """Load the task, create the run directory and serve; the caller runs ``coordinator.run()``."""
     task = load_task(
         config.task,
@@ -98,7 +102,9 @@ def start_server(
     evaluator = task_evaluator(task, config.train) if config.eval_data is not None else None
     coordinator = Coordinator(config, specs, arrays, store, evaluator=evaluator, listener=listener)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="fedhive-rpc"),
+        futures.ThreadPoolExecutor(
+            max_workers=config.max_workers, thread_name_prefix="fedhive-rpc"
+        ),
         options=grpc_options(config.chunk_size),
         maximum_concurrent_rpcs=config.max_workers,
     )
@@ -109,7 +115,11 @@ def start_server(
     server.start()
     log.info(
         "coordinator listening on port %d (run %s, %d tensors, %.1f MB, run dir %s)",
-        port, coordinator.run_id, len(specs), coordinator.model_bytes / 1e6, config.run_dir,
+        port,
+        coordinator.run_id,
+        len(specs),
+        coordinator.model_bytes / 1e6,
+        config.run_dir,
     )
     return RunningServer(server, port, coordinator)
 

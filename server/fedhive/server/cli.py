@@ -48,8 +48,13 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-data", type=Path, help="held-out data for coordinator-side evaluation")
     p.add_argument("--seed", type=int)
     p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
-                   help="training config sent to nodes each round (epochs, batch_size, lr ...)")
+    p.add_argument(
+        "--train",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="training config sent to nodes each round (epochs, batch_size, lr ...)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--log-level", default="INFO")
 

@@ -52,7 +52,7 @@ from fedhive.common.messages import (
     UpdateHeader,
     UpdateTrailer,
 )
-from fedhive.common.tensors import TensorSpec, payload_bytes
+from fedhive.common.tensors import TensorSpec, payload_bytes, raw_view
 from fedhive.server.spool import Spool, SpoolBudget
 from fedhive.server.store import RunStore
 from fedhive.server.strategy import Aggregator, FedAvg
@@ -138,13 +138,21 @@ class RoundState:
     bytes_out: int = 0
 
     def pending(self) -> set[str]:
-        return self.selected - set(self.reported) - set(self.evaluations) - set(self.refused) - self.dropped
+        return (
+            self.selected
+            - set(self.reported)
+            - set(self.evaluations)
+            - set(self.refused)
+            - self.dropped
+        )
 
 
 class UpdateSession:
     """One update stream: chunks are checked and staged; the trailer commits or nothing does."""
 
-    def __init__(self, coord: Coordinator, node: NodeRecord, state: RoundState, header: UpdateHeader):
+    def __init__(
+        self, coord: Coordinator, node: NodeRecord, state: RoundState, header: UpdateHeader
+    ):
         self._coord = coord
         self.node = node
         self.state = state
@@ -231,7 +239,9 @@ class Coordinator:
             raise ValueError("initial model and specs differ in length")
         for spec, arr in zip(self.specs, self._global, strict=True):
             if arr.nbytes != spec.nbytes:
-                raise ValueError(f"initial tensor {spec.name!r} has {arr.nbytes} bytes, not {spec.nbytes}")
+                raise ValueError(
+                    f"initial tensor {spec.name!r} has {arr.nbytes} bytes, not {spec.nbytes}"
+                )
 
     # ------------------------------------------------------------------ node-facing API
 
@@ -239,7 +249,9 @@ class Coordinator:
         if not req.name or len(req.name) > 128:
             raise InvalidUpdateError("node name must be 1-128 characters")
         if req.protocol_version != 1:
-            raise InvalidUpdateError(f"protocol version {req.protocol_version} is not supported (1)")
+            raise InvalidUpdateError(
+                f"protocol version {req.protocol_version} is not supported (1)"
+            )
         with self._cv:
             self._next_node += 1
             node_id = f"{req.name}-{self._next_node}"
@@ -292,11 +304,15 @@ class Coordinator:
                     self._cv.notify_all()
                     return [self._header_bytes(TaskKind.FINISH, self.committed_rounds)]
                 st = self._round
-                if st is not None and not st.closed and node.node_id in st.pending():
-                    if node.node_id not in st.in_flight:
-                        st.pulled.add(node.node_id)
-                        st.bytes_out += st.broadcast.payload_bytes
-                        return st.broadcast.messages
+                if (
+                    st is not None
+                    and not st.closed
+                    and node.node_id in st.pending()
+                    and node.node_id not in st.in_flight
+                ):
+                    st.pulled.add(node.node_id)
+                    st.bytes_out += st.broadcast.payload_bytes
+                    return st.broadcast.messages
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._stop.is_set():
                     number = st.number if st is not None else 0
@@ -309,8 +325,10 @@ class Coordinator:
             node = self._auth(header.auth)
             st = self._round
             if st is None or st.kind != TaskKind.TRAIN or header.round != st.number:
-                current = "no training round" if st is None or st.kind != TaskKind.TRAIN else (
-                    f"round {st.number}"
+                current = (
+                    "no training round"
+                    if st is None or st.kind != TaskKind.TRAIN
+                    else (f"round {st.number}")
                 )
                 raise StaleRoundError(
                     f"update from {node.node_id} is for round {header.round}, but {current} is open"
@@ -321,7 +339,9 @@ class Coordinator:
                 )
             nid = node.node_id
             if nid in st.reported:
-                raise DuplicateUpdateError(f"node {nid} already sent its update for round {st.number}")
+                raise DuplicateUpdateError(
+                    f"node {nid} already sent its update for round {st.number}"
+                )
             if nid in st.in_flight:
                 raise DuplicateUpdateError(
                     f"node {nid} is already uploading an update for round {st.number}"
@@ -347,10 +367,14 @@ class Coordinator:
     def _check_header(self, header: UpdateHeader, nid: str) -> None:
         what = f"update from {nid}"
         if header.num_examples <= 0:
-            raise InvalidUpdateError(f"{what}: example count must be > 0, got {header.num_examples}")
+            raise InvalidUpdateError(
+                f"{what}: example count must be > 0, got {header.num_examples}"
+            )
         got, want = header.tensors, self.specs
         if len(got) != len(want):
-            raise InvalidUpdateError(f"{what}: {len(got)} tensors, the global model has {len(want)}")
+            raise InvalidUpdateError(
+                f"{what}: {len(got)} tensors, the global model has {len(want)}"
+            )
         for i, (g, w) in enumerate(zip(got, want, strict=True)):
             if g.name != w.name:
                 raise InvalidUpdateError(f"{what}: tensor {i} is {g.name!r}, expected {w.name!r}")
@@ -422,7 +446,8 @@ class Coordinator:
             st = self._round
             if st is None or st.kind != TaskKind.EVALUATE or st.number != report.round or st.closed:
                 raise StaleRoundError(
-                    f"evaluation from {node.node_id} for round {report.round}: no such evaluation open"
+                    f"evaluation from {node.node_id} for round {report.round}: "
+                    "no such evaluation is open"
                 )
             if node.node_id not in st.selected:
                 raise NotSelectedError(f"node {node.node_id} was not asked to evaluate")
@@ -442,7 +467,7 @@ class Coordinator:
         return serde.task_message_to_bytes(TaskHeader(self.run_id, number, kind, **extra))
 
     def _encode(self, number: int, kind: TaskKind, config: Mapping[str, Any]) -> Broadcast:
-        buffers = [memoryview(a).cast("B") for a in self._global]
+        buffers = [raw_view(a) for a in self._global]
         header = TaskHeader(
             run_id=self.run_id,
             round=number,
@@ -453,7 +478,9 @@ class Coordinator:
             chunk_size=self.config.chunk_size,
         )
         messages = [serde.task_message_to_bytes(header)]
-        messages.extend(serde.task_chunk_bytes(c) for c in iter_chunks(buffers, self.config.chunk_size))
+        messages.extend(
+            serde.task_chunk_bytes(c) for c in iter_chunks(buffers, self.config.chunk_size)
+        )
         messages.append(serde.task_message_to_bytes(TaskTrailer(payload_digest(buffers))))
         return Broadcast(messages, self.model_bytes)
 
@@ -489,10 +516,15 @@ class Coordinator:
         """Run every round, then the final federated evaluation; returns the round records."""
         cfg = self.config
         self.store.append_event(
-            {"event": "start", "run_id": self.run_id, "time": time.time(), "model_bytes": self.model_bytes,
-             "tensors": len(self.specs)}
+            {
+                "event": "start",
+                "run_id": self.run_id,
+                "time": time.time(),
+                "model_bytes": self.model_bytes,
+                "tensors": len(self.specs),
+            }
         )
-        self.store.write_model(0, self.specs, [memoryview(a).cast("B") for a in self._global])
+        self.store.write_model(0, self.specs, [raw_view(a) for a in self._global])
         number, attempt = 1, 0
         try:
             while number <= cfg.rounds:
@@ -505,8 +537,13 @@ class Coordinator:
                 attempt += 1
                 if cfg.on_failed_round == "stop" or attempt > cfg.max_round_retries:
                     raise RunAborted(f"round {number} failed: {event['reason']}")
-                log.warning("round %d failed (%s); retrying (%d/%d)", number, event["reason"],
-                            attempt, cfg.max_round_retries)
+                log.warning(
+                    "round %d failed (%s); retrying (%d/%d)",
+                    number,
+                    event["reason"],
+                    attempt,
+                    cfg.max_round_retries,
+                )
             if cfg.federated_evaluation:
                 self._run_round(cfg.rounds, 0, TaskKind.EVALUATE)
         except RunAborted as exc:
@@ -515,7 +552,9 @@ class Coordinator:
             self._finish()
             raise
         self._finish()
-        self.store.append_event({"event": "finished", "rounds": self.committed_rounds, "time": time.time()})
+        self.store.append_event(
+            {"event": "finished", "rounds": self.committed_rounds, "time": time.time()}
+        )
         return self.history
 
     def _finish(self, grace_s: float = 5.0) -> None:
@@ -550,15 +589,24 @@ class Coordinator:
             self._broadcast_kind = (number, kind)
         with self._cv:
             alive = self._alive()
-            selected = self._select(number, attempt, alive) if kind == TaskKind.TRAIN else {
-                n.node_id for n in alive
-            }
+            selected = (
+                self._select(number, attempt, alive)
+                if kind == TaskKind.TRAIN
+                else {n.node_id for n in alive}
+            )
             now = time.monotonic()
-            st = RoundState(number, attempt, kind, selected, now + cfg.round_timeout_s, now, broadcast)
+            st = RoundState(
+                number, attempt, kind, selected, now + cfg.round_timeout_s, now, broadcast
+            )
             self._round = st
             self._cv.notify_all()
-        log.info("round %d%s: %s sent to %d node(s)", number,
-                 f" (attempt {attempt + 1})" if attempt else "", kind.name.lower(), len(selected))
+        log.info(
+            "round %d%s: %s sent to %d node(s)",
+            number,
+            f" (attempt {attempt + 1})" if attempt else "",
+            kind.name.lower(),
+            len(selected),
+        )
         if self.listener is not None:
             self.listener.round_opened(number, kind.name.lower(), len(selected))
         reason = ""
@@ -613,9 +661,8 @@ class Coordinator:
         needed = cfg.min_updates or 1
         if len(contributions) < needed:
             event["committed"] = False
-            event["reason"] = (
-                f"{len(contributions)} update(s) accepted, {needed} needed"
-                + (f" ({reason})" if reason else "")
+            event["reason"] = f"{len(contributions)} update(s) accepted, {needed} needed" + (
+                f" ({reason})" if reason else ""
             )
             log.warning("round %d not committed: %s", st.number, event["reason"])
         else:
@@ -624,7 +671,7 @@ class Coordinator:
             event["aggregate_s"] = round(time.monotonic() - started, 6)
             self._broadcast = None  # the old model's encoded chunks are no longer needed
             self._global = [np.ascontiguousarray(a).reshape(-1) for a in new_global]
-            self.store.write_model(st.number, self.specs, [memoryview(a).cast("B") for a in self._global])
+            self.store.write_model(st.number, self.specs, [raw_view(a) for a in self._global])
             event["committed"] = True
             event["train"] = weighted_mean([(c.num_examples, c.metrics) for c in contributions])
             evals = [(c.eval_examples, c.eval_metrics) for c in contributions if c.eval_examples]

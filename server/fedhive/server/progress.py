@@ -13,7 +13,11 @@ from rich.table import Table
 
 def _metric_text(event: Mapping[str, Any]) -> str:
     parts = []
-    for section, label in (("server_evaluate", "test"), ("evaluate", "fed-eval"), ("train", "train")):
+    for section, label in (
+        ("server_evaluate", "test"),
+        ("evaluate", "fed-eval"),
+        ("train", "train"),
+    ):
         metrics = event.get(section) or {}
         for key in ("accuracy", "loss"):
             if key in metrics:
@@ -79,8 +83,17 @@ class RichProgress:
 
 def summary_table(history: Sequence[Mapping[str, Any]]) -> Table:
     table = Table(title="fedhive run summary")
-    for col in ("round", "nodes", "examples", "train loss", "fed-eval acc", "test acc", "seconds",
-                "MB in", "MB out"):
+    for col in (
+        "round",
+        "nodes",
+        "examples",
+        "train loss",
+        "fed-eval acc",
+        "test acc",
+        "seconds",
+        "MB in",
+        "MB out",
+    ):
         table.add_column(col, justify="right")
     for ev in history:
         train = ev.get("train") or {}

@@ -102,7 +102,9 @@ class CoordinatorServicer:
                 session = self.coord.open_update(first)
                 trailer = self._receive(session, requests)
                 contribution = session.finish(trailer)
-                return pb.PushReply(round=session.state.number, bytes_received=contribution.bytes_in)
+                return pb.PushReply(
+                    round=session.state.number, bytes_received=contribution.bytes_in
+                )
             except RequestRefused as exc:
                 if session is not None:
                     session.abort(str(exc))
@@ -114,7 +116,9 @@ class CoordinatorServicer:
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _receive(session: UpdateSession, requests: Iterator[UpdateMessage | Malformed]) -> UpdateTrailer:
+    def _receive(
+        session: UpdateSession, requests: Iterator[UpdateMessage | Malformed]
+    ) -> UpdateTrailer:
         for msg in requests:
             msg = _checked(msg)
             if isinstance(msg, Chunk):

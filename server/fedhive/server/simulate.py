@@ -35,11 +35,27 @@ def prepare_data(
     return server_dir, list(node_dirs)
 
 
-def node_command(address: str, task: str, data: Path | None, name: str, seed: int,
-                 task_args: list[str]) -> list[str]:
-    cmd = [sys.executable, "-m", "fedhive.common.cli", "client", "--server", address,
-           "--task", task, "--name", name, "--seed", str(seed), "--device", "cpu",
-           "--max-connect-attempts", "20"]
+def node_command(
+    address: str, task: str, data: Path | None, name: str, seed: int, task_args: list[str]
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "fedhive.common.cli",
+        "client",
+        "--server",
+        address,
+        "--task",
+        task,
+        "--name",
+        name,
+        "--seed",
+        str(seed),
+        "--device",
+        "cpu",
+        "--max-connect-attempts",
+        "20",
+    ]
     if data is not None:
         cmd += ["--data", str(data)]
     for item in task_args:
@@ -91,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     procs: list[subprocess.Popen[bytes]] = []
     for i in range(ns.nodes):
         out = open(logs / f"node-{i}.log", "wb")  # noqa: SIM115 - lives as long as the process
-        cmd = node_command(address, config.task, node_data[i], f"node-{i}", base.seed + i, ns.task_arg)
+        cmd = node_command(
+            address, config.task, node_data[i], f"node-{i}", base.seed + i, ns.task_arg
+        )
         procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env))
     console.print(f"coordinator on {address}; {ns.nodes} node processes (logs in {logs})")
     code = 0

@@ -87,7 +87,7 @@ class DigitsTask:
             x, y = self._read(data_dir / "train.npz")
             rng = np.random.default_rng(ctx.seed)
             order = rng.permutation(len(y))
-            n_val = int(round(len(y) * val_fraction)) if len(y) > 4 else 0
+            n_val = round(len(y) * val_fraction) if len(y) > 4 else 0
             val_idx, train_idx = order[:n_val], order[n_val:]
             self.train = self._tensors(x[train_idx], y[train_idx])
             if n_val:
@@ -101,7 +101,9 @@ class DigitsTask:
             raise TaskError(f"digits task: data file not found: {path}")
         x, y = read_npz(path)
         if x.ndim != 3 or x.shape[1:] != (8, 8) or len(x) != len(y):
-            raise TaskError(f"digits task: {path} must hold x of shape (N, 8, 8) and y of shape (N,)")
+            raise TaskError(
+                f"digits task: {path} must hold x of shape (N, 8, 8) and y of shape (N,)"
+            )
         if len(y) and (y.min() < 0 or y.max() >= NUM_CLASSES):
             raise TaskError(f"digits task: labels in {path} must be in 0..{NUM_CLASSES - 1}")
         return x, y
@@ -123,14 +125,16 @@ class DigitsTask:
     def fit(self, model: nn.Module, config: Mapping[str, Scalar]) -> FitResult:
         if self.train is None:
             raise TaskError("digits task: this node has no training data (data_dir unset)")
-        epochs = _as_int(config, "epochs", 1)
-        batch_size = _as_int(config, "batch_size", 32)
+        epochs = _as_int(config, "epochs", 2)
+        batch_size = _as_int(config, "batch_size", 16)
         lr = _as_float(config, "lr", 0.05)
         momentum = _as_float(config, "momentum", 0.9)
         weight_decay = _as_float(config, "weight_decay", 0.0)
         rnd = int(config.get("round", 0))
         x, y = self.train
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        opt = torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+        )
         gen = torch.Generator().manual_seed(self.ctx.seed * 1_000_003 + rnd)
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
@@ -161,7 +165,9 @@ class DigitsTask:
         logits = model(x.to(self.device))
         loss = nn.functional.cross_entropy(logits, y.to(self.device))
         acc = (logits.argmax(1).cpu() == y).float().mean()
-        return EvalResult(num_examples=len(y), metrics={"loss": float(loss), "accuracy": float(acc)})
+        return EvalResult(
+            num_examples=len(y), metrics={"loss": float(loss), "accuracy": float(acc)}
+        )
 
 
 def make_task(ctx: TaskContext) -> DigitsTask:
