@@ -1,0 +1,57 @@
+"""The node runtime as a real process: backoff before the coordinator exists, SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from pathlib import Path
+
+from tests.integration.harness import start_coordinator, start_node, wait_all
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_node_started_before_coordinator_backs_off_then_joins(tmp_path: Path) -> None:
+    # Prepare: the node dials a port where nothing listens yet
+    port = free_port()
+    log = tmp_path / "node.log"
+    proc = start_node(f"127.0.0.1:{port}", "early", seed=0, log=log)
+    time.sleep(2.0)
+
+    # Execute: the coordinator comes up on that port later
+    coord = start_coordinator(tmp_path, address=f"127.0.0.1:{port}", rounds=2, min_nodes=1)
+    history = coord.join(timeout=60)
+    codes = wait_all([proc])
+
+    # Assert
+    text = log.read_text()
+    assert codes == [0], text
+    assert "cannot reach the coordinator" in text
+    assert [e["committed"] for e in history if e["event"] == "round"] == [True, True]
+
+
+def test_sigterm_makes_the_node_leave_cleanly(tmp_path: Path) -> None:
+    # Prepare: a round that cannot start (min_nodes=2) and one node waiting in it
+    coord = start_coordinator(tmp_path, rounds=1, min_nodes=2, join_timeout_s=60)
+    log = tmp_path / "node.log"
+    proc = start_node(coord.address, "leaver", seed=0, log=log)
+    nodes = coord.running.coordinator._nodes
+    deadline = time.monotonic() + 30
+    while not nodes and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert nodes, log.read_text()
+
+    # Execute
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=20)
+
+    # Assert: exit 0 and the coordinator saw it leave
+    assert code == 0, log.read_text()
+    (record,) = nodes.values()
+    assert record.finished and not record.alive
+    coord.stop()
