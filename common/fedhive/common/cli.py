@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"fedhive: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    from fedhive.common.memory import tune_malloc
+
+    tune_malloc()
     module_name, _, attr = COMMANDS[name][0].partition(":")
     entry = getattr(importlib.import_module(module_name), attr)
     return int(entry(rest) or 0)

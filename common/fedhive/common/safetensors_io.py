@@ -62,18 +62,24 @@ def write_safetensors(
     raw += b" " * (-len(raw) % 8)
     tmp = path.with_name(f".{path.name}.tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for spec, buf in zip(specs, buffers, strict=True):
-            view = memoryview(buf).cast("B")
-            if len(view) != spec.nbytes:
-                raise ValueError(f"tensor {spec.name!r}: {len(view)} bytes, expected {spec.nbytes}")
-            f.write(view)
-        f.flush()
-        os.fsync(f.fileno())
-        size = f.tell()
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            for spec, buf in zip(specs, buffers, strict=True):
+                view = memoryview(buf).cast("B")
+                if len(view) != spec.nbytes:
+                    raise ValueError(
+                        f"tensor {spec.name!r}: {len(view)} bytes, expected {spec.nbytes}"
+                    )
+                f.write(view)
+            f.flush()
+            os.fsync(f.fileno())
+            size = f.tell()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
     return size
 

@@ -339,7 +339,7 @@ def _fast_chunk(buf: bytes) -> Chunk | None:
         if pos >= len(buf) or buf[pos] != 0x1A:
             return None
         length, pos = _read_varint(buf, pos + 1)
-        if pos + length != len(buf) or tensor >= 1 << 32:
+        if pos + length != len(buf) or tensor >= 1 << 32 or offset >= 1 << 64:
             return None
         return Chunk(tensor, offset, memoryview(buf)[pos:])
     except ValueError:

@@ -1,0 +1,35 @@
+"""Process-level memory tuning for the chunk-heavy data path.
+
+Every chunk that crosses gRPC becomes a fresh ~1 MiB bytes object. glibc serves allocations of
+that size with mmap by default (above a dynamic threshold), so each one costs hundreds of page
+faults and is unmapped again on free; measured here, that made copying a 40 MB model in 1 MiB
+chunks 5-8x slower than reusing heap memory. :func:`tune_malloc` raises the mmap threshold so
+chunk-sized blocks come from (and return to) the heap, and bounds what the heap may keep unused.
+Called once by the ``fedhive`` command; a no-op where glibc is absent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+MMAP_THRESHOLD_BYTES = 32 << 20
+TRIM_THRESHOLD_BYTES = 64 << 20
+
+
+def tune_malloc() -> bool:
+    """Returns True when the settings were applied."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+    ok = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1 and ok
+    return ok
