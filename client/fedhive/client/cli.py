@@ -27,6 +27,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--max-connect-attempts", type=int)
+    p.add_argument("--backoff-max", type=float, help="longest wait between reconnects (s)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seed": ns.seed,
                 "task_args": parse_task_args(ns.task_arg),
                 "max_connect_attempts": ns.max_connect_attempts,
+                "backoff_max_s": ns.backoff_max,
             },
         )
         from fedhive.client.node import Node

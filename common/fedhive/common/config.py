@@ -112,14 +112,16 @@ def build_config(
     model: type[C],
     path: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
 ) -> C:
-    """Read ``path`` (TOML, optional), apply non-None ``overrides`` (CLI flags), validate."""
-    data: dict[str, Any] = {}
+    """Start from ``base``, read ``path`` (TOML, optional), apply non-None ``overrides`` (CLI
+    flags), validate."""
+    data: dict[str, Any] = dict(base or {})
     source = "flags"
     if path is not None:
         source = str(path)
         try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            data.update(tomllib.loads(Path(path).read_text(encoding="utf-8")))
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
         except tomllib.TOMLDecodeError as exc:

@@ -123,5 +123,10 @@ class SafetensorsFile:
         return [self.buffer(i) for i in range(len(self.specs))]
 
     def close(self) -> None:
+        """Unmap the file (left to the garbage collector while views of it are alive)."""
         if self._mm is not None:
-            self._mm.close()
+            try:
+                self._mm.close()
+            except BufferError:
+                return
+            self._mm = None

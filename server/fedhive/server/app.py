@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import signal
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -16,6 +18,7 @@ import numpy as np
 
 from fedhive.common.chunks import MAX_CHUNK_SIZE
 from fedhive.common.config import ServerConfig
+from fedhive.common.safetensors_io import SafetensorsFile
 from fedhive.common.task import Task, TaskContext, exchanged_state, load_task
 from fedhive.common.tensors import (
     TensorSpec,
@@ -26,7 +29,7 @@ from fedhive.common.tensors import (
 )
 from fedhive.server.coordinator import Coordinator, RoundListener
 from fedhive.server.servicer import CoordinatorServicer, generic_handler
-from fedhive.server.store import RunStore
+from fedhive.server.store import RunStore, StoreError
 
 log = logging.getLogger("fedhive.server")
 
@@ -73,6 +76,20 @@ def task_evaluator(task: Task, config: Mapping[str, Any]) -> Any:
     return evaluate
 
 
+def load_model(path: Path, specs: Sequence[TensorSpec]) -> list[np.ndarray]:
+    """A committed model file, checked against the task's model, as flat byte arrays."""
+    stored = SafetensorsFile(path)
+    try:
+        if stored.specs != list(specs):
+            raise StoreError(
+                f"{path} does not hold this task's model (tensor names, dtypes or shapes "
+                "differ): resume with the same task and task_args"
+            )
+        return [np.frombuffer(buf, dtype=np.uint8).copy() for buf in stored.buffers()]
+    finally:
+        stored.close()
+
+
 @dataclass
 class RunningServer:
     server: grpc.Server
@@ -98,9 +115,29 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
     )
     specs, arrays = initial_model(task)
     store = RunStore(config.run_dir)
-    store.create(config.model_dump_json(indent=2))
+    settings = config.model_dump(mode="json")
+    resume = None
+    run_id = secrets.token_hex(8)
+    if store.exists():
+        resume = store.open_existing(settings)
+        run_id = resume.run_id
+        if resume.model_path is None:
+            resume = None
+        else:
+            arrays = load_model(resume.model_path, specs)
+    else:
+        store.create(settings, run_id)
     evaluator = task_evaluator(task, config.train) if config.eval_data is not None else None
-    coordinator = Coordinator(config, specs, arrays, store, evaluator=evaluator, listener=listener)
+    coordinator = Coordinator(
+        config,
+        specs,
+        arrays,
+        store,
+        evaluator=evaluator,
+        listener=listener,
+        run_id=run_id,
+        resume=resume,
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=config.max_workers, thread_name_prefix="fedhive-rpc"

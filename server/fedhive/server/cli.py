@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from fedhive.common.config import ServerConfig, build_config
-from fedhive.common.errors import FedhiveError
+from fedhive.common.errors import ConfigError, FedhiveError
 from fedhive.common.logs import setup_logging
 
 
@@ -38,6 +39,13 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML file with server settings")
     p.add_argument("--address", help="listen address host:port (default 127.0.0.1:8765)")
     p.add_argument("--run-dir", type=Path)
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR with its stored settings (a run directory that exists "
+        "is resumed anyway when the settings match)",
+    )
     p.add_argument("--task", help="task factory, package.module:factory")
     p.add_argument("--rounds", type=int)
     p.add_argument("--min-nodes", type=int)
@@ -77,7 +85,15 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> ServerConfig:
         "progress": False if ns.no_progress else None,
         **extra,
     }
-    return build_config(ServerConfig, ns.config, overrides)
+    base = None
+    resume = getattr(ns, "resume", None)
+    if resume is not None:
+        stored = Path(resume) / "config.json"
+        if not (Path(resume) / "run.sqlite").exists() or not stored.exists():
+            raise ConfigError(f"--resume {resume}: not a fedhive run directory")
+        base = json.loads(stored.read_text(encoding="utf-8"))
+        overrides["run_dir"] = resume
+    return build_config(ServerConfig, ns.config, overrides, base)
 
 
 def run(config: ServerConfig) -> int:

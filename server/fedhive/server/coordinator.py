@@ -15,6 +15,7 @@ on arrival, length and digest at the end); a refused or broken update leaves no 
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import math
@@ -54,7 +55,7 @@ from fedhive.common.messages import (
 )
 from fedhive.common.tensors import TensorSpec, payload_bytes, raw_view
 from fedhive.server.spool import Spool, SpoolBudget
-from fedhive.server.store import RunStore
+from fedhive.server.store import ResumePoint, RunStore
 from fedhive.server.strategy import Aggregator, FedAvg
 
 log = logging.getLogger("fedhive.server")
@@ -92,7 +93,7 @@ class NodeRecord:
     name: str
     device: str
     num_examples: int
-    token: bytes
+    token_sha256: bytes
     last_seen: float
     alive: bool = True
     finished: bool = False
@@ -210,6 +211,7 @@ class Coordinator:
         evaluator: Evaluator | None = None,
         listener: RoundListener | None = None,
         run_id: str | None = None,
+        resume: ResumePoint | None = None,
     ) -> None:
         self.config = config
         self.specs = list(specs)
@@ -217,7 +219,8 @@ class Coordinator:
         self.aggregator: Aggregator = aggregator if aggregator is not None else FedAvg()
         self.evaluator = evaluator
         self.listener = listener
-        self.run_id = run_id or secrets.token_hex(8)
+        self.resume = resume
+        self.run_id = resume.run_id if resume else (run_id or secrets.token_hex(8))
         self.spool_budget = SpoolBudget(config.spool_memory_bytes)
         self.model_bytes = payload_bytes(self.specs)
         self._global: list[np.ndarray] = [np.ascontiguousarray(a) for a in initial]
@@ -225,13 +228,21 @@ class Coordinator:
         self._cv = threading.Condition()
         self._fold_lock = threading.Lock()
         self._nodes: dict[str, NodeRecord] = {}
-        self._next_node = 0
+        self._next_node = resume.next_node_seq if resume else 0
         self._round: RoundState | None = None
         self._broadcast: Broadcast | None = None
         self._broadcast_kind: tuple[int, TaskKind] | None = None
         self._finished = False
         self._stop = threading.Event()
-        self.committed_rounds = 0
+        self.committed_rounds = resume.round if resume else 0
+        if resume is not None:
+            restore = getattr(self.aggregator, "restore", None)
+            if restore is not None:
+                restore(resume.strategy_state)
+            for node_id, name, token_sha256 in store.nodes():
+                self._nodes[node_id] = NodeRecord(
+                    node_id, name, "?", 0, token_sha256, time.monotonic(), alive=False
+                )
         self.history: list[dict[str, Any]] = []
 
     def _check_initial(self) -> None:
@@ -256,8 +267,10 @@ class Coordinator:
             self._next_node += 1
             node_id = f"{req.name}-{self._next_node}"
             token = secrets.token_bytes(32)
+            digest = hashlib.sha256(token).digest()
+            self.store.add_node(node_id, req.name, token, self._next_node)
             self._nodes[node_id] = NodeRecord(
-                node_id, req.name, req.device, req.num_examples, token, time.monotonic()
+                node_id, req.name, req.device, req.num_examples, digest, time.monotonic()
             )
             self._cv.notify_all()
         log.info("node %s joined (device=%s, examples=%d)", node_id, req.device, req.num_examples)
@@ -265,7 +278,8 @@ class Coordinator:
 
     def _auth(self, auth: NodeAuth) -> NodeRecord:
         node = self._nodes.get(auth.node_id)
-        if node is None or not hmac.compare_digest(node.token, auth.token):
+        given = hashlib.sha256(auth.token).digest()
+        if node is None or not hmac.compare_digest(node.token_sha256, given):
             raise UnknownNodeError(
                 f"unknown node {auth.node_id!r} or wrong token (not joined, or the coordinator "
                 "restarted): join again"
@@ -515,17 +529,15 @@ class Coordinator:
     def run(self) -> list[dict[str, Any]]:
         """Run every round, then the final federated evaluation; returns the round records."""
         cfg = self.config
-        self.store.append_event(
-            {
-                "event": "start",
-                "run_id": self.run_id,
-                "time": time.time(),
-                "model_bytes": self.model_bytes,
-                "tensors": len(self.specs),
-            }
-        )
-        self.store.write_model(0, self.specs, [raw_view(a) for a in self._global])
-        number, attempt = 1, 0
+        base = {"run_id": self.run_id, "time": time.time(), "model_bytes": self.model_bytes}
+        if self.resume is None:
+            self.store.append_event({"event": "start", "tensors": len(self.specs), **base})
+            path = self.store.write_model(0, self.specs, [raw_view(a) for a in self._global])
+            self.store.commit_round(0, path, None, self._strategy_state(), time.time())
+        else:
+            self.store.append_event({"event": "resumed", "round": self.resume.round, **base})
+            log.info("resuming run %s after round %d", self.run_id, self.resume.round)
+        number, attempt = self.committed_rounds + 1, 0
         try:
             while number <= cfg.rounds:
                 if self._stop.is_set():
@@ -556,6 +568,10 @@ class Coordinator:
             {"event": "finished", "rounds": self.committed_rounds, "time": time.time()}
         )
         return self.history
+
+    def _strategy_state(self) -> dict[str, Any]:
+        state = getattr(self.aggregator, "state", None)
+        return dict(state()) if state is not None else {}
 
     def _finish(self, grace_s: float = 5.0) -> None:
         deadline = time.monotonic() + grace_s
@@ -665,13 +681,17 @@ class Coordinator:
                 f" ({reason})" if reason else ""
             )
             log.warning("round %d not committed: %s", st.number, event["reason"])
+            event["duration_s"] = round(time.monotonic() - st.opened_at, 6)
+            self.store.append_event(event)
         else:
             started = time.monotonic()
             new_global = self.aggregator.finalize()
             event["aggregate_s"] = round(time.monotonic() - started, 6)
             self._broadcast = None  # the old model's encoded chunks are no longer needed
-            self._global = [np.ascontiguousarray(a).reshape(-1) for a in new_global]
-            self.store.write_model(st.number, self.specs, [raw_view(a) for a in self._global])
+            new_flat = [np.ascontiguousarray(a).reshape(-1) for a in new_global]
+            model_path = self.store.write_model(
+                st.number, self.specs, [raw_view(a) for a in new_flat]
+            )
             event["committed"] = True
             event["train"] = weighted_mean([(c.num_examples, c.metrics) for c in contributions])
             evals = [(c.eval_examples, c.eval_metrics) for c in contributions if c.eval_examples]
@@ -682,14 +702,17 @@ class Coordinator:
                     **weighted_mean(evals),
                 }
             if self.evaluator is not None:
-                metrics = self.evaluator(st.number, self.specs, self._global)
+                metrics = self.evaluator(st.number, self.specs, new_flat)
                 if metrics is not None:
                     event["server_evaluate"] = dict(metrics)
-            self.committed_rounds = st.number
             if reason:
                 event["note"] = reason
-        event["duration_s"] = round(time.monotonic() - st.opened_at, 6)
-        self.store.append_event(event)
+            event["duration_s"] = round(time.monotonic() - st.opened_at, 6)
+            self.store.commit_round(
+                st.number, model_path, event, self._strategy_state(), time.time()
+            )
+            self._global = new_flat
+            self.committed_rounds = st.number
         self.history.append(event)
         if self.listener is not None:
             self.listener.round_closed(event)

@@ -32,3 +32,9 @@ class Aggregator(Protocol):
     def finalize(self) -> list[np.ndarray]:
         """Raw arrays (storage dtype of each spec) of the new global model."""
         ...
+
+    def state(self) -> dict[str, object]:
+        """What must survive a coordinator restart (JSON-serialisable; e.g. optimiser moments)."""
+        ...
+
+    def restore(self, state: dict[str, object]) -> None: ...

@@ -61,3 +61,11 @@ class FedAvg:
             self._sums[index] = np.empty(0, dtype=acc.dtype)  # release as we go
         self._sums = []
         return out
+
+    def state(self) -> dict[str, object]:
+        """FedAvg keeps nothing between rounds."""
+        return {}
+
+    def restore(self, state: dict[str, object]) -> None:
+        if state:
+            raise ValueError(f"FedAvg has no state to restore, got keys {sorted(state)}")

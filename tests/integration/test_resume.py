@@ -1,0 +1,127 @@
+"""Durability: the coordinator is SIGKILLed at random moments and restarted; nothing is lost."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from tests.integration.harness import CONSTANT_TASK, wait_all
+from tests.integration.test_node_lifecycle import free_port
+
+ROUNDS = 8
+ARGS = ["--task-arg", "params=2000000", "--task-arg", "tensors=4"]
+
+
+def coordinator_cmd(port: int, run_dir: Path, config: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "fedhive.common.cli", "server", "--config", str(config),
+        "--address", f"127.0.0.1:{port}", "--run-dir", str(run_dir), "--task", CONSTANT_TASK,
+        *ARGS, "--rounds", str(ROUNDS), "--min-nodes", "3", "--no-progress",
+    ]  # fmt: skip
+
+
+def node_cmd(port: int, i: int) -> list[str]:
+    return [
+        sys.executable, "-m", "fedhive.common.cli", "client", "--server", f"127.0.0.1:{port}",
+        "--task", CONSTANT_TASK, *ARGS, "--name", f"n{i}", "--seed", str(i), "--device", "cpu",
+        "--backoff-max", "0.5", "--max-connect-attempts", "200",
+    ]  # fmt: skip
+
+
+def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
+    # Prepare: 3 nodes that outlive the coordinator; a deterministic constant task
+    port, run_dir = free_port(), tmp_path / "run"
+    config = tmp_path / "server.toml"
+    config.write_text("federated_evaluation = false\nheartbeat_interval_s = 0.5\n")
+    logs = [open(tmp_path / f"node{i}.log", "wb") for i in range(3)]  # noqa: SIM115
+    nodes = [subprocess.Popen(node_cmd(port, i), stdout=f, stderr=f) for i, f in enumerate(logs)]
+    rng = random.Random(7)
+    kills = 0
+
+    # Execute: start, SIGKILL after a random delay, restart ... then let the last one finish
+    try:
+        for attempt in range(5):
+            with open(tmp_path / f"coord{attempt}.log", "wb") as out:
+                coord = subprocess.Popen(
+                    coordinator_cmd(port, run_dir, config), stdout=out, stderr=out
+                )
+            if attempt == 4:
+                assert coord.wait(timeout=120) == 0, (tmp_path / "coord4.log").read_text()
+                break
+            time.sleep(rng.uniform(2.0, 4.5))
+            if coord.poll() is None:
+                coord.send_signal(signal.SIGKILL)
+                kills += 1
+            coord.wait()
+        codes = wait_all(nodes, timeout=60)
+    finally:
+        for n in nodes:
+            n.kill() if n.poll() is None else None
+        for f in logs:
+            f.close()
+
+    # Assert: killed at least twice mid-run, every round committed exactly once
+    assert kills >= 2
+    assert codes == [0, 0, 0], [(tmp_path / f"node{i}.log").read_text()[-2000:] for i in range(3)]
+    with sqlite3.connect(run_dir / "run.sqlite") as db:
+        committed = [r[0] for r in db.execute("SELECT round FROM rounds ORDER BY round")]
+    assert committed == list(range(ROUNDS + 1))
+    events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+    rounds = [e["round"] for e in events if e["event"] == "round" and e["committed"]]
+    assert rounds == list(range(1, ROUNDS + 1))
+    assert sum(e["event"] == "resumed" for e in events) >= 2
+    # the final model equals that of an uninterrupted run: k + ROUNDS * step
+    step = (100 * 1.0 + 101 * 2.0 + 102 * 3.0) / 303
+    final = load_file(str(run_dir / "models" / f"round-{ROUNDS:04d}.safetensors"))
+    for k in range(4):
+        np.testing.assert_allclose(final[f"weights.{k}"], k + ROUNDS * step, rtol=1e-6)
+
+
+def test_resume_with_another_config_is_refused(tmp_path: Path) -> None:
+    # Prepare: a finished one-round run
+    run_dir = tmp_path / "run"
+    base = [
+        sys.executable, "-m", "fedhive.common.cli", "server", "--address", "127.0.0.1:0",
+        "--run-dir", str(run_dir), "--task", CONSTANT_TASK, "--min-nodes", "1", "--no-progress",
+        "--task-arg", "params=10",
+    ]  # fmt: skip
+    first = subprocess.Popen([*base, "--rounds", "1", "--train", "x=1"], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (run_dir / "run.sqlite").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=60)
+
+    # Execute: same run directory, another seed
+    second = subprocess.run(
+        [*base, "--rounds", "1", "--train", "x=1", "--seed", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    # Assert
+    assert second.returncode == 2
+    assert "another configuration" in second.stderr and "seed" in second.stderr
+
+
+@pytest.mark.parametrize("flag", ["--resume"])
+def test_resume_flag_needs_a_run_directory(tmp_path: Path, flag: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedhive.common.cli", "server", flag, str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "not a fedhive run directory" in proc.stderr
