@@ -40,7 +40,7 @@ class CoordinatorThread:
         self.running.stop(grace=0.5)
 
 
-def start_coordinator(tmp_path: Path, **overrides: Any) -> CoordinatorThread:
+def start_coordinator(tmp_path: Path, listener: Any = None, **overrides: Any) -> CoordinatorThread:
     settings: dict[str, Any] = {
         "address": "127.0.0.1:0",
         "run_dir": tmp_path / "run",
@@ -57,7 +57,7 @@ def start_coordinator(tmp_path: Path, **overrides: Any) -> CoordinatorThread:
     }
     settings.update(overrides)
     config = ServerConfig(**settings)
-    running = start_server(config)
+    running = start_server(config, listener)
     holder = CoordinatorThread(running, threading.Thread(target=lambda: None))
 
     def target() -> None:
