@@ -5,7 +5,10 @@ that size with mmap by default (above a dynamic threshold), so each one costs hu
 faults and is unmapped again on free; measured here, that made copying a 40 MB model in 1 MiB
 chunks 5-8x slower than reusing heap memory. :func:`tune_malloc` raises the mmap threshold so
 chunk-sized blocks come from (and return to) the heap, and bounds what the heap may keep unused.
-Called once by the ``fedhive`` command; a no-op where glibc is absent.
+It also caps glibc at two arenas: each gRPC handler thread would otherwise get an arena of its
+own that keeps freed chunks, and the coordinator's memory would grow with the number of nodes
+uploading at once (measured: P=10M, N=8: peak RSS 734 MB with the default, 599 MB with two).
+Called once by the ``fedhive`` command before any thread starts; a no-op where glibc is absent.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import sys
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 
 MMAP_THRESHOLD_BYTES = 32 << 20
 TRIM_THRESHOLD_BYTES = 64 << 20
+ARENAS = 2
 
 
 def tune_malloc() -> bool:
@@ -32,4 +37,5 @@ def tune_malloc() -> bool:
         return False
     ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
     ok = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1 and ok
+    ok = mallopt(M_ARENA_MAX, ARENAS) == 1 and ok
     return ok
