@@ -49,7 +49,7 @@ class ServerConfig(_Config):
     eval_data: Path | None = None
     device: str = "cpu"
     spool_dir: Path | None = None
-    spool_memory_bytes: int = Field(default=0, ge=0)
+    spool_memory_bytes: int | None = Field(default=None, ge=0)
     max_workers: int = Field(default=256, ge=4)
     progress: bool = True
 

@@ -61,6 +61,7 @@ from fedhive.server.strategy import Aggregator, FedAvg
 log = logging.getLogger("fedhive.server")
 
 MAX_PULL_WAIT_S = 60.0
+DEFAULT_SPOOL_MEMORY = 256 << 20
 
 
 class RunAborted(FedhiveError):
@@ -221,8 +222,11 @@ class Coordinator:
         self.listener = listener
         self.resume = resume
         self.run_id = resume.run_id if resume else (run_id or secrets.token_hex(8))
-        self.spool_budget = SpoolBudget(config.spool_memory_bytes)
         self.model_bytes = payload_bytes(self.specs)
+        budget = config.spool_memory_bytes
+        if budget is None:  # default: two updates in memory, at most 256 MiB; the rest in files
+            budget = min(2 * self.model_bytes, DEFAULT_SPOOL_MEMORY)
+        self.spool_budget = SpoolBudget(budget)
         self._global: list[np.ndarray] = [np.ascontiguousarray(a) for a in initial]
         self._check_initial()
         self._cv = threading.Condition()

@@ -2,9 +2,10 @@
 
 An update is folded into the aggregate only once its whole stream has been checked (digest,
 length), so a stream that breaks off or lies leaves no trace. Until then its checked bytes wait in a
-spool: in memory while a shared byte budget allows, else in an unlinked temporary file (page cache,
-not the coordinator's heap). With the default budget of 0 the coordinator's memory does not grow
-with the number of nodes uploading at once.
+spool: in memory while a shared byte budget allows (the received chunk buffers themselves are
+kept, no copy), else in an unlinked temporary file (page cache, not the coordinator's heap). The
+budget is shared by all uploads, so the coordinator's memory does not grow with the number of
+nodes uploading at once.
 """
 
 from __future__ import annotations
@@ -37,16 +38,20 @@ class SpoolBudget:
 
 
 class Spool:
-    """Append-only buffer of exactly ``size`` bytes, read back in pieces."""
+    """Append-only buffer of exactly ``size`` bytes, read back in pieces.
+
+    In memory mode :meth:`write` keeps a reference to the buffer it is given (which must not change
+    afterwards: the coordinator passes immutable received bytes).
+    """
 
     def __init__(self, size: int, budget: SpoolBudget, directory: Path | None = None) -> None:
         self.size = size
         self.written = 0
         self._budget = budget
-        self._mem: bytearray | None = None
+        self._mem: list[tuple[int, memoryview]] | None = None
         self._fd: int | None = None
         if budget.try_take(size):
-            self._mem = bytearray(size)
+            self._mem = []
         else:
             fd, name = tempfile.mkstemp(prefix="fedhive-spool-", dir=directory)
             os.unlink(name)
@@ -57,7 +62,8 @@ class Spool:
         if self.written + n > self.size:
             raise ValueError("spool overflow")
         if self._mem is not None:
-            self._mem[self.written : self.written + n] = data
+            if n:
+                self._mem.append((self.written, memoryview(data).cast("B")))
         else:
             assert self._fd is not None
             view = memoryview(data)
@@ -69,9 +75,11 @@ class Spool:
     def pieces(self, offset: int, length: int, piece: int = READ_PIECE) -> Iterator[memoryview]:
         """Bytes [offset, offset+length) in pieces of at most ``piece`` bytes."""
         if self._mem is not None:
-            view = memoryview(self._mem)
-            for start in range(offset, offset + length, piece):
-                yield view[start : min(start + piece, offset + length)]
+            end = offset + length
+            for begin, view in self._mem:
+                lo, hi = max(begin, offset), min(begin + len(view), end)
+                for start in range(lo, hi, piece):
+                    yield view[start - begin : min(start + piece, hi) - begin]
             return
         assert self._fd is not None
         buf = bytearray(min(piece, max(length, 1)))
