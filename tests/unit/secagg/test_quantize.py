@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fedhive.common.errors import ConfigError
+from fedhive.common.errors import ConfigError, InvalidUpdateError
 from fedhive.common.secagg.quantize import QuantConfig, dequantize, quantize
 
 
@@ -74,3 +74,9 @@ def test_weight_outside_the_configuration_is_refused(weight: int) -> None:
 def test_bad_quantization_settings_are_refused(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         QuantConfig(**kwargs)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_values_are_refused(bad: float) -> None:
+    with pytest.raises(InvalidUpdateError, match="non-finite"):
+        quantize(np.array([0.0, bad]), 1, QuantConfig(), np.random.default_rng(0))

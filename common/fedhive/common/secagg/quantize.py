@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedhive.common.errors import ConfigError
+from fedhive.common.errors import ConfigError, InvalidUpdateError
 
 MODULUS = 1 << 32
 
@@ -69,7 +69,10 @@ def quantize(
 ) -> np.ndarray:
     """Weighted stochastic quantization of float ``values`` into uint32 words in ``[0, w L]``."""
     cfg.check_weight(weight)
-    x = np.clip(np.asarray(values, dtype=np.float64), -cfg.clip, cfg.clip)
+    x = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise InvalidUpdateError("cannot quantize non-finite values (NaN or inf)")
+    x = np.clip(x, -cfg.clip, cfg.clip)
     x += cfg.clip
     x *= weight / cfg.step
     low = np.floor(x)
