@@ -6,12 +6,38 @@ masks into uint32), :mod:`.shamir` (t-of-m sharing over GF(2^130 - 5)), :mod:`.q
 :mod:`.messages`, and the two state machines :mod:`.node` and :mod:`.server`.
 """
 
-from fedhive.common.secagg.graph import Graph
-from fedhive.common.secagg.keys import KeyAdvert, RoundKeys
-from fedhive.common.secagg.messages import SealedShares, UnmaskReply, UnmaskRequest
-from fedhive.common.secagg.node import NodeSecAgg
-from fedhive.common.secagg.quantize import QuantConfig, dequantize, quantize
-from fedhive.common.secagg.server import ServerSecAgg
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fedhive.common.secagg.graph import Graph
+    from fedhive.common.secagg.keys import KeyAdvert, RoundKeys
+    from fedhive.common.secagg.messages import SealedShares, UnmaskReply, UnmaskRequest
+    from fedhive.common.secagg.node import NodeSecAgg
+    from fedhive.common.secagg.quantize import QuantConfig
+    from fedhive.common.secagg.server import ServerSecAgg
+
+# Lazy: importing the settings (fedhive.common.config -> .quantize) must not pull in the crypto.
+_WHERE = {
+    "Graph": "graph",
+    "KeyAdvert": "keys",
+    "RoundKeys": "keys",
+    "SealedShares": "messages",
+    "UnmaskReply": "messages",
+    "UnmaskRequest": "messages",
+    "NodeSecAgg": "node",
+    "QuantConfig": "quantize",
+    "ServerSecAgg": "server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+
 
 __all__ = [
     "Graph",
@@ -23,6 +49,4 @@ __all__ = [
     "ServerSecAgg",
     "UnmaskReply",
     "UnmaskRequest",
-    "dequantize",
-    "quantize",
 ]
