@@ -14,10 +14,11 @@ Four steps, each a round trip through the coordinator:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from fedhive.common.secagg.keys import SIG_BYTES, context
+from fedhive.common.messages import NodeAuth
+from fedhive.common.secagg.keys import SIG_BYTES, KeyAdvert, context
 from fedhive.common.secagg.shamir import SHARE_BYTES
 
 ShareKind = Literal["seed", "key"]
@@ -73,3 +74,47 @@ class UnmaskReply:
     node: str
     round: int
     shares: tuple[RevealedShare, ...]
+
+
+# ----------------------------------------------------------------------------- wire envelopes
+# What one SecAggStep call carries (fedhive.common.serde_secagg turns these into protobuf).
+
+
+@dataclass(frozen=True)
+class Adverts:
+    adverts: tuple[KeyAdvert, ...]
+    identities: dict[str, bytes] = field(default_factory=dict)  # node -> Ed25519 public key
+
+
+@dataclass(frozen=True)
+class ShareKeys:
+    shares: tuple[SealedShares, ...]
+
+
+@dataclass(frozen=True)
+class AwaitUnmask:
+    pass
+
+
+@dataclass(frozen=True)
+class Done:
+    pass
+
+
+@dataclass(frozen=True)
+class Pending:
+    retry_after_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class SecAggRequest:
+    auth: NodeAuth
+    round: int
+    wait_s: float
+    body: KeyAdvert | ShareKeys | AwaitUnmask | UnmaskReply
+
+
+@dataclass(frozen=True)
+class SecAggReply:
+    round: int
+    body: Adverts | ShareKeys | UnmaskRequest | Done | Pending
