@@ -32,6 +32,7 @@ from fedhive.common import serde
 from fedhive.common.chunks import Chunk, StreamChecker, iter_chunks, payload_digest
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import (
+    ConfigError,
     DuplicateUpdateError,
     FedhiveError,
     InvalidUpdateError,
@@ -211,6 +212,13 @@ class Coordinator:
         listener: RoundListener | None = None,
         run_id: str | None = None,
     ) -> None:
+        if config.secure_aggregation != "none":
+            # fedhive.common.secagg is not wired into this round engine yet: refuse rather than
+            # run plain FedAvg under a setting that promises secure aggregation.
+            raise ConfigError(
+                f"secure_aggregation = {config.secure_aggregation!r} is not supported by the "
+                "coordinator yet; set it to 'none'"
+            )
         self.config = config
         self.specs = list(specs)
         self.store = store
