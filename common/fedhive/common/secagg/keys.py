@@ -117,10 +117,6 @@ def verify_advert(advert: KeyAdvert, identity: Ed25519PublicKey | None, round_: 
         )
 
 
-def sign(identity: Ed25519PrivateKey, message: bytes) -> bytes:
-    return identity.sign(message)
-
-
 def verify(
     identity: Ed25519PublicKey | None, signature: bytes, message: bytes, *, node: str, what: str
 ) -> None:

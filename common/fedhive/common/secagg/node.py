@@ -17,7 +17,7 @@ node stops this round.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -212,12 +212,6 @@ class NodeSecAgg:
         for secret, subtract in self._pairwise:
             add_mask(words, secret, start, subtract=subtract)
         return words
-
-    def mask_stream(
-        self, chunks: Iterable[tuple[int, np.ndarray]]
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        for start, words in chunks:
-            yield start, self.mask(start, words)
 
     # ------------------------------------------------------------------ 4. unmask
     def unmask(self, request: UnmaskRequest) -> UnmaskReply:
