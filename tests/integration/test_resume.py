@@ -38,6 +38,25 @@ def node_cmd(port: int, i: int) -> list[str]:
     ]  # fmt: skip
 
 
+def last_round(run_dir: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{run_dir / 'run.sqlite'}?mode=ro", uri=True) as db:
+            row = db.execute("SELECT MAX(round) FROM rounds").fetchone()
+    except sqlite3.Error:
+        return -1
+    return -1 if row is None or row[0] is None else int(row[0])
+
+
+def wait_for_progress(run_dir: Path, seen: int, coord: subprocess.Popen[bytes]) -> int:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and coord.poll() is None:
+        now = last_round(run_dir)
+        if now > seen:
+            return now
+        time.sleep(0.05)
+    return seen
+
+
 def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     # Prepare: 3 nodes that outlive the coordinator; a deterministic constant task
     port, run_dir = free_port(), tmp_path / "run"
@@ -46,7 +65,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     logs = [open(tmp_path / f"node{i}.log", "wb") for i in range(3)]  # noqa: SIM115
     nodes = [subprocess.Popen(node_cmd(port, i), stdout=f, stderr=f) for i, f in enumerate(logs)]
     rng = random.Random(7)
-    kills = 0
+    kills, seen = 0, -1
 
     # Execute: start, SIGKILL after a random delay, restart ... then let the last one finish
     try:
@@ -58,7 +77,9 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
             if attempt == 4:
                 assert coord.wait(timeout=120) == 0, (tmp_path / "coord4.log").read_text()
                 break
-            time.sleep(rng.uniform(2.0, 4.5))
+            # kill at a random instant once this coordinator has committed a new round
+            seen = wait_for_progress(run_dir, seen, coord)
+            time.sleep(rng.uniform(0.0, 0.8))
             if coord.poll() is None:
                 coord.send_signal(signal.SIGKILL)
                 kills += 1

@@ -209,3 +209,26 @@ def test_configs_are_frozen(model, field, value):
         setattr(config, field, value)
 
     assert getattr(config, field) == before
+
+
+def test_secure_aggregation_is_off_by_default_and_validated():
+    # Prepare / Execute
+    plain = build_config(ServerConfig)
+    secure = build_config(ServerConfig, overrides={"secure_aggregation": "secagg+"})
+    # Assert
+    assert plain.secure_aggregation == "none"
+    assert secure.secagg_quantization().levels == (1 << 16) - 1
+
+
+def test_secure_aggregation_that_can_overflow_is_refused_with_the_bound():
+    overrides = {"secure_aggregation": "secagg+", "min_nodes": 65, "secagg_max_weight": 1024}
+    with pytest.raises(ConfigError, match=r"can overflow.*nodes \(65\).*2\^32"):
+        build_config(ServerConfig, overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    "key, value", [("secure_aggregation", "secagg"), ("secagg_bits", 32), ("secagg_clip", 0.0)]
+)
+def test_bad_secure_aggregation_settings_name_the_field(key, value):
+    with pytest.raises(ConfigError, match=key):
+        build_config(ServerConfig, overrides={key: value})

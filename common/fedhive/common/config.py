@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fedhive.common.chunks import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 from fedhive.common.errors import ConfigError
+from fedhive.common.secagg.quantize import QuantConfig
 
 Scalar = bool | int | float | str
 
@@ -52,6 +53,14 @@ class ServerConfig(_Config):
     spool_memory_bytes: int | None = Field(default=None, ge=0)
     max_workers: int = Field(default=256, ge=4)
     progress: bool = True
+    # Secure aggregation (fedhive.common.secagg): "none" or "secagg+"; nodes follow the coordinator.
+    secure_aggregation: Literal["none", "secagg+"] = "none"
+    secagg_clip: float = Field(default=4.0, gt=0, allow_inf_nan=False)
+    secagg_bits: int = Field(default=16, ge=1, le=31)
+    secagg_max_weight: int = Field(default=1024, ge=1)
+    secagg_degree: int | None = Field(default=None, ge=1)
+    secagg_threshold: int | None = Field(default=None, ge=1)
+    secagg_step_timeout_s: float = Field(default=120.0, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> ServerConfig:
@@ -62,7 +71,20 @@ class ServerConfig(_Config):
                 f"min_updates ({self.min_updates}) cannot exceed min_nodes ({self.min_nodes})"
             )
         _check_task_path(self.task)
+        if self.secure_aggregation == "secagg+":
+            try:
+                self.secagg_quantization().check(self.min_nodes)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return self
+
+    def secagg_quantization(self) -> QuantConfig:
+        """The quantization of a secure-aggregation run (the overflow bound is checked per round
+        against the number of selected nodes, and here against ``min_nodes``)."""
+        try:
+            return QuantConfig(self.secagg_clip, self.secagg_bits, self.secagg_max_weight)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class ClientConfig(_Config):

@@ -7,6 +7,11 @@
     ├── TaskError                   a task factory could not be loaded or misbehaved
     ├── TransportError              the coordinator could not be reached / the call broke
     │   └── CoordinatorGone         the run is over or the coordinator forgot this node
+    ├── SecAggError                 secure aggregation could not go on (``node``: who, if known)
+    │   ├── SecAggAuthError         the one crypto failure: a signature, ciphertext, share or
+    │   │                           commitment did not verify (names the node that sent it)
+    │   └── SecAggAbortedError      the round cannot complete (fewer than t survivors or shares,
+    │                               a protocol step out of order); the global model is untouched
     └── RequestRefused              the coordinator refused a request (maps to a gRPC status)
         ├── UnknownNodeError        node id / token not recognised      -> UNAUTHENTICATED
         ├── StaleRoundError         update for a round that is not open -> FAILED_PRECONDITION
@@ -42,6 +47,23 @@ class TransportError(FedhiveError):
 
 class CoordinatorGone(TransportError):
     """The coordinator no longer knows this node (it restarted, or the run ended)."""
+
+
+class SecAggError(FedhiveError):
+    """Secure aggregation could not go on; ``node`` names the node at fault when one is known."""
+
+    def __init__(self, message: str, *, node: str | None = None) -> None:
+        super().__init__(message)
+        self.node = node
+
+
+class SecAggAuthError(SecAggError):
+    """A signature, ciphertext, share or commitment did not verify (deliberately uninformative
+    about *why*: one error for every crypto failure, naming only the node that sent the data)."""
+
+
+class SecAggAbortedError(SecAggError):
+    """The secure-aggregation round cannot complete; the global model must stay untouched."""
 
 
 class RequestRefused(FedhiveError):

@@ -32,6 +32,7 @@ class JoinRequest:
     device: str = "cpu"
     num_examples: int = 0
     protocol_version: int = PROTOCOL_VERSION
+    identity_key: bytes = b""  # Ed25519 public key (32 bytes) for secure aggregation
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,7 @@ def join_request_to_proto(req: JoinRequest) -> pb.JoinRequest:
         device=req.device,
         num_examples=req.num_examples,
         protocol_version=req.protocol_version,
+        identity_key=req.identity_key,
     )
 
 
@@ -109,7 +110,14 @@ def join_request_from_proto(msg: pb.JoinRequest) -> JoinRequest:
         device=msg.device,
         num_examples=msg.num_examples,
         protocol_version=msg.protocol_version,
+        identity_key=_identity_key(bytes(msg.identity_key)),
     )
+
+
+def _identity_key(key: bytes) -> bytes:
+    if len(key) not in (0, 32):
+        raise InvalidUpdateError(f"identity key must be 32 bytes (Ed25519), got {len(key)}")
+    return key
 
 
 def join_reply_to_proto(rep: JoinReply) -> pb.JoinReply:

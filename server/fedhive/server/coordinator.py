@@ -33,6 +33,7 @@ from fedhive.common import serde
 from fedhive.common.chunks import Chunk, StreamChecker, iter_chunks, payload_digest
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import (
+    ConfigError,
     DuplicateUpdateError,
     FedhiveError,
     InvalidUpdateError,
@@ -214,6 +215,13 @@ class Coordinator:
         run_id: str | None = None,
         resume: ResumePoint | None = None,
     ) -> None:
+        if config.secure_aggregation != "none":
+            # fedhive.common.secagg is not wired into this round engine yet: refuse rather than
+            # run plain FedAvg under a setting that promises secure aggregation.
+            raise ConfigError(
+                f"secure_aggregation = {config.secure_aggregation!r} is not supported by the "
+                "coordinator yet; set it to 'none'"
+            )
         self.config = config
         self.specs = list(specs)
         self.store = store

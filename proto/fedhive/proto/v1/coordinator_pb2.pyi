@@ -14,11 +14,20 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_KIND_TRAIN: _ClassVar[TaskKind]
     TASK_KIND_EVALUATE: _ClassVar[TaskKind]
     TASK_KIND_FINISH: _ClassVar[TaskKind]
+
+class SecAggShareKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SECAGG_SHARE_KIND_UNSPECIFIED: _ClassVar[SecAggShareKind]
+    SECAGG_SHARE_KIND_SEED: _ClassVar[SecAggShareKind]
+    SECAGG_SHARE_KIND_KEY: _ClassVar[SecAggShareKind]
 TASK_KIND_UNSPECIFIED: TaskKind
 TASK_KIND_WAIT: TaskKind
 TASK_KIND_TRAIN: TaskKind
 TASK_KIND_EVALUATE: TaskKind
 TASK_KIND_FINISH: TaskKind
+SECAGG_SHARE_KIND_UNSPECIFIED: SecAggShareKind
+SECAGG_SHARE_KIND_SEED: SecAggShareKind
+SECAGG_SHARE_KIND_KEY: SecAggShareKind
 
 class NodeAuth(_message.Message):
     __slots__ = ("node_id", "token")
@@ -51,16 +60,18 @@ class ConfigValue(_message.Message):
     def __init__(self, bool_value: _Optional[bool] = ..., int_value: _Optional[int] = ..., float_value: _Optional[float] = ..., string_value: _Optional[str] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("name", "device", "num_examples", "protocol_version")
+    __slots__ = ("name", "device", "num_examples", "protocol_version", "identity_key")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_KEY_FIELD_NUMBER: _ClassVar[int]
     name: str
     device: str
     num_examples: int
     protocol_version: int
-    def __init__(self, name: _Optional[str] = ..., device: _Optional[str] = ..., num_examples: _Optional[int] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+    identity_key: bytes
+    def __init__(self, name: _Optional[str] = ..., device: _Optional[str] = ..., num_examples: _Optional[int] = ..., protocol_version: _Optional[int] = ..., identity_key: _Optional[bytes] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("auth", "run_id", "heartbeat_interval_s")
@@ -233,3 +244,115 @@ class LeaveRequest(_message.Message):
 class Ack(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class SecAggKeyAdvert(_message.Message):
+    __slots__ = ("node_id", "round", "c_pk", "s_pk", "seed_commitment", "signature", "identity_key")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    C_PK_FIELD_NUMBER: _ClassVar[int]
+    S_PK_FIELD_NUMBER: _ClassVar[int]
+    SEED_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_KEY_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    round: int
+    c_pk: bytes
+    s_pk: bytes
+    seed_commitment: bytes
+    signature: bytes
+    identity_key: bytes
+    def __init__(self, node_id: _Optional[str] = ..., round: _Optional[int] = ..., c_pk: _Optional[bytes] = ..., s_pk: _Optional[bytes] = ..., seed_commitment: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., identity_key: _Optional[bytes] = ...) -> None: ...
+
+class SecAggSealedShares(_message.Message):
+    __slots__ = ("sender", "receiver", "round", "sealed")
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    RECEIVER_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    sender: str
+    receiver: str
+    round: int
+    sealed: bytes
+    def __init__(self, sender: _Optional[str] = ..., receiver: _Optional[str] = ..., round: _Optional[int] = ..., sealed: _Optional[bytes] = ...) -> None: ...
+
+class SecAggRevealedShare(_message.Message):
+    __slots__ = ("owner", "kind", "share", "signature")
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    owner: str
+    kind: SecAggShareKind
+    share: bytes
+    signature: bytes
+    def __init__(self, owner: _Optional[str] = ..., kind: _Optional[_Union[SecAggShareKind, str]] = ..., share: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class SecAggAdverts(_message.Message):
+    __slots__ = ("adverts",)
+    ADVERTS_FIELD_NUMBER: _ClassVar[int]
+    adverts: _containers.RepeatedCompositeFieldContainer[SecAggKeyAdvert]
+    def __init__(self, adverts: _Optional[_Iterable[_Union[SecAggKeyAdvert, _Mapping]]] = ...) -> None: ...
+
+class SecAggShareKeys(_message.Message):
+    __slots__ = ("shares",)
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    shares: _containers.RepeatedCompositeFieldContainer[SecAggSealedShares]
+    def __init__(self, shares: _Optional[_Iterable[_Union[SecAggSealedShares, _Mapping]]] = ...) -> None: ...
+
+class SecAggAwaitUnmask(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SecAggUnmask(_message.Message):
+    __slots__ = ("shares",)
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    shares: _containers.RepeatedCompositeFieldContainer[SecAggRevealedShare]
+    def __init__(self, shares: _Optional[_Iterable[_Union[SecAggRevealedShare, _Mapping]]] = ...) -> None: ...
+
+class SecAggUnmaskRequest(_message.Message):
+    __slots__ = ("survivors", "dropped")
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    survivors: _containers.RepeatedScalarFieldContainer[str]
+    dropped: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, survivors: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SecAggPending(_message.Message):
+    __slots__ = ("retry_after_s",)
+    RETRY_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    retry_after_s: float
+    def __init__(self, retry_after_s: _Optional[float] = ...) -> None: ...
+
+class SecAggRequest(_message.Message):
+    __slots__ = ("auth", "round", "wait_s", "advert", "share_keys", "await_unmask", "unmask")
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    ADVERT_FIELD_NUMBER: _ClassVar[int]
+    SHARE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    AWAIT_UNMASK_FIELD_NUMBER: _ClassVar[int]
+    UNMASK_FIELD_NUMBER: _ClassVar[int]
+    auth: NodeAuth
+    round: int
+    wait_s: float
+    advert: SecAggKeyAdvert
+    share_keys: SecAggShareKeys
+    await_unmask: SecAggAwaitUnmask
+    unmask: SecAggUnmask
+    def __init__(self, auth: _Optional[_Union[NodeAuth, _Mapping]] = ..., round: _Optional[int] = ..., wait_s: _Optional[float] = ..., advert: _Optional[_Union[SecAggKeyAdvert, _Mapping]] = ..., share_keys: _Optional[_Union[SecAggShareKeys, _Mapping]] = ..., await_unmask: _Optional[_Union[SecAggAwaitUnmask, _Mapping]] = ..., unmask: _Optional[_Union[SecAggUnmask, _Mapping]] = ...) -> None: ...
+
+class SecAggReply(_message.Message):
+    __slots__ = ("round", "adverts", "shares", "unmask_request", "done", "pending")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ADVERTS_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    UNMASK_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    adverts: SecAggAdverts
+    shares: SecAggShareKeys
+    unmask_request: SecAggUnmaskRequest
+    done: Ack
+    pending: SecAggPending
+    def __init__(self, round: _Optional[int] = ..., adverts: _Optional[_Union[SecAggAdverts, _Mapping]] = ..., shares: _Optional[_Union[SecAggShareKeys, _Mapping]] = ..., unmask_request: _Optional[_Union[SecAggUnmaskRequest, _Mapping]] = ..., done: _Optional[_Union[Ack, _Mapping]] = ..., pending: _Optional[_Union[SecAggPending, _Mapping]] = ...) -> None: ...

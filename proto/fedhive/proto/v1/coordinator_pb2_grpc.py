@@ -64,6 +64,11 @@ class CoordinatorStub:
                 request_serializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.LeaveRequest.SerializeToString,
                 response_deserializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.Ack.FromString,
                 _registered_method=True)
+        self.SecAggStep = channel.unary_unary(
+                '/fedhive.proto.v1.Coordinator/SecAggStep',
+                request_serializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.SecAggRequest.SerializeToString,
+                response_deserializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.SecAggReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -110,6 +115,16 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SecAggStep(self, request, context):
+        """Secure aggregation (SecAgg+, when the run enables it): one call per step (advertise keys,
+        share keys, await the unmask request, unmask). The call long-polls until the coordinator
+        closes the step and answers with this node's input for the next step, or with `pending`.
+        The masked update itself travels through PushUpdate (one uint32 tensor, see fedhive.common.secagg).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +157,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Leave,
                     request_deserializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.LeaveRequest.FromString,
                     response_serializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.Ack.SerializeToString,
+            ),
+            'SecAggStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecAggStep,
+                    request_deserializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.SecAggRequest.FromString,
+                    response_serializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.SecAggReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -306,6 +326,33 @@ class Coordinator:
             '/fedhive.proto.v1.Coordinator/Leave',
             fedhive_dot_proto_dot_v1_dot_coordinator__pb2.LeaveRequest.SerializeToString,
             fedhive_dot_proto_dot_v1_dot_coordinator__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecAggStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedhive.proto.v1.Coordinator/SecAggStep',
+            fedhive_dot_proto_dot_v1_dot_coordinator__pb2.SecAggRequest.SerializeToString,
+            fedhive_dot_proto_dot_v1_dot_coordinator__pb2.SecAggReply.FromString,
             options,
             channel_credentials,
             insecure,

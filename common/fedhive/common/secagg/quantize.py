@@ -1,0 +1,92 @@
+"""Weighted stochastic quantization into Z_2^32, and the overflow bound.
+
+A node with ``w`` examples clips each value ``x`` to ``[-clip, clip]``, multiplies by ``w`` and
+rounds ``w (x + clip) / step`` stochastically (unbiased) to an integer in ``[0, w L]``, where
+``L = 2^bits - 1`` and ``step = 2 clip / L``. Its example count ``w`` travels as one extra masked
+word. The coordinator unmasks the sums ``S = sum_i q_i`` and ``W = sum_i w_i`` and divides:
+``mean = S step / W - clip``, the example-weighted mean of the clipped values, within ``step / 2``
+per node of rounding noise (zero in expectation).
+
+**Overflow bound.** ``S <= W L <= nodes x max_weight x L`` must stay below ``2^32`` or the sum
+wraps around silently. :meth:`QuantConfig.check` refuses any configuration where it can, and a node
+refuses to send a weight above ``max_weight``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedhive.common.errors import ConfigError, InvalidUpdateError
+
+MODULUS = 1 << 32
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    clip: float = 4.0
+    bits: int = 16
+    max_weight: int = 1024
+
+    def __post_init__(self) -> None:
+        if not (self.clip > 0 and np.isfinite(self.clip)):
+            raise ConfigError(f"secagg clip range must be positive and finite, got {self.clip}")
+        if not 1 <= self.bits <= 31:
+            raise ConfigError(f"secagg bit width must be in [1, 31], got {self.bits}")
+        if self.max_weight < 1:
+            raise ConfigError(f"secagg max_weight must be >= 1, got {self.max_weight}")
+
+    @property
+    def levels(self) -> int:
+        """``L = 2^bits - 1``: steps across ``[-clip, clip]`` at weight 1."""
+        return (1 << self.bits) - 1
+
+    @property
+    def step(self) -> float:
+        return 2.0 * self.clip / self.levels
+
+    def check(self, nodes: int) -> None:
+        """Refuse a configuration whose unmasked sum could overflow 32 bits."""
+        worst = nodes * self.max_weight * self.levels
+        if worst >= MODULUS:
+            raise ConfigError(
+                f"secure aggregation can overflow: nodes ({nodes}) x max_weight "
+                f"({self.max_weight}) x (2^bits - 1) ({self.levels}) = {worst} >= 2^32; "
+                f"lower bits, max_weight or the number of nodes per round"
+            )
+
+    def check_weight(self, weight: int) -> None:
+        if not 1 <= weight <= self.max_weight:
+            raise ConfigError(
+                f"example count {weight} outside [1, max_weight={self.max_weight}] of the "
+                f"secure-aggregation configuration"
+            )
+
+
+def quantize(
+    values: np.ndarray, weight: int, cfg: QuantConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """Weighted stochastic quantization of float ``values`` into uint32 words in ``[0, w L]``."""
+    cfg.check_weight(weight)
+    x = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise InvalidUpdateError("cannot quantize non-finite values (NaN or inf)")
+    x = np.clip(x, -cfg.clip, cfg.clip)
+    x += cfg.clip
+    x *= weight / cfg.step
+    low = np.floor(x)
+    x -= low
+    low += rng.random(x.shape) < x
+    np.clip(low, 0, weight * cfg.levels, out=low)
+    return low.astype(np.uint32)
+
+
+def dequantize(words: np.ndarray, total_weight: int, cfg: QuantConfig) -> np.ndarray:
+    """The weighted mean (float64) from unmasked sums ``words`` and the summed weight."""
+    if total_weight <= 0:
+        raise ValueError("the summed weight must be positive")
+    out = words.astype(np.float64)
+    out *= cfg.step / total_weight
+    out -= cfg.clip
+    return out

@@ -1,0 +1,111 @@
+"""SecAgg+ as hook stages (:mod:`fedhive.common.hooks`).
+
+Node: ``[ClipStage, QuantizeStage, MaskStage]`` turns float blocks over elements ``[0, P)`` into
+masked uint32 blocks over words ``[0, P + 1)``: word 0 is the example count, word ``i + 1`` is
+element ``i``. The count comes first so that the coordinator learns the summed weight before the
+first value. Coordinator: :func:`folded_blocks` (the folded, still masked sum) then
+``[UnmaskStage, DequantizeStage]`` gives float64 blocks of the weighted mean over ``[0, P)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from fedhive.common.hooks import Block
+from fedhive.common.secagg.node import NodeSecAgg
+from fedhive.common.secagg.quantize import QuantConfig, dequantize, quantize
+from fedhive.common.secagg.server import ServerSecAgg
+
+COUNT_WORDS = 1
+
+
+def masked_words(elements: int) -> int:
+    """Words a node uploads for a model of ``elements`` values (the count word included)."""
+    return elements + COUNT_WORDS
+
+
+class ClipStage:
+    """Clip float values to ``[-clip, clip]`` (a copy: the caller's arrays stay untouched)."""
+
+    name = "clip"
+
+    def __init__(self, clip: float) -> None:
+        self.clip = clip
+
+    def transform(self, blocks: Iterable[Block]) -> Iterator[Block]:
+        for b in blocks:
+            yield Block(b.start, np.clip(b.values, -self.clip, self.clip))
+
+
+class QuantizeStage:
+    """Weighted stochastic quantization; emits the weight as word 0, element i as word i + 1."""
+
+    name = "quantize"
+
+    def __init__(self, cfg: QuantConfig, weight: int, rng: np.random.Generator) -> None:
+        cfg.check_weight(weight)
+        self.cfg = cfg
+        self.weight = weight
+        self.rng = rng
+
+    def transform(self, blocks: Iterable[Block]) -> Iterator[Block]:
+        yield Block(0, np.array([self.weight], dtype=np.uint32))
+        for b in blocks:
+            yield Block(b.start + COUNT_WORDS, quantize(b.values, self.weight, self.cfg, self.rng))
+
+
+class MaskStage:
+    """Mask each uint32 block in place with the node's SecAgg+ masks."""
+
+    name = "mask"
+
+    def __init__(self, machine: NodeSecAgg) -> None:
+        self.machine = machine
+
+    def transform(self, blocks: Iterable[Block]) -> Iterator[Block]:
+        for b in blocks:
+            yield Block(b.start, self.machine.mask(b.start, b.values))
+
+
+def folded_blocks(machine: ServerSecAgg) -> Iterator[Block]:
+    """The coordinator's folded sum as blocks (call after ``prepare_unmask``)."""
+    for start, words in machine.masked_sum_blocks():
+        yield Block(start, words)
+
+
+class UnmaskStage:
+    """Remove the survivors' self masks and the dropped nodes' pairwise masks, block by block."""
+
+    name = "unmask"
+
+    def __init__(self, machine: ServerSecAgg) -> None:
+        self.machine = machine
+
+    def transform(self, blocks: Iterable[Block]) -> Iterator[Block]:
+        for b in blocks:
+            yield Block(b.start, self.machine.unmask_block(b.start, b.values))
+
+
+class DequantizeStage:
+    """Word 0 is the summed weight; word i + 1 becomes element i of the weighted mean."""
+
+    name = "dequantize"
+
+    def __init__(self, cfg: QuantConfig) -> None:
+        self.cfg = cfg
+        self.total_weight = 0
+
+    def transform(self, blocks: Iterable[Block]) -> Iterator[Block]:
+        for b in blocks:
+            values = b.values
+            if b.start == 0:
+                self.total_weight = int(values[0])
+                values = values[COUNT_WORDS:]
+                if values.size == 0:
+                    continue
+            elif self.total_weight <= 0:
+                raise ValueError("the weight word must come first")
+            start = max(b.start - COUNT_WORDS, 0)
+            yield Block(start, dequantize(values, self.total_weight, self.cfg))

@@ -1,0 +1,211 @@
+"""One SecAgg+ round on the coordinator, thread-safe: the steps of ServerSecAgg as barriers.
+
+Transport-agnostic (no grpc): the servicer (or a test) calls the node-facing methods from its
+worker threads. Each step has an *expected* set (the previous step's participants) and closes
+when every expected node either arrived or was dropped (the round engine calls :meth:`drop`
+when a node misses its heartbeats or leaves), or when the step's deadline passes. A node call
+blocks until its step closes and returns that node's input for the next step::
+
+    advertise(node, advert)        -> the neighbours' adverts
+    share_keys(node, sealed)       -> the sealed shares addressed to the node
+    fold_masked(node, blocks)      (the masked update, once its stream was staged and verified)
+    await_unmask(node)             -> the unmask request (survivors)
+    unmask(node, reply)
+    result()                       -> the unmasked sum, as blocks (the round engine's thread)
+
+Anything that stops the round (fewer than t nodes left at a step, a reconstruction that fails)
+is stored and re-raised to every caller as the same
+:class:`~fedhive.common.errors.SecAggAbortedError`; the global model is left untouched.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fedhive.common.errors import SecAggAbortedError, SecAggAuthError, SecAggError
+from fedhive.common.hooks import Block
+from fedhive.common.secagg.graph import Graph
+from fedhive.common.secagg.keys import KeyAdvert
+from fedhive.common.secagg.messages import SealedShares, UnmaskReply, UnmaskRequest
+from fedhive.common.secagg.server import ServerSecAgg
+
+STEPS = ("adverts", "shares", "masked", "unmask")
+_POLL_S = 0.05
+
+
+class SecAggRound:
+    def __init__(
+        self,
+        graph: Graph,
+        round_: int,
+        words: int,
+        directory: Mapping[str, Ed25519PublicKey],
+        *,
+        step_timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.machine = ServerSecAgg(graph, round_, words, directory)
+        self.round = round_
+        self.step_timeout_s = step_timeout_s
+        self._clock = clock
+        self._cv = threading.Condition()
+        self._step = 0
+        self._deadline = clock() + step_timeout_s
+        self._expected: set[str] = set(graph.nodes)
+        self._arrived: set[str] = set()
+        self.dropped: set[str] = set()
+        self.refused: set[str] = set()
+        self._outputs: list[Any] = [None] * len(STEPS)
+        self._error: SecAggError | None = None
+
+    # ------------------------------------------------------------------ barrier plumbing
+    def _fail(self, exc: SecAggError) -> None:
+        if self._error is None:
+            self._error = exc
+        self._cv.notify_all()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise SecAggAbortedError(
+                f"secagg round {self.round} was abandoned: {self._error}", node=self._error.node
+            )
+
+    def _maybe_close(self) -> None:
+        """Close the current step if everyone expected arrived or dropped, or time is up."""
+        if self._error is not None or self._step >= len(STEPS):
+            return
+        waiting = self._expected - self._arrived - self.dropped
+        if waiting and self._clock() < self._deadline:
+            return
+        try:
+            self._outputs[self._step] = self._close(STEPS[self._step])
+        except SecAggError as exc:
+            self._fail(exc)
+            return
+        self._step += 1
+        self._expected = set(self._arrived) - self.dropped
+        self._arrived = set()
+        self._deadline = self._clock() + self.step_timeout_s
+        self._cv.notify_all()
+
+    def _close(self, step: str) -> Any:
+        m = self.machine
+        if step == "adverts":
+            return m.close_adverts()
+        if step == "shares":
+            return m.close_shares()
+        if step == "masked":
+            return m.close_masked()
+        m.prepare_unmask()
+        return True
+
+    def _enter(self, step: str, node: str) -> int:
+        index = STEPS.index(step)
+        self._raise_if_failed()
+        if self._step != index or node not in self._expected or node in self._arrived:
+            raise SecAggAbortedError(
+                f"node {node!r}: secagg {step} message out of order or unexpected", node=node
+            )
+        return index
+
+    def _await(self, index: int, node: str) -> Any:
+        while True:
+            self._raise_if_failed()
+            if self._step > index:
+                return self._outputs[index]
+            self._maybe_close()
+            if self._step <= index and self._error is None:
+                self._cv.wait(_POLL_S)
+
+    # ------------------------------------------------------------------ node-facing steps
+    def advertise(self, node: str, advert: KeyAdvert) -> list[KeyAdvert]:
+        with self._cv:
+            index = self._enter("adverts", node)
+            if advert.node != node:
+                raise SecAggAbortedError(f"node {node!r} sent another node's advert", node=node)
+            try:
+                self.machine.receive_advert(advert)
+            except SecAggAuthError:
+                self._refuse(node)  # a forged advert stops the round for that node
+                raise
+            self._arrived.add(node)
+            self._maybe_close()
+            return list(self._await(index, node).get(node, []))
+
+    def share_keys(self, node: str, sealed: list[SealedShares]) -> list[SealedShares]:
+        with self._cv:
+            index = self._enter("shares", node)
+            self.machine.receive_shares(node, sealed)
+            self._arrived.add(node)
+            self._maybe_close()
+            return list(self._await(index, node).get(node, []))
+
+    def fold_masked(self, node: str, blocks: Iterable[Block]) -> None:
+        """Fold a node's whole (already staged and verified) masked update."""
+        with self._cv:
+            self._enter("masked", node)
+            for block in blocks:
+                self.machine.masked_chunk(node, block.start, block.values)
+            self.machine.masked_end(node)
+            self._arrived.add(node)
+            self._maybe_close()
+
+    def await_unmask(self, node: str) -> UnmaskRequest:
+        with self._cv:
+            request: UnmaskRequest = self._await(STEPS.index("masked"), node)
+            if node not in request.survivors:
+                raise SecAggAbortedError(f"node {node!r} is not a survivor", node=node)
+            return request
+
+    def unmask(self, node: str, reply: UnmaskReply) -> None:
+        with self._cv:
+            self._enter("unmask", node)
+            if reply.node != node:
+                raise SecAggAbortedError(f"node {node!r} sent another node's reply", node=node)
+            try:
+                self.machine.receive_unmask(reply)
+            except SecAggAuthError:
+                self._refuse(node)
+                raise
+            self._arrived.add(node)
+            self._maybe_close()
+
+    def _refuse(self, node: str) -> None:
+        self.dropped.add(node)
+        self.refused.add(node)
+        self._maybe_close()
+
+    def drop(self, node: str) -> None:
+        """The node is gone (missed heartbeats, left): steps stop waiting for it."""
+        with self._cv:
+            self.dropped.add(node)
+            self._maybe_close()
+            self._cv.notify_all()
+
+    # ------------------------------------------------------------------ round engine
+    def result(self) -> Iterator[Block]:
+        """Block until the unmask step closed; then the unmasked sum, block by block."""
+        with self._cv:
+            self._await(STEPS.index("unmask"), "coordinator")
+        for start, words in self.machine.masked_sum_blocks():
+            yield Block(start, self.machine.unmask_block(start, words))
+
+    @property
+    def step(self) -> str:
+        with self._cv:
+            return STEPS[self._step] if self._step < len(STEPS) else "done"
+
+
+def uint32_blocks(pieces: Iterable[memoryview | bytes], *, start: int = 0) -> Iterator[Block]:
+    """Raw little-endian words (a staged update's pieces) as uint32 blocks."""
+    pos = start
+    for piece in pieces:
+        words = np.frombuffer(piece, dtype="<u4").copy()
+        yield Block(pos, words)
+        pos += words.size

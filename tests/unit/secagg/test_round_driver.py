@@ -1,0 +1,184 @@
+"""A SecAgg+ round with real threads: node drivers against the coordinator's SecAggRound."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+import numpy as np
+import pytest
+
+from fedhive.client.secagg import secure_push
+from fedhive.common.errors import SecAggAbortedError, SecAggAuthError
+from fedhive.common.hooks import Block, blocks_of, gather, run
+from fedhive.common.secagg.graph import Graph
+from fedhive.common.secagg.keys import KeyAdvert
+from fedhive.common.secagg.node import NodeSecAgg
+from fedhive.common.secagg.quantize import QuantConfig
+from fedhive.common.secagg.stages import DequantizeStage, masked_words
+from fedhive.server.secagg_round import SecAggRound, uint32_blocks
+from tests.unit.secagg.harness import fixed_identity, node_ids
+
+CFG = QuantConfig(clip=3.0, bits=12, max_weight=100)
+ELEMENTS = 300
+ROUND = 4
+
+
+class Killed(Exception):
+    """The node process died (test stand-in)."""
+
+
+class LocalChannel:
+    """The node's calls straight into the coordinator's round; ``kill_at`` ends the node there."""
+
+    def __init__(self, rnd: SecAggRound, node: str, kill_at: str | None = None) -> None:
+        self.rnd, self.node, self.kill_at = rnd, node, kill_at
+
+    def _step(self, step: str) -> None:
+        if step == self.kill_at:
+            self.rnd.drop(self.node)  # what the heartbeat monitor does once the node is gone
+            raise Killed(step)
+
+    def advertise(self, advert: KeyAdvert) -> list[KeyAdvert]:
+        self._step("adverts")
+        return self.rnd.advertise(self.node, advert)
+
+    def share_keys(self, sealed):
+        self._step("shares")
+        return self.rnd.share_keys(self.node, sealed)
+
+    def push_masked(self, blocks: Iterable[Block]) -> None:
+        self._step("masked")
+        raw = b"".join(b.values.astype("<u4").tobytes() for b in blocks)  # staged, then folded
+        self.rnd.fold_masked(self.node, uint32_blocks([raw[: 40 * 4], raw[40 * 4 :]]))
+
+    def await_unmask(self):
+        return self.rnd.await_unmask(self.node)
+
+    def unmask(self, reply) -> None:
+        self._step("unmask")
+        self.rnd.unmask(self.node, reply)
+
+
+def run_federation(n: int, kills: dict[str, str], *, threshold: int | None = None, forge=()):
+    ids = node_ids(n)
+    graph = Graph.build(ids, seed=ROUND, threshold=threshold)
+    identities = {u: fixed_identity(i) for i, u in enumerate(ids)}
+    directory = {u: k.public_key() for u, k in identities.items()}
+    if forge:  # the coordinator's directory and the nodes' agree; the forger signs with another key
+        for u in forge:
+            identities[u] = fixed_identity(99)
+    rnd = SecAggRound(graph, ROUND, masked_words(ELEMENTS), directory, step_timeout_s=30.0)
+    rng = np.random.default_rng(0)
+    values = {u: rng.normal(0, 1, ELEMENTS) for u in ids}
+    weights = {u: 5 + 3 * i for i, u in enumerate(ids)}
+    errors: dict[str, BaseException] = {}
+
+    def node_main(u: str) -> None:
+        machine = NodeSecAgg(u, identities[u], directory, graph, ROUND, masked_words(ELEMENTS))
+        try:
+            secure_push(
+                LocalChannel(rnd, u, kills.get(u)),
+                machine,
+                blocks_of(values[u], 64),
+                weights[u],
+                CFG,
+                np.random.default_rng(7),
+            )
+        except BaseException as exc:  # recorded for the asserts
+            errors[u] = exc
+
+    threads = [threading.Thread(target=node_main, args=(u,)) for u in ids]
+    for t in threads:
+        t.start()
+    try:
+        mean = gather(run([DequantizeStage(CFG)], rnd.result()), ELEMENTS, np.float64)
+    except SecAggAbortedError as exc:
+        mean = exc
+    for t in threads:
+        t.join(timeout=60)
+    return mean, values, weights, errors, rnd
+
+
+def weighted_mean(values, weights, members):
+    total = sum(weights[u] for u in members)
+    return sum(weights[u] * np.clip(values[u], -CFG.clip, CFG.clip) for u in members) / total, total
+
+
+@pytest.mark.parametrize("kill_at", [None, "adverts", "shares", "masked", "unmask"])
+def test_round_completes_with_a_node_killed_at_any_step(kill_at: str | None) -> None:
+    # Prepare
+    n = 5
+    victim = node_ids(n)[2]
+    kills = {victim: kill_at} if kill_at else {}
+    # Execute
+    mean, values, weights, errors, _ = run_federation(n, kills)
+    # Assert: the survivors' weighted mean (a node killed after its masked input still counts).
+    counted = [u for u in node_ids(n) if u != victim or kill_at in (None, "unmask")]
+    expected, total = weighted_mean(values, weights, counted)
+    assert isinstance(mean, np.ndarray), mean
+    assert np.max(np.abs(mean - expected)) <= len(counted) * CFG.step / total
+    assert set(errors) == ({victim} if kill_at else set())
+
+
+def test_too_many_dropouts_abandon_the_round_for_everyone() -> None:
+    # Prepare: t = 3 of 5, three nodes die before their masked input.
+    n = 5
+    kills = {u: "masked" for u in node_ids(n)[:3]}
+    # Execute
+    mean, _, _, errors, _ = run_federation(n, kills, threshold=3)
+    # Assert
+    assert isinstance(mean, SecAggAbortedError) and "abandoned" in str(mean)
+    survivors = node_ids(n)[3:]
+    assert all(isinstance(errors[u], SecAggAbortedError) for u in survivors)
+
+
+def test_forged_advert_stops_the_round_for_that_node_only() -> None:
+    # Prepare: node-01 signs its advert with a key that is not its pinned identity.
+    n = 5
+    forger = node_ids(n)[1]
+    # Execute
+    mean, values, weights, errors, rnd = run_federation(n, {}, forge=[forger])
+    # Assert
+    members = [u for u in node_ids(n) if u != forger]
+    expected, total = weighted_mean(values, weights, members)
+    assert isinstance(errors[forger], SecAggAuthError) and errors[forger].node == forger
+    assert forger in rnd.refused and set(errors) == {forger}
+    assert isinstance(mean, np.ndarray)
+    assert np.max(np.abs(mean - expected)) <= len(members) * CFG.step / total
+
+
+def test_step_out_of_order_is_refused() -> None:
+    graph = Graph.build(node_ids(3), seed=0)
+    rnd = SecAggRound(graph, 1, 5, {}, step_timeout_s=5.0)
+    with pytest.raises(SecAggAbortedError, match="out of order"):
+        rnd.share_keys(node_ids(3)[0], [])
+
+
+def test_a_silent_node_is_waited_for_until_the_step_deadline() -> None:
+    # Prepare: a manual clock; node-02 never advertises and is never reported dropped.
+    now = [0.0]
+    ids = node_ids(3)
+    identities = {u: fixed_identity(i) for i, u in enumerate(ids)}
+    directory = {u: k.public_key() for u, k in identities.items()}
+    graph = Graph.build(ids, seed=0, threshold=2)
+    rnd = SecAggRound(graph, 1, 5, directory, step_timeout_s=10.0, clock=lambda: now[0])
+    machines = {u: NodeSecAgg(u, identities[u], directory, graph, 1, 5) for u in ids[:2]}
+    replies: dict[str, list[KeyAdvert]] = {}
+    threads = [
+        threading.Thread(
+            target=lambda u=u: replies.__setitem__(u, rnd.advertise(u, machines[u].advertise()))
+        )
+        for u in ids[:2]
+    ]
+    for t in threads:
+        t.start()
+    # Execute: still open before the deadline; closed after it.
+    threads[0].join(0.3)
+    open_before = rnd.step
+    now[0] = 11.0
+    for t in threads:
+        t.join(10)
+    # Assert
+    assert open_before == "adverts" and rnd.step == "shares"
+    assert [a.node for a in replies[ids[0]]] == [ids[1]]
