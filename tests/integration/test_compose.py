@@ -4,8 +4,13 @@ Every service's command and environment are read from the compose file (anchors 
 PyYAML, ``${VAR:-default}`` interpolated), each named volume becomes a folder (a ``subpath``
 mount its sub-folder), container paths in the commands are mapped to those folders, and the
 services start as separate processes in ``depends_on`` order: the one-shots run to completion,
-the coordinator must pass the Dockerfile's HEALTHCHECK command, then the nodes start. The
-coordinator's address is loopback; mutual TLS is on, with the certificates the certs service made.
+the coordinator must pass the Dockerfile's HEALTHCHECK command, then the nodes start. Mutual TLS
+is on, with the certificates the certs service made.
+
+Network: ``netns`` puts the coordinator and each node in its own network namespace on a bridge,
+with ``coordinator`` resolving to the coordinator's address, so the compose commands run verbatim
+over a real network (root and ``ip`` needed, else skipped); ``loopback`` rewrites the
+coordinator's address to a free loopback port instead.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+
+from tests.integration.netns import Network
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker" / "compose.yaml"
@@ -88,13 +96,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_compose_topology_runs_as_processes_with_mutual_tls(tmp_path: Path) -> None:
-    # Prepare: the compose file's services, 3 rounds, loopback in place of the compose network
+@pytest.fixture(params=["netns", "loopback"])
+def network(request: pytest.FixtureRequest) -> Any:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    if request.param == "loopback":
+        yield None
+        return
+    net = Network.create(sorted(n for n, s in services.items() if "depends_on" in s))
+    if net is None:
+        pytest.skip("network namespaces need root and a working `ip netns`")
+    try:
+        yield net
+    finally:
+        net.destroy()
+
+
+def test_compose_topology_runs_as_processes_with_mutual_tls(
+    tmp_path: Path, network: Network | None
+) -> None:
+    # Prepare: the compose file's services, 3 rounds, on namespaces or loopback
     spec = yaml.safe_load(COMPOSE.read_text())
     services: dict[str, Any] = spec["services"]
-    port = free_port()
-    here = f"127.0.0.1:{port}"
-    addresses = dict.fromkeys(["0.0.0.0:8765", "coordinator:8765", "127.0.0.1:8765"], here)
+    addresses: dict[str, str] = {}
+    if network is None:
+        here = f"127.0.0.1:{free_port()}"
+        addresses = dict.fromkeys(["0.0.0.0:8765", "coordinator:8765", "127.0.0.1:8765"], here)
+
+    def wrap(name: str, argv: list[str]) -> list[str]:
+        if network is None or name not in network.namespaces:
+            return argv
+        return network.wrap(name, argv)
+
     variables = {"FEDHIVE_ROUNDS": "3"}
     volumes = tmp_path / "volumes"
     for name in spec["volumes"]:
@@ -113,14 +145,15 @@ def test_compose_topology_runs_as_processes_with_mutual_tls(tmp_path: Path) -> N
         for name in dependency_order(services):
             service = services[name]
             mapping = mounts(service, volumes)
-            env = {**os.environ, **{k: str(v) for k, v in service.get("environment", {}).items()}}
-            cmd = command(service["command"], mapping, variables, addresses)
+            service_env = service.get("environment", {}).items()
+            env = {**os.environ, **{k: interpolate(str(v), variables) for k, v in service_env}}
+            cmd = wrap(name, command(service["command"], mapping, variables, addresses))
             with open(logs / f"{name}.log", "wb") as out:
                 procs[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
             if conditions.get(name) == "service_completed_successfully":
                 assert procs[name].wait(timeout=120) == 0, (logs / f"{name}.log").read_text()
             elif conditions.get(name) == "service_healthy":
-                probe = command(healthcheck(), mapping, variables, addresses)
+                probe = wrap(name, command(healthcheck(), mapping, variables, addresses))
                 deadline = time.monotonic() + 120
                 while subprocess.run(probe, capture_output=True, timeout=60).returncode != 0:
                     assert procs[name].poll() is None, (logs / f"{name}.log").read_text()
@@ -148,4 +181,8 @@ def test_compose_topology_runs_as_processes_with_mutual_tls(tmp_path: Path) -> N
     models = sorted(p.name for p in (run / "models").iterdir())
     assert models == [f"round-{r:04d}.safetensors" for r in range(4)]
     assert "mutual TLS" in text["coordinator"]
+    if network is not None:  # the nodes came over the bridge, each from its own address
+        for n in nodes:
+            assert f"join from ipv4:{network.addresses[n]}:" in text["coordinator"], text
+
     assert all("identity site-" in text[n] for n in nodes)

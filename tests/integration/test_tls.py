@@ -291,3 +291,22 @@ def test_the_coordinators_own_certificate_cannot_join_as_a_node(
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "not a node certificate" in (info.value.details() or "")
     coord.stop()
+
+
+def test_revoked_node_process_stops_and_says_why(tmp_path: Path, pki: Authority) -> None:
+    # Prepare
+    pki.revoke("site-c")
+    coord = mtls_coordinator(tmp_path, pki, rounds=1, min_nodes=3)
+    log = tmp_path / "node.log"
+
+    # Execute
+    proc = start_node(coord.address, "x", seed=0, log=log, tls_dir=pki.node_dir("site-c"))
+    (code,) = wait_all([proc])
+
+    # Assert: exit 1 at once (no retry loop), with the reason and who to ask
+    text = log.read_text()
+    assert code == 1, text
+    assert "the coordinator refuses this node's identity" in text
+    assert "the certificate of node 'site-c'" in text and "is revoked" in text
+    assert coord.running.coordinator._nodes == {}
+    coord.stop()

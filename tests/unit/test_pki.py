@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fedhive.client.health import main as health_main
 from fedhive.common.certs import Authority, main
 from fedhive.common.config import ClientConfig, ServerConfig, build_config
 from fedhive.common.errors import ConfigError, PkiError
@@ -201,3 +202,36 @@ def test_coordinator_key_of_another_certificate_is_refused(pki: Authority) -> No
 
     # Assert
     assert "does not belong to certificate" in str(info.value)
+
+
+@pytest.mark.parametrize("allowed", [[], ["site-a", " "]])
+def test_an_allow_list_nobody_could_pass_is_refused(allowed: list[str]) -> None:
+    # Execute
+    with pytest.raises(ConfigError) as info:
+        build_config(ServerConfig, None, {"allowed_nodes": allowed, "insecure": True})
+
+    # Assert
+    assert "allowed_nodes is empty or holds an empty id" in str(info.value)
+
+
+@pytest.mark.parametrize("argv", [[], ["--insecure", "--tls-dir", "x"]])
+def test_health_probe_needs_exactly_one_of_tls_or_insecure(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute
+    code = health_main(["--server", "127.0.0.1:1", *argv])
+
+    # Assert
+    assert code == 2
+    assert "exactly one of --tls-dir or --insecure" in capsys.readouterr().err
+
+
+def test_health_probe_of_nothing_reports_unreachable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute: nothing listens on port 1
+    code = health_main(["--server", "127.0.0.1:1", "--insecure", "--timeout", "2"])
+
+    # Assert
+    assert code == 1
+    assert capsys.readouterr().out.startswith("UNREACHABLE: UNAVAILABLE")

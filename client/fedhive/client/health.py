@@ -33,8 +33,8 @@ def probe(
     timeout_s: float = 5.0,
     server_name: str | None = None,
 ) -> str:
-    """The health status name (SERVING, NOT_SERVING, ...); TransportError-free: failures are
-    reported as ``UNREACHABLE: <details>``."""
+    """The health status name (SERVING, NOT_SERVING, ...); a coordinator that cannot be reached
+    (or refuses the handshake) is reported as ``UNREACHABLE: <code>: <details>``, not raised."""
     options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
     if bundle is None:
         channel = grpc.insecure_channel(server)

@@ -76,6 +76,12 @@ class ServerConfig(_Config):
             )
         _check_task_path(self.task)
         _check_insecure(self, ("tls_dir", "tls_cert", "tls_key", "tls_ca", "crl"))
+        allowed = self.allowed_nodes
+        if allowed is not None and (not allowed or not all(n.strip() for n in allowed)):
+            raise ValueError(
+                "allowed_nodes is empty or holds an empty id: nobody could join; leave it out "
+                "to let every certificate of the consortium CA join"
+            )
         return self
 
 

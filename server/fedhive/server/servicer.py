@@ -105,6 +105,8 @@ class CoordinatorServicer:
     def join(self, request: Any, context: grpc.ServicerContext) -> pb.JoinReply:
         with _status(context, "Join"):
             peer = self._peer(context, "Join")
+            if peer is not None:
+                log.info("join from %s, certificate of %s", context.peer(), peer)
             reply = self.coord.join(_checked(request), peer_id=peer)
             return serde.join_reply_to_proto(reply)
         raise AssertionError("unreachable")
