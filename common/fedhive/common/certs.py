@@ -17,6 +17,7 @@ import datetime as dt
 import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from cryptography import x509
@@ -172,10 +173,7 @@ class Authority:
             raise PkiError(
                 f"no live certificate for {name!r} in {self.root} (live: {', '.join(known) or '-'})"
             )
-        updated = [
-            IndexEntry(**{**e.__dict__, "revoked_at": now.isoformat()}) if e in hit else e
-            for e in entries
-        ]
+        updated = [replace(e, revoked_at=now.isoformat()) if e in hit else e for e in entries]
         IndexEntry.save_all(self.index, updated)
         self._write_crl(updated)
         return hit
@@ -279,7 +277,10 @@ def main(argv: list[str] | None = None) -> int:
             hit = ca.revoke(ns.node_id)
             print(f"revoked {len(hit)} certificate(s) of {ns.node_id!r}; CRL: {ca.crl}")
             if (ca.server_dir / "crl.pem").exists():
-                print(f"the coordinator reads {ca.server_dir / 'crl.pem'} (copy it there)")
+                print(
+                    f"updated {ca.server_dir / 'crl.pem'}: a coordinator on another machine needs "
+                    "this file in its --tls-dir (it re-reads it when it changes)"
+                )
         else:
             done = ca.bootstrap(
                 ns.name,
