@@ -62,7 +62,7 @@ def main() -> int:
         sys.executable, "-m", "fedhive.common.cli", "server", "--config", str(tmp / "server.toml"),
         "--address", f"127.0.0.1:{port}", "--run-dir", str(tmp / "run"), "--task", TASK,
         "--task-arg", f"params={ns.params}", "--rounds", str(ns.rounds),
-        "--min-nodes", str(ns.nodes), "--no-progress", "--log-level", "WARNING",
+        "--min-nodes", str(ns.nodes), "--no-progress", "--log-level", "WARNING", "--insecure",
     ]  # fmt: skip
     with open(tmp / "coordinator.log", "wb") as log:
         coord = subprocess.Popen(cmd, stdout=log, stderr=log)
@@ -70,7 +70,7 @@ def main() -> int:
     nodes = [
         Node(
             ClientConfig(server=f"127.0.0.1:{port}", task=TASK, task_args=args, name=f"l{i}",
-                         seed=i % 7, device="cpu", backoff_max_s=1.0),
+                         seed=i % 7, device="cpu", backoff_max_s=1.0, insecure=True),
             GrpcTransport(f"127.0.0.1:{port}"),
         )
         for i in range(ns.nodes)

@@ -54,6 +54,7 @@ def start_coordinator(tmp_path: Path, listener: Any = None, **overrides: Any) ->
         "heartbeat_timeout_s": 10.0,
         "federated_evaluation": False,
         "progress": False,
+        "insecure": True,
     }
     settings.update(overrides)
     config = ServerConfig(**settings)
@@ -80,6 +81,8 @@ def start_node(
     task_args: dict[str, Any] | None = None,
     data: Path | None = None,
     log: Path | None = None,
+    tls_dir: Path | None = None,
+    max_connect_attempts: int = 10,
 ) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
@@ -97,8 +100,9 @@ def start_node(
         "--device",
         "cpu",
         "--max-connect-attempts",
-        "10",
+        str(max_connect_attempts),
     ]
+    cmd += ["--tls-dir", str(tls_dir)] if tls_dir is not None else ["--insecure"]
     for key, value in (
         task_args if task_args is not None else {"params": 1000, "tensors": 3}
     ).items():

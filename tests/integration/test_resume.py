@@ -26,7 +26,7 @@ def coordinator_cmd(port: int, run_dir: Path, config: Path) -> list[str]:
     return [
         sys.executable, "-m", "fedhive.common.cli", "server", "--config", str(config),
         "--address", f"127.0.0.1:{port}", "--run-dir", str(run_dir), "--task", CONSTANT_TASK,
-        *ARGS, "--rounds", str(ROUNDS), "--min-nodes", "3", "--no-progress",
+        *ARGS, "--rounds", str(ROUNDS), "--min-nodes", "3", "--no-progress", "--insecure",
     ]  # fmt: skip
 
 
@@ -34,7 +34,7 @@ def node_cmd(port: int, i: int) -> list[str]:
     return [
         sys.executable, "-m", "fedhive.common.cli", "client", "--server", f"127.0.0.1:{port}",
         "--task", CONSTANT_TASK, *ARGS, "--name", f"n{i}", "--seed", str(i), "--device", "cpu",
-        "--backoff-max", "0.5", "--max-connect-attempts", "200",
+        "--backoff-max", "0.5", "--max-connect-attempts", "200", "--insecure",
     ]  # fmt: skip
 
 
@@ -114,7 +114,7 @@ def test_resume_with_another_config_is_refused(tmp_path: Path) -> None:
     base = [
         sys.executable, "-m", "fedhive.common.cli", "server", "--address", "127.0.0.1:0",
         "--run-dir", str(run_dir), "--task", CONSTANT_TASK, "--min-nodes", "1", "--no-progress",
-        "--task-arg", "params=10",
+        "--task-arg", "params=10", "--insecure",
     ]  # fmt: skip
     first = subprocess.Popen([*base, "--rounds", "1", "--train", "x=1"], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60

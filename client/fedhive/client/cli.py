@@ -28,6 +28,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--max-connect-attempts", type=int)
     p.add_argument("--backoff-max", type=float, help="longest wait between reconnects (s)")
+    p.add_argument(
+        "--tls-dir",
+        type=Path,
+        help="this node's bundle: ca.crt, node.crt, node.key (from `fedhive certs node`)",
+    )
+    p.add_argument("--tls-cert", type=Path)
+    p.add_argument("--tls-key", type=Path)
+    p.add_argument("--tls-ca", type=Path)
+    p.add_argument("--tls-server-name", help="name in the coordinator's certificate to expect")
+    p.add_argument(
+        "--insecure", action="store_true", default=None, help="plain text, no TLS (tests only)"
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -71,12 +83,30 @@ def main(argv: list[str] | None = None) -> int:
                 "task_args": parse_task_args(ns.task_arg),
                 "max_connect_attempts": ns.max_connect_attempts,
                 "backoff_max_s": ns.backoff_max,
+                "tls_dir": ns.tls_dir,
+                "tls_cert": ns.tls_cert,
+                "tls_key": ns.tls_key,
+                "tls_ca": ns.tls_ca,
+                "tls_server_name": ns.tls_server_name,
+                "insecure": ns.insecure,
             },
         )
         from fedhive.client.node import Node
-        from fedhive.client.transport import GrpcTransport
+        from fedhive.client.transport import ClientTls, GrpcTransport
 
-        transport = GrpcTransport(config.server)
+        tls = ClientTls.from_config(config)
+        if tls is not None:
+            node_id = tls.identity.common_name
+            if config.name != node_id and ns.name is not None:
+                log.warning("--name %s ignored: this node's identity is its certificate's", ns.name)
+            config = config.model_copy(update={"name": node_id})
+            log.info(
+                "identity %s (certificate from %s, valid until %s)",
+                node_id,
+                tls.identity.issuer,
+                f"{tls.identity.not_after:%Y-%m-%d}",
+            )
+        transport = GrpcTransport(config.server, tls=tls)
         node = Node(config, transport)
     except FedhiveError as exc:
         print(f"fedhive client: {exc}", file=sys.stderr)

@@ -4,7 +4,8 @@ The model is built once and lives for the node's lifetime; each round's global m
 in CPU buffers, checked (order, sizes, finite values, digest) and only then copied into the live
 model, so a broken download never corrupts it. A heartbeat thread keeps the node alive in the
 coordinator's eyes while it trains. Unreachable coordinator: exponential backoff with jitter.
-Coordinator restarted (node unknown): join again. SIGTERM: leave cleanly.
+Coordinator restarted (node unknown): join again. SIGTERM: leave cleanly. The coordinator
+refusing this node's identity (revoked certificate, not on its allow-list): stop with the reason.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fedhive.client.transport import Transport
 from fedhive.common.chunks import Chunk, StreamChecker, iter_chunks
 from fedhive.common.config import ClientConfig
 from fedhive.common.errors import (
+    AccessDeniedError,
     FedhiveError,
     InvalidUpdateError,
     RequestRefused,
@@ -156,6 +158,13 @@ class Node:
                 except UnknownNodeError as exc:
                     log.warning("%s; joining again", exc)
                     self._rejoin.set()
+                except AccessDeniedError as exc:
+                    log.error(
+                        "the coordinator refuses this node's identity: %s. Retrying cannot help: "
+                        "ask the consortium operator (certificate, allow-list)",
+                        exc,
+                    )
+                    raise
                 except TransportError as exc:
                     if self.stop_event.is_set():
                         break

@@ -2,25 +2,36 @@
 
 The gRPC transport maps every ``grpc.RpcError`` to fedhive's exception tree at this boundary:
 UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED -> TransportError (retry with backoff);
-UNAUTHENTICATED -> UnknownNodeError (join again); the other refusals by their status code.
+UNAUTHENTICATED -> UnknownNodeError (join again); PERMISSION_DENIED -> AccessDeniedError (this
+node's certificate may not take part: stop); the other refusals by their status code.
+
+Mutual TLS is the default: the channel presents this node's certificate and trusts only the
+consortium CA. A TLS handshake the coordinator refuses surfaces as UNAVAILABLE; the error then says
+what to check in this node's bundle.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
 
 from fedhive.common import serde
 from fedhive.common.chunks import MAX_CHUNK_SIZE, Chunk
+from fedhive.common.config import ClientConfig
 from fedhive.common.errors import (
+    AccessDeniedError,
+    ConfigError,
     DuplicateUpdateError,
     FedhiveError,
     InvalidUpdateError,
     LimitExceededError,
-    RequestRefused,
+    PkiError,
     StaleRoundError,
     TransportError,
     UnknownNodeError,
@@ -33,7 +44,10 @@ from fedhive.common.messages import (
     TaskMessage,
     UpdateMessage,
 )
+from fedhive.common.pki import CertInfo, check_bundle, read_bytes
 from fedhive.proto.v1 import coordinator_pb2 as pb
+
+log = logging.getLogger("fedhive.client")
 
 SERVICE = "/fedhive.proto.v1.Coordinator/"
 
@@ -43,16 +57,70 @@ _BY_CODE: dict[grpc.StatusCode, type[FedhiveError]] = {
     grpc.StatusCode.ALREADY_EXISTS: DuplicateUpdateError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: LimitExceededError,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidUpdateError,
-    grpc.StatusCode.PERMISSION_DENIED: RequestRefused,
+    grpc.StatusCode.PERMISSION_DENIED: AccessDeniedError,
 }
 
+TLS_HINT = (
+    "the TLS handshake with the coordinator failed: check that this node's ca.crt is the "
+    "consortium CA the coordinator uses, that node.crt was issued by it and is neither expired "
+    "nor revoked (`fedhive certs list` at the operator), and that the coordinator's certificate "
+    "names the host dialed (or set tls_server_name)"
+)
+_HANDSHAKE = ("socket closed", "handshake", "ssl", "certificate", "tsi_")
 
-def map_rpc_error(exc: grpc.RpcError, what: str) -> FedhiveError:
+
+def map_rpc_error(exc: grpc.RpcError, what: str, tls: bool = False) -> FedhiveError:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
     cls = _BY_CODE.get(code, TransportError) if code is not None else TransportError
     name = code.name if code is not None else "UNKNOWN"
-    return cls(f"{what}: {name}: {details}")
+    hint = ""
+    lowered = (details or "").lower()
+    if tls and code == grpc.StatusCode.UNAVAILABLE and any(h in lowered for h in _HANDSHAKE):
+        hint = f" ({TLS_HINT})"
+    return cls(f"{what}: {name}: {details}{hint}")
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """This node's bundle, read and checked: its identity is the certificate's CN."""
+
+    root: bytes
+    key: bytes
+    chain: bytes
+    server_name: str | None
+    identity: CertInfo
+
+    @classmethod
+    def from_config(cls, config: ClientConfig) -> ClientTls | None:
+        """None in (explicit) insecure mode; a ConfigError saying what to fix otherwise."""
+        if config.insecure:
+            log.warning(
+                "INSECURE MODE: plain-text gRPC to %s, no TLS; the coordinator cannot verify "
+                "this node and nobody protects its updates in transit. Local tests only.",
+                config.server,
+            )
+            return None
+        files = {"tls_cert": config.tls_cert, "tls_key": config.tls_key, "tls_ca": config.tls_ca}
+        missing = [name for name, path in files.items() if path is None]
+        if missing:
+            raise ConfigError(
+                "mutual TLS is on by default and needs this node's certificate bundle: "
+                f"{', '.join(missing)} not set. Give --tls-dir (the folder the consortium sent: "
+                "ca.crt, node.crt, node.key) or --insecure for plain text (testing only)"
+            )
+        cert, key, ca = (Path(p) for p in files.values() if p is not None)
+        try:
+            identity = check_bundle(cert, key, ca)
+            return cls(
+                read_bytes(ca, "CA certificate"),
+                read_bytes(key, "private key"),
+                read_bytes(cert, "certificate"),
+                config.tls_server_name,
+                identity,
+            )
+        except PkiError as exc:
+            raise ConfigError(f"this node's certificate bundle: {exc}") from exc
 
 
 class Transport(Protocol):
@@ -77,18 +145,25 @@ def _update_bytes(msg: UpdateMessage) -> bytes:
 
 
 class GrpcTransport:
-    def __init__(self, address: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, address: str, *, tls: ClientTls | None = None, timeout_s: float = 30.0
+    ) -> None:
         self.address = address
         self.timeout_s = timeout_s
+        self.tls = tls is not None
         limit = MAX_CHUNK_SIZE + (1 << 20)
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                ("grpc.enable_retries", 0),
-            ],
-        )
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.enable_retries", 0),
+        ]
+        if tls is None:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            creds = grpc.ssl_channel_credentials(tls.root, tls.key, tls.chain)
+            self._channel = grpc.secure_channel(address, creds, options=options)
         ser = lambda m: m.SerializeToString()  # noqa: E731
         self._join = self._channel.unary_unary(
             SERVICE + "Join", request_serializer=ser, response_deserializer=pb.JoinReply.FromString
@@ -121,7 +196,7 @@ class GrpcTransport:
         try:
             reply = self._join(serde.join_request_to_proto(request), timeout=self.timeout_s)
         except grpc.RpcError as exc:
-            raise map_rpc_error(exc, "join") from exc
+            raise map_rpc_error(exc, "join", self.tls) from exc
         return serde.join_reply_from_proto(reply)
 
     def pull(self, auth: NodeAuth, wait_s: float) -> Iterator[TaskMessage]:
@@ -132,7 +207,7 @@ class GrpcTransport:
             for buf in call:
                 yield serde.task_message_from_bytes(buf)
         except grpc.RpcError as exc:
-            raise map_rpc_error(exc, "pull") from exc
+            raise map_rpc_error(exc, "pull", self.tls) from exc
         finally:
             with self._lock:
                 self._active = None
@@ -141,14 +216,14 @@ class GrpcTransport:
         try:
             reply = self._push(_update_bytes(m) for m in messages)
         except grpc.RpcError as exc:
-            raise map_rpc_error(exc, "push") from exc
+            raise map_rpc_error(exc, "push", self.tls) from exc
         return int(reply.bytes_received)
 
     def report_evaluation(self, report: EvaluationReport) -> None:
         try:
             self._report(serde.evaluation_report_to_proto(report), timeout=self.timeout_s)
         except grpc.RpcError as exc:
-            raise map_rpc_error(exc, "report evaluation") from exc
+            raise map_rpc_error(exc, "report evaluation", self.tls) from exc
 
     def heartbeat(self, auth: NodeAuth) -> tuple[int, float]:
         try:
@@ -156,14 +231,14 @@ class GrpcTransport:
                 pb.HeartbeatRequest(auth=serde.auth_to_proto(auth)), timeout=self.timeout_s
             )
         except grpc.RpcError as exc:
-            raise map_rpc_error(exc, "heartbeat") from exc
+            raise map_rpc_error(exc, "heartbeat", self.tls) from exc
         return int(reply.round), float(reply.heartbeat_interval_s)
 
     def leave(self, auth: NodeAuth, reason: str) -> None:
         try:
             self._leave(pb.LeaveRequest(auth=serde.auth_to_proto(auth), reason=reason), timeout=5.0)
         except grpc.RpcError as exc:
-            raise map_rpc_error(exc, "leave") from exc
+            raise map_rpc_error(exc, "leave", self.tls) from exc
 
     def cancel(self) -> None:
         """Cancel the pull in flight (used on SIGTERM)."""

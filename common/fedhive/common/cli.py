@@ -13,6 +13,9 @@ COMMANDS = {
     "server": ("fedhive.server.cli:server_main", "run a coordinator"),
     "client": ("fedhive.client.cli:main", "run a node that joins a coordinator"),
     "simulate": ("fedhive.server.simulate:main", "coordinator + N node processes on loopback"),
+    "certs": ("fedhive.common.certs:main", "consortium PKI: CA, coordinator and node certificates"),
+    "partition": ("fedhive.server.simulate:partition_main", "split a data set into node folders"),
+    "health": ("fedhive.client.health:main", "probe a coordinator's gRPC health service"),
 }
 
 

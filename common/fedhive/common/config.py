@@ -61,6 +61,19 @@ class ServerConfig(_Config):
     secagg_degree: int | None = Field(default=None, ge=1)
     secagg_threshold: int | None = Field(default=None, ge=1)
     secagg_step_timeout_s: float = Field(default=120.0, gt=0)
+    # mutual TLS (the default): the coordinator's bundle from `fedhive certs server`
+    insecure: bool = False
+    tls_dir: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    crl: Path | None = None
+    allowed_nodes: tuple[str, ...] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bundle(cls, data: Any) -> Any:
+        return _fill_bundle(data, "server", crl=True)
 
     @model_validator(mode="after")
     def _check(self) -> ServerConfig:
@@ -76,6 +89,13 @@ class ServerConfig(_Config):
                 self.secagg_quantization().check(self.min_nodes)
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
+        _check_insecure(self, ("tls_dir", "tls_cert", "tls_key", "tls_ca", "crl"))
+        allowed = self.allowed_nodes
+        if allowed is not None and (not allowed or not all(n.strip() for n in allowed)):
+            raise ValueError(
+                "allowed_nodes is empty or holds an empty id: nobody could join; leave it out "
+                "to let every certificate of the consortium CA join"
+            )
         return self
 
     def secagg_quantization(self) -> QuantConfig:
@@ -101,13 +121,49 @@ class ClientConfig(_Config):
     backoff_max_s: float = Field(default=30.0, gt=0)
     max_connect_attempts: int | None = Field(default=None, ge=1)
     poll_wait_s: float = Field(default=30.0, gt=0)
+    # mutual TLS (the default): this node's bundle from `fedhive certs node`
+    insecure: bool = False
+    tls_dir: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    tls_server_name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bundle(cls, data: Any) -> Any:
+        return _fill_bundle(data, "node", crl=False)
 
     @model_validator(mode="after")
     def _check(self) -> ClientConfig:
         _check_task_path(self.task)
+        _check_insecure(self, ("tls_dir", "tls_cert", "tls_key", "tls_ca"))
         if self.backoff_max_s < self.backoff_initial_s:
             raise ValueError("backoff_max_s must be >= backoff_initial_s")
         return self
+
+
+def _fill_bundle(data: Any, kind: str, *, crl: bool) -> Any:
+    """``tls_dir`` names a bundle folder: fill the file settings not given explicitly."""
+    if not isinstance(data, dict) or data.get("tls_dir") is None:
+        return data
+    folder = Path(data["tls_dir"])
+    out = dict(data)
+    files = {"tls_cert": f"{kind}.crt", "tls_key": f"{kind}.key", "tls_ca": "ca.crt"}
+    if crl and (folder / "crl.pem").exists():
+        files["crl"] = "crl.pem"
+    for key, name in files.items():
+        if out.get(key) is None:
+            out[key] = folder / name
+    return out
+
+
+def _check_insecure(config: _Config, tls_fields: tuple[str, ...]) -> None:
+    given = [name for name in tls_fields if getattr(config, name) is not None]
+    if getattr(config, "insecure", False) and given:
+        raise ValueError(
+            f"insecure = true turns TLS off, but {', '.join(given)} is set: choose one"
+        )
 
 
 def _check_task_path(path: str) -> None:

@@ -4,6 +4,7 @@
 
     FedhiveError                    base of everything fedhive raises on purpose
     ├── ConfigError                 a bad or misspelled setting (names the field)
+    ├── PkiError                    a certificate, key or CRL is missing, damaged or wrong
     ├── TaskError                   a task factory could not be loaded or misbehaved
     ├── TransportError              the coordinator could not be reached / the call broke
     │   └── CoordinatorGone         the run is over or the coordinator forgot this node
@@ -14,6 +15,8 @@
     │                               a protocol step out of order); the global model is untouched
     └── RequestRefused              the coordinator refused a request (maps to a gRPC status)
         ├── UnknownNodeError        node id / token not recognised      -> UNAUTHENTICATED
+        ├── AccessDeniedError       revoked certificate, id not allowed,
+                                    token used by another identity      -> PERMISSION_DENIED
         ├── StaleRoundError         update for a round that is not open -> FAILED_PRECONDITION
         ├── NotSelectedError        node is not part of the open round  -> FAILED_PRECONDITION
         ├── DuplicateUpdateError    second update from the same node    -> ALREADY_EXISTS
@@ -35,6 +38,10 @@ class FedhiveError(Exception):
 
 class ConfigError(FedhiveError):
     """A configuration value is missing, misspelled or out of range."""
+
+
+class PkiError(FedhiveError):
+    """A certificate, key or revocation list is missing, damaged, expired or from another CA."""
 
 
 class TaskError(FedhiveError):
@@ -76,6 +83,12 @@ class UnknownNodeError(RequestRefused):
     status = "UNAUTHENTICATED"
 
 
+class AccessDeniedError(RequestRefused):
+    """The caller's certificate may not take part (revoked, not allowed, another node's token)."""
+
+    status = "PERMISSION_DENIED"
+
+
 class StaleRoundError(RequestRefused):
     status = "FAILED_PRECONDITION"
 
@@ -100,6 +113,7 @@ REFUSALS: dict[str, type[RequestRefused]] = {
     cls.__name__: cls
     for cls in (
         UnknownNodeError,
+        AccessDeniedError,
         StaleRoundError,
         NotSelectedError,
         DuplicateUpdateError,

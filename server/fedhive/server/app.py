@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fedhive.common.chunks import MAX_CHUNK_SIZE
 from fedhive.common.config import ServerConfig
@@ -28,7 +29,8 @@ from fedhive.common.tensors import (
     tensor_from_bytes,
 )
 from fedhive.server.coordinator import Coordinator, RoundListener
-from fedhive.server.servicer import CoordinatorServicer, generic_handler
+from fedhive.server.identity import PeerGate, server_credentials, server_tls
+from fedhive.server.servicer import SERVICE, CoordinatorServicer, generic_handler
 from fedhive.server.store import RunStore, StoreError
 
 log = logging.getLogger("fedhive.server")
@@ -95,14 +97,26 @@ class RunningServer:
     server: grpc.Server
     port: int
     coordinator: Coordinator
+    health: health.HealthServicer
 
     def stop(self, grace: float = 2.0) -> None:
+        self.health.enter_graceful_shutdown()
         self.coordinator.stop()
         self.server.stop(grace).wait()
 
 
+def serve_health(server: grpc.Server) -> health.HealthServicer:
+    """The gRPC health-checking service: SERVING for "" and the coordinator while the run lives."""
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    for name in ("", SERVICE):
+        servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return servicer
+
+
 def start_server(config: ServerConfig, listener: RoundListener | None = None) -> RunningServer:
     """Load the task, create the run directory and serve; the caller runs ``coordinator.run()``."""
+    tls = server_tls(config)
     task = load_task(
         config.task,
         TaskContext(
@@ -145,20 +159,32 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
         options=grpc_options(config.chunk_size),
         maximum_concurrent_rpcs=config.max_workers,
     )
-    server.add_generic_rpc_handlers((generic_handler(CoordinatorServicer(coordinator)),))
-    port = server.add_insecure_port(config.address)
+    gate = PeerGate.from_config(config, tls) if tls is not None else None
+    servicer = CoordinatorServicer(coordinator, gate)
+    server.add_generic_rpc_handlers((generic_handler(servicer),))
+    health_servicer = serve_health(server)
+    if tls is None:
+        port = server.add_insecure_port(config.address)
+        log.warning(
+            "INSECURE MODE: plain-text gRPC on %s, no TLS, no node certificates; any host that "
+            "reaches this port can join the run. Use it only for local tests.",
+            config.address,
+        )
+    else:
+        port = server.add_secure_port(config.address, server_credentials(tls))
     if port == 0:
         raise OSError(f"cannot listen on {config.address}")
     server.start()
     log.info(
-        "coordinator listening on port %d (run %s, %d tensors, %.1f MB, run dir %s)",
+        "coordinator listening on port %d with %s (run %s, %d tensors, %.1f MB, run dir %s)",
         port,
+        "plain text" if tls is None else f"mutual TLS (CA {tls.ca}, CRL {tls.crl or 'none'})",
         coordinator.run_id,
         len(specs),
         coordinator.model_bytes / 1e6,
         config.run_dir,
     )
-    return RunningServer(server, port, coordinator)
+    return RunningServer(server, port, coordinator, health_servicer)
 
 
 def serve(config: ServerConfig, listener: RoundListener | None = None) -> list[dict[str, Any]]:

@@ -35,6 +35,11 @@ def _kv(items: list[str], flag: str) -> dict[str, Any] | None:
     return out
 
 
+def _ids(items: list[str]) -> tuple[str, ...] | None:
+    ids = tuple(v.strip() for item in items for v in item.split(",") if v.strip())
+    return ids or None
+
+
 def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML file with server settings")
     p.add_argument("--address", help="listen address host:port (default 127.0.0.1:8765)")
@@ -63,6 +68,25 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="training config sent to nodes each round (epochs, batch_size, lr ...)",
     )
+    p.add_argument(
+        "--tls-dir",
+        type=Path,
+        help="the coordinator's bundle (server.crt, server.key, ca.crt, crl.pem: `fedhive certs`)",
+    )
+    p.add_argument("--tls-cert", type=Path)
+    p.add_argument("--tls-key", type=Path)
+    p.add_argument("--tls-ca", type=Path, help="the consortium CA certificate")
+    p.add_argument("--crl", type=Path, help="revocation list (re-read when it changes)")
+    p.add_argument(
+        "--allow-node",
+        action="append",
+        default=[],
+        metavar="ID[,ID...]",
+        help="only these node ids may join (repeat or comma-separate)",
+    )
+    p.add_argument(
+        "--insecure", action="store_true", default=None, help="plain text, no TLS (tests only)"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--log-level", default="INFO")
 
@@ -83,6 +107,13 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> ServerConfig:
         "task_args": _kv(ns.task_arg, "--task-arg"),
         "train": _kv(ns.train, "--train"),
         "progress": False if ns.no_progress else None,
+        "tls_dir": ns.tls_dir,
+        "tls_cert": ns.tls_cert,
+        "tls_key": ns.tls_key,
+        "tls_ca": ns.tls_ca,
+        "crl": ns.crl,
+        "allowed_nodes": _ids(ns.allow_node),
+        "insecure": ns.insecure,
         **extra,
     }
     base = None

@@ -11,6 +11,10 @@ Node-facing, thread-safe: :meth:`Coordinator.join`, :meth:`pull`, :meth:`open_up
 
 Invariant: an update touches the aggregate only after its whole stream was checked (every chunk
 on arrival, length and digest at the end); a refused or broken update leaves no trace.
+
+Identity: under mutual TLS the servicer passes each call's verified certificate name as
+``peer_id``. A node joined with a ``peer_id`` *is* that id, and every later call must come from the
+same identity as well as carry the node's token (a token is useless with another certificate).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from fedhive.common import serde
 from fedhive.common.chunks import Chunk, StreamChecker, iter_chunks, payload_digest
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import (
+    AccessDeniedError,
     ConfigError,
     DuplicateUpdateError,
     FedhiveError,
@@ -99,6 +104,7 @@ class NodeRecord:
     last_seen: float
     alive: bool = True
     finished: bool = False
+    peer_id: str | None = None
 
 
 @dataclass
@@ -253,7 +259,15 @@ class Coordinator:
                 restore(resume.strategy_state)
             for node_id, name, token_sha256 in store.nodes():
                 self._nodes[node_id] = NodeRecord(
-                    node_id, name, "?", 0, token_sha256, time.monotonic(), alive=False
+                    node_id,
+                    name,
+                    "?",
+                    0,
+                    token_sha256,
+                    time.monotonic(),
+                    alive=False,
+                    # under mutual TLS a node's id is its certificate name
+                    peer_id=None if config.insecure else node_id,
                 )
         self.history: list[dict[str, Any]] = []
 
@@ -268,7 +282,9 @@ class Coordinator:
 
     # ------------------------------------------------------------------ node-facing API
 
-    def join(self, req: JoinRequest) -> JoinReply:
+    def join(self, req: JoinRequest, peer_id: str | None = None) -> JoinReply:
+        """A node joins; with ``peer_id`` (its verified certificate name) that is its node id,
+        and joining again under the same identity replaces the old session."""
         if not req.name or len(req.name) > 128:
             raise InvalidUpdateError("node name must be 1-128 characters")
         if req.protocol_version != 1:
@@ -277,18 +293,32 @@ class Coordinator:
             )
         with self._cv:
             self._next_node += 1
-            node_id = f"{req.name}-{self._next_node}"
+            node_id = peer_id if peer_id is not None else f"{req.name}-{self._next_node}"
+            again = node_id in self._nodes
             token = secrets.token_bytes(32)
             digest = hashlib.sha256(token).digest()
             self.store.add_node(node_id, req.name, token, self._next_node)
             self._nodes[node_id] = NodeRecord(
-                node_id, req.name, req.device, req.num_examples, digest, time.monotonic()
+                node_id,
+                peer_id or req.name,
+                req.device,
+                req.num_examples,
+                digest,
+                time.monotonic(),
+                peer_id=peer_id,
             )
             self._cv.notify_all()
-        log.info("node %s joined (device=%s, examples=%d)", node_id, req.device, req.num_examples)
+        log.info(
+            "node %s %s (device=%s, examples=%d%s)",
+            node_id,
+            "joined again" if again else "joined",
+            req.device,
+            req.num_examples,
+            ", identity from its certificate" if peer_id is not None else "",
+        )
         return JoinReply(NodeAuth(node_id, token), self.run_id, self.config.heartbeat_interval_s)
 
-    def _auth(self, auth: NodeAuth) -> NodeRecord:
+    def _auth(self, auth: NodeAuth, peer_id: str | None = None) -> NodeRecord:
         node = self._nodes.get(auth.node_id)
         given = hashlib.sha256(auth.token).digest()
         if node is None or not hmac.compare_digest(node.token_sha256, given):
@@ -296,21 +326,40 @@ class Coordinator:
                 f"unknown node {auth.node_id!r} or wrong token (not joined, or the coordinator "
                 "restarted): join again"
             )
+        if node.peer_id != peer_id:
+            log.warning("refused peer %s: it presented the token of node %s", peer_id, node.node_id)
+            raise AccessDeniedError(
+                f"the certificate of {peer_id!r} cannot act for node {node.node_id!r}"
+            )
         node.last_seen = time.monotonic()
         if not node.alive:
             node.alive = True
             log.info("node %s is back", node.node_id)
         return node
 
-    def heartbeat(self, auth: NodeAuth) -> tuple[int, float]:
+    def evict_peer(self, peer_id: str, reason: object) -> None:
+        """The gate refused this identity (e.g. its certificate was just revoked): it leaves the
+        run now, and its pending round stops waiting for it."""
         with self._cv:
-            self._auth(auth)
+            node = self._nodes.get(peer_id)
+            if node is None or node.peer_id != peer_id or node.finished:
+                return
+            node.alive = False
+            node.finished = True
+            if self._round is not None and peer_id in self._round.pending():
+                self._round.dropped.add(peer_id)
+            self._cv.notify_all()
+        log.warning("node %s removed from the run: %s", peer_id, reason)
+
+    def heartbeat(self, auth: NodeAuth, peer_id: str | None = None) -> tuple[int, float]:
+        with self._cv:
+            self._auth(auth, peer_id)
             rnd = self._round.number if self._round else 0
         return rnd, self.config.heartbeat_interval_s
 
-    def leave(self, auth: NodeAuth, reason: str = "") -> None:
+    def leave(self, auth: NodeAuth, reason: str = "", peer_id: str | None = None) -> None:
         with self._cv:
-            node = self._auth(auth)
+            node = self._auth(auth, peer_id)
             node.alive = False
             node.finished = True
             if self._round is not None and node.node_id in self._round.pending():
@@ -318,12 +367,12 @@ class Coordinator:
             self._cv.notify_all()
         log.info("node %s left%s", node.node_id, f" ({reason})" if reason else "")
 
-    def pull(self, auth: NodeAuth, wait_s: float) -> list[bytes]:
+    def pull(self, auth: NodeAuth, wait_s: float, peer_id: str | None = None) -> list[bytes]:
         """The node's next task as encoded TaskMessages; long-polls up to ``wait_s`` seconds."""
         wait_s = min(max(wait_s, 0.0), MAX_PULL_WAIT_S)
         deadline = time.monotonic() + wait_s
         with self._cv:
-            node = self._auth(auth)
+            node = self._auth(auth, peer_id)
             while True:
                 if self._finished:
                     node.finished = True
@@ -346,9 +395,9 @@ class Coordinator:
                 self._cv.wait(remaining)
                 node.last_seen = time.monotonic()
 
-    def open_update(self, header: UpdateHeader) -> UpdateSession:
+    def open_update(self, header: UpdateHeader, peer_id: str | None = None) -> UpdateSession:
         with self._cv:
-            node = self._auth(header.auth)
+            node = self._auth(header.auth, peer_id)
             st = self._round
             if st is None or st.kind != TaskKind.TRAIN or header.round != st.number:
                 current = (
@@ -466,9 +515,9 @@ class Coordinator:
             self._cv.notify_all()
         log.warning("refused update from %s for round %d: %s", nid, st.number, reason)
 
-    def report_evaluation(self, report: EvaluationReport) -> None:
+    def report_evaluation(self, report: EvaluationReport, peer_id: str | None = None) -> None:
         with self._cv:
-            node = self._auth(report.auth)
+            node = self._auth(report.auth, peer_id)
             st = self._round
             if st is None or st.kind != TaskKind.EVALUATE or st.number != report.round or st.closed:
                 raise StaleRoundError(

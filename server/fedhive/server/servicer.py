@@ -3,6 +3,9 @@
 Thin by design. Our refusals become their gRPC status codes with the message that names the
 problem; anything unexpected is logged and answered with INTERNAL, and never reaches the round.
 Each round's broadcast is already encoded, so PullTask streams pre-serialized messages.
+Under mutual TLS every call first passes the :class:`~fedhive.server.identity.PeerGate`: the
+caller's node id is the CN of its verified certificate, and the coordinator checks it against the
+node record the token belongs to.
 """
 
 from __future__ import annotations
@@ -17,10 +20,16 @@ import grpc
 
 from fedhive.common import serde
 from fedhive.common.chunks import Chunk
-from fedhive.common.errors import FedhiveError, InvalidUpdateError, RequestRefused
+from fedhive.common.errors import (
+    AccessDeniedError,
+    FedhiveError,
+    InvalidUpdateError,
+    RequestRefused,
+)
 from fedhive.common.messages import UpdateHeader, UpdateMessage, UpdateTrailer
 from fedhive.proto.v1 import coordinator_pb2 as pb
 from fedhive.server.coordinator import Coordinator, UpdateSession
+from fedhive.server.identity import PeerGate
 
 log = logging.getLogger("fedhive.server.grpc")
 
@@ -77,29 +86,47 @@ def _checked(request: Any) -> Any:
 
 
 class CoordinatorServicer:
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: Coordinator, gate: PeerGate | None = None) -> None:
         self.coord = coordinator
+        self.gate = gate
+
+    def _peer(self, context: grpc.ServicerContext, method: str) -> str | None:
+        """The caller's verified node id (None in insecure mode); a refused peer is evicted."""
+        if self.gate is None:
+            return None
+        try:
+            return self.gate.identify(context, method)
+        except AccessDeniedError as exc:
+            name = (context.auth_context().get("x509_common_name") or [b""])[0]
+            if isinstance(name, bytes):
+                self.coord.evict_peer(name.decode("utf-8", "replace"), exc)
+            raise
 
     def join(self, request: Any, context: grpc.ServicerContext) -> pb.JoinReply:
         with _status(context, "Join"):
-            reply = self.coord.join(_checked(request))
+            peer = self._peer(context, "Join")
+            if peer is not None:
+                log.info("join from %s, certificate of %s", context.peer(), peer)
+            reply = self.coord.join(_checked(request), peer_id=peer)
             return serde.join_reply_to_proto(reply)
         raise AssertionError("unreachable")
 
     def pull_task(self, request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
         with _status(context, "PullTask"):
+            peer = self._peer(context, "PullTask")
             auth, wait_s = _checked(request)
-            messages = self.coord.pull(auth, wait_s)
+            messages = self.coord.pull(auth, wait_s, peer_id=peer)
         yield from messages
 
     def push_update(self, requests: Iterator[Any], context: grpc.ServicerContext) -> pb.PushReply:
         session: UpdateSession | None = None
         with _status(context, "PushUpdate"):
             try:
+                peer = self._peer(context, "PushUpdate")
                 first = _checked(next(requests, None) or Malformed("empty update stream"))
                 if not isinstance(first, UpdateHeader):
                     raise InvalidUpdateError("an update stream must start with its header")
-                session = self.coord.open_update(first)
+                session = self.coord.open_update(first, peer_id=peer)
                 trailer = self._receive(session, requests)
                 contribution = session.finish(trailer)
                 return pb.PushReply(
@@ -136,20 +163,23 @@ class CoordinatorServicer:
 
     def report_evaluation(self, request: Any, context: grpc.ServicerContext) -> pb.Ack:
         with _status(context, "ReportEvaluation"):
-            self.coord.report_evaluation(_checked(request))
+            peer = self._peer(context, "ReportEvaluation")
+            self.coord.report_evaluation(_checked(request), peer_id=peer)
             return pb.Ack()
         raise AssertionError("unreachable")
 
     def heartbeat(self, request: Any, context: grpc.ServicerContext) -> pb.HeartbeatReply:
         with _status(context, "Heartbeat"):
-            rnd, interval = self.coord.heartbeat(_checked(request))
+            peer = self._peer(context, "Heartbeat")
+            rnd, interval = self.coord.heartbeat(_checked(request), peer_id=peer)
             return pb.HeartbeatReply(round=rnd, heartbeat_interval_s=interval)
         raise AssertionError("unreachable")
 
     def leave(self, request: Any, context: grpc.ServicerContext) -> pb.Ack:
         with _status(context, "Leave"):
+            peer = self._peer(context, "Leave")
             auth, reason = _checked(request)
-            self.coord.leave(auth, reason)
+            self.coord.leave(auth, reason, peer_id=peer)
             return pb.Ack()
         raise AssertionError("unreachable")
 

@@ -3,6 +3,11 @@
 Data: if the task module defines ``prepare_simulation(root, nodes, alpha, seed)`` it writes each
 node's private data (non-IID: Dirichlet label skew with ``alpha``; ``--iid`` for an even split)
 and the coordinator's held-out set, and returns ``(server_data_dir, [node_data_dir, ...])``.
+
+Mutual TLS as in production: a throwaway consortium CA, the coordinator's certificate and one
+certificate per node are made in ``WORKDIR/pki`` (``--insecure`` for plain text instead).
+
+``fedhive partition`` is the data step alone (the compose file's one-shot data service).
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ import argparse
 import importlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from fedhive.common.certs import Authority
 from fedhive.common.errors import FedhiveError
 from fedhive.common.logs import setup_logging
 from fedhive.server.cli import add_server_args, config_from_args
@@ -36,7 +43,13 @@ def prepare_data(
 
 
 def node_command(
-    address: str, task: str, data: Path | None, name: str, seed: int, task_args: list[str]
+    address: str,
+    task: str,
+    data: Path | None,
+    name: str,
+    seed: int,
+    task_args: list[str],
+    tls_dir: Path | None = None,
 ) -> list[str]:
     cmd = [
         sys.executable,
@@ -56,6 +69,7 @@ def node_command(
         "--max-connect-attempts",
         "20",
     ]
+    cmd += ["--tls-dir", str(tls_dir)] if tls_dir is not None else ["--insecure"]
     if data is not None:
         cmd += ["--data", str(data)]
     for item in task_args:
@@ -87,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
             "min_nodes": ns.min_nodes or ns.nodes,
             "eval_data": ns.eval_data or server_data,
         }
+        names = [f"node-{i}" for i in range(ns.nodes)]
+        pki = None
+        if not base.insecure:
+            if base.tls_cert is not None:
+                raise FedhiveError("fedhive simulate makes its own certificates: drop --tls-*")
+            pki = Authority(workdir / "pki")
+            pki.bootstrap("fedhive simulation", names, dns=["localhost"], ips=["127.0.0.1"])
+            extra["tls_dir"] = pki.server_dir
         config = config_from_args(ns, **extra)
     except FedhiveError as exc:
         print(f"fedhive simulate: {exc}", file=sys.stderr)
@@ -107,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     procs: list[subprocess.Popen[bytes]] = []
     for i in range(ns.nodes):
         out = open(logs / f"node-{i}.log", "wb")  # noqa: SIM115 - lives as long as the process
+        tls_dir = pki.node_dir(names[i]) if pki is not None else None
         cmd = node_command(
-            address, config.task, node_data[i], f"node-{i}", base.seed + i, ns.task_arg
+            address, config.task, node_data[i], names[i], base.seed + i, ns.task_arg, tls_dir
         )
         procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env))
     console.print(f"coordinator on {address}; {ns.nodes} node processes (logs in {logs})")
@@ -138,6 +161,42 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[yellow]node processes {failed} exited with errors; see {logs}")
     console.print(f"run directory: {config.run_dir}")
     return code
+
+
+def partition_main(argv: list[str] | None = None) -> int:
+    """``fedhive partition``: write the coordinator's held-out set and one folder per node."""
+    p = argparse.ArgumentParser(prog="fedhive partition", description=partition_main.__doc__)
+    p.add_argument("--out", type=Path, required=True, help="OUT/server and OUT/<node> are written")
+    p.add_argument("--nodes", action="append", required=True, help="node ids, comma-separated")
+    p.add_argument("--task", default="fedhive.common.tasks.digits:make_task")
+    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label-skew parameter")
+    p.add_argument("--iid", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    ns = p.parse_args(argv)
+    names = [v.strip() for item in ns.nodes for v in item.split(",") if v.strip()]
+    if not names or len(set(names)) != len(names):
+        print(f"fedhive partition: --nodes needs distinct ids, got {names}", file=sys.stderr)
+        return 2
+    staging = ns.out / ".staging"
+    try:
+        server_dir, dirs = prepare_data(
+            ns.task, staging, len(names), None if ns.iid else ns.alpha, ns.seed
+        )
+    except (ImportError, ValueError) as exc:
+        print(f"fedhive partition: {exc}", file=sys.stderr)
+        return 2
+    if server_dir is None:
+        print(f"fedhive partition: task {ns.task} has no prepare_simulation()", file=sys.stderr)
+        return 2
+    for name, src in [("server", server_dir), *zip(names, dirs, strict=True)]:
+        assert src is not None
+        target = ns.out / name
+        if target.exists():
+            shutil.rmtree(target)
+        src.replace(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    print(f"data for {', '.join(names)} and the coordinator in {ns.out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -131,14 +131,23 @@ class RunStore:
         tmp = self.run_dir / ".config.json.tmp"
         tmp.write_text(body + "\n", encoding="utf-8")
         os.replace(tmp, self.run_dir / "config.json")
-        with self._lock:
-            db = self._connect()
+        # Built under a temp name and renamed: a crash never leaves a database without its meta.
+        tmp_db = self.run_dir / ".run.sqlite.tmp"
+        tmp_db.unlink(missing_ok=True)
+        db = sqlite3.connect(tmp_db, isolation_level=None)
+        try:
+            db.executescript(SCHEMA)
             with db:
                 db.execute("BEGIN")
                 db.executemany(
                     "INSERT INTO meta(key, value) VALUES (?, ?)",
                     [("run_id", run_id), ("config_hash", config_hash(config)), ("config", body)],
                 )
+        finally:
+            db.close()
+        with open(tmp_db, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_db, self.db_path)
         fsync_dir(self.run_dir)
         self.events_path.unlink(missing_ok=True)
 

@@ -1,0 +1,188 @@
+"""docker/compose.yaml run for real, without containers.
+
+Every service's command and environment are read from the compose file (anchors resolved by
+PyYAML, ``${VAR:-default}`` interpolated), each named volume becomes a folder (a ``subpath``
+mount its sub-folder), container paths in the commands are mapped to those folders, and the
+services start as separate processes in ``depends_on`` order: the one-shots run to completion,
+the coordinator must pass the Dockerfile's HEALTHCHECK command, then the nodes start. Mutual TLS
+is on, with the certificates the certs service made.
+
+Network: ``netns`` puts the coordinator and each node in its own network namespace on a bridge,
+with ``coordinator`` resolving to the coordinator's address, so the compose commands run verbatim
+over a real network (root and ``ip`` needed, else skipped); ``loopback`` rewrites the
+coordinator's address to a free loopback port instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.integration.netns import Network
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker" / "compose.yaml"
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    return VARIABLE.sub(lambda m: env.get(m.group(1), m.group(2) or ""), value)
+
+
+def mounts(service: dict[str, Any], volumes: Path) -> dict[str, Path]:
+    """Container path -> host folder, for the service's named-volume mounts."""
+    out = {}
+    for item in service.get("volumes", []):
+        if isinstance(item, str):
+            source, target = item.split(":")[:2]
+            subpath = ""
+        else:
+            source, target = item["source"], item["target"]
+            subpath = item.get("volume", {}).get("subpath", "")
+        out[target] = volumes / source / subpath
+    return out
+
+
+def host_path(arg: str, mapping: dict[str, Path]) -> str:
+    for target in sorted(mapping, key=len, reverse=True):
+        if arg == target or arg.startswith(target + "/"):
+            return str(mapping[target]) + arg[len(target) :]
+    return arg
+
+
+def command(
+    argv: list[str], mapping: dict[str, Path], env: dict[str, str], addresses: dict[str, str]
+) -> list[str]:
+    args = [host_path(addresses.get(a, a), mapping) for a in (interpolate(a, env) for a in argv)]
+    return [sys.executable, "-m", "fedhive.common.cli", *args]
+
+
+def healthcheck() -> list[str]:
+    lines = DOCKERFILE.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("HEALTHCHECK"))
+    text = " ".join(line.rstrip("\\") for line in lines[start : start + 2])
+    cmd: list[str] = json.loads(text.split(" CMD ", 1)[1])
+    assert cmd[0] == "fedhive"
+    return cmd[1:]
+
+
+def dependency_order(services: dict[str, Any]) -> list[str]:
+    order: list[str] = []
+    while len(order) < len(services):
+        ready = [
+            n
+            for n, s in services.items()
+            if n not in order and all(d in order for d in s.get("depends_on", {}))
+        ]
+        assert ready, "depends_on has a cycle"
+        order.extend(sorted(ready))
+    return order
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(params=["netns", "loopback"])
+def network(request: pytest.FixtureRequest) -> Any:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    if request.param == "loopback":
+        yield None
+        return
+    net = Network.create(sorted(n for n, s in services.items() if "depends_on" in s))
+    if net is None:
+        pytest.skip("network namespaces need root and a working `ip netns`")
+    try:
+        yield net
+    finally:
+        net.destroy()
+
+
+def test_compose_topology_runs_as_processes_with_mutual_tls(
+    tmp_path: Path, network: Network | None
+) -> None:
+    # Prepare: the compose file's services, 3 rounds, on namespaces or loopback
+    spec = yaml.safe_load(COMPOSE.read_text())
+    services: dict[str, Any] = spec["services"]
+    addresses: dict[str, str] = {}
+    if network is None:
+        here = f"127.0.0.1:{free_port()}"
+        addresses = dict.fromkeys(["0.0.0.0:8765", "coordinator:8765", "127.0.0.1:8765"], here)
+
+    def wrap(name: str, argv: list[str]) -> list[str]:
+        if network is None or name not in network.namespaces:
+            return argv
+        return network.wrap(name, argv)
+
+    variables = {"FEDHIVE_ROUNDS": "3"}
+    volumes = tmp_path / "volumes"
+    for name in spec["volumes"]:
+        (volumes / name).mkdir(parents=True)
+    conditions = {
+        dep: cond["condition"]
+        for s in services.values()
+        for dep, cond in s.get("depends_on", {}).items()
+    }
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    # Execute
+    try:
+        for name in dependency_order(services):
+            service = services[name]
+            mapping = mounts(service, volumes)
+            service_env = service.get("environment", {}).items()
+            env = {**os.environ, **{k: interpolate(str(v), variables) for k, v in service_env}}
+            cmd = wrap(name, command(service["command"], mapping, variables, addresses))
+            with open(logs / f"{name}.log", "wb") as out:
+                procs[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            if conditions.get(name) == "service_completed_successfully":
+                assert procs[name].wait(timeout=120) == 0, (logs / f"{name}.log").read_text()
+            elif conditions.get(name) == "service_healthy":
+                probe = wrap(name, command(healthcheck(), mapping, variables, addresses))
+                deadline = time.monotonic() + 120
+                while subprocess.run(probe, capture_output=True, timeout=60).returncode != 0:
+                    assert procs[name].poll() is None, (logs / f"{name}.log").read_text()
+                    assert time.monotonic() < deadline, "the coordinator never became healthy"
+                    time.sleep(0.5)
+        codes = {name: proc.wait(timeout=300) for name, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    # Assert: every process exited cleanly; 3 rounds with the 3 sites, results in the run dir
+    text = {name: (logs / f"{name}.log").read_text() for name in procs}
+    assert codes == dict.fromkeys(procs, 0), text
+    nodes = sorted(n for n in services if n.startswith("node-"))
+    assert len(nodes) == 3
+    run = volumes / "runs" / "rehearsal"
+    events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    rounds = [e for e in events if e["event"] == "round"]
+    assert [e["round"] for e in rounds] == [1, 2, 3]
+    assert all(e["committed"] and e["reported"] == ["site-1", "site-2", "site-3"] for e in rounds)
+    assert "accuracy" in rounds[-1]["server_evaluate"]
+    assert events[-1]["event"] == "finished"
+    models = sorted(p.name for p in (run / "models").iterdir())
+    assert models == [f"round-{r:04d}.safetensors" for r in range(4)]
+    assert "mutual TLS" in text["coordinator"]
+    if network is not None:  # the nodes came over the bridge, each from its own address
+        for n in nodes:
+            assert f"join from ipv4:{network.addresses[n]}:" in text["coordinator"], text
+
+    assert all("identity site-" in text[n] for n in nodes)
