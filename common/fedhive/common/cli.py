@@ -13,6 +13,8 @@ COMMANDS = {
     "server": ("fedhive.server.cli:server_main", "run a coordinator"),
     "client": ("fedhive.client.cli:main", "run a node that joins a coordinator"),
     "simulate": ("fedhive.server.simulate:main", "coordinator + N node processes on loopback"),
+    "partition": ("fedhive.common.partition_cli:main", "split a data set into N node folders"),
+    "report": ("fedhive.common.report:main", "plot and summarise a run directory"),
 }
 
 

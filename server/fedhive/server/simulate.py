@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # N training processes share this machine's cores: no oversubscription
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // ns.nodes)))
     procs: list[subprocess.Popen[bytes]] = []
     for i in range(ns.nodes):
         out = open(logs / f"node-{i}.log", "wb")  # noqa: SIM115 - lives as long as the process
