@@ -33,12 +33,20 @@ from fedhive.common.tasks.base import ClassificationTask, labels_tensor
 
 class CompactCNN(nn.Module):
     """``depth`` blocks of (conv 3x3, ReLU, conv 3x3, ReLU, max-pool 2), width doubling per block,
-    then global average pooling and a linear classifier. No normalisation buffers."""
+    then a two-layer classifier on the flattened features. No normalisation buffers."""
 
     def __init__(
-        self, in_channels: int = 1, num_classes: int = 10, width: int = 16, depth: int = 2
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        width: int = 16,
+        depth: int = 2,
+        image_size: int = 32,
+        hidden: int = 64,
     ) -> None:
         super().__init__()
+        if image_size % 2**depth:
+            raise TaskError(f"image_size {image_size} must be divisible by 2**depth = {2**depth}")
         layers: list[nn.Module] = []
         c_in = in_channels
         for i in range(depth):
@@ -52,8 +60,12 @@ class CompactCNN(nn.Module):
             ]
             c_in = c_out
         self.features = nn.Sequential(*layers)
+        side = image_size // 2**depth
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)
+            nn.Flatten(),
+            nn.Linear(c_in * side * side, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,7 +139,12 @@ def read_image_folder(
 
 class ImageTask(ClassificationTask):
     name = "images"
-    train_defaults: ClassVar[Mapping[str, Scalar]] = {"epochs": 1, "batch_size": 32, "lr": 0.05}
+    train_defaults: ClassVar[Mapping[str, Scalar]] = {
+        "epochs": 1,
+        "batch_size": 32,
+        "optimizer": "adam",
+        "lr": 3e-3,
+    }
 
     def __init__(self, ctx: TaskContext) -> None:
         super().__init__(ctx)
@@ -176,7 +193,7 @@ class ImageTask(ClassificationTask):
                 num_classes=self.num_classes,
                 image_size=self.size,
             )
-        return CompactCNN(self.channels, self.num_classes, self.width, self.depth)
+        return CompactCNN(self.channels, self.num_classes, self.width, self.depth, self.size)
 
 
 def make_task(ctx: TaskContext) -> ImageTask:

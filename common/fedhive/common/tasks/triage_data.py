@@ -157,7 +157,8 @@ def generate(
     for _ in range(n):
         label = rng.choices(LABELS, weights=weights)[0]
         text = make_message(label, rng)
-        if rng.random() < label_noise:
-            label = rng.choice(LABELS)
+        flip, other = rng.random(), rng.choice(LABELS)  # drawn always: noise-free twin aligns
+        if flip < label_noise:
+            label = other
         rows.append({"text": text, "label": label})
     return rows
