@@ -167,7 +167,9 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=self.amp_dtype)
 
-    def to_device(self, batch: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def to_device(self, batch: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        if self.device.type == "cpu":
+            return batch
         if not self.cuda:
             return [t.to(self.device) for t in batch]
         return [t.pin_memory().to(self.device, non_blocking=True) for t in batch]
@@ -210,10 +212,11 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = steps = 0
+        amp = self.autocast(cfg)
         for batch in self.batches(data, cfg, gen):
             *inputs, yb = self.to_device(batch)
             opt.zero_grad(set_to_none=True)
-            with self.autocast(cfg):
+            with amp:
                 logits = self.forward(model, inputs)
                 loss = nn.functional.cross_entropy(logits.float(), yb)
             total = loss
@@ -232,8 +235,9 @@ class Trainer:
                 if cfg.max_grad_norm is not None:
                     nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
                 opt.step()
-            loss_sum += loss.detach() * len(yb)
-            correct += (logits.detach().argmax(1) == yb).sum()
+            with torch.no_grad():
+                loss_sum.add_(loss, alpha=len(yb))
+                correct.add_((logits.argmax(1) == yb).sum())
             seen += len(yb)
             steps += 1
         metrics = {"loss": float(loss_sum) / seen, "accuracy": int(correct) / seen}
