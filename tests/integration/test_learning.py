@@ -10,6 +10,7 @@ from safetensors.numpy import load_file
 
 from fedhive.common.task import TaskContext, exchanged_state
 from fedhive.common.tasks import images, text
+from fedhive.server.coordinator import RunAborted
 from tests.integration.harness import start_coordinator, start_node, wait_all
 
 IMAGES = "fedhive.common.tasks.images:make_task"
@@ -95,3 +96,36 @@ def test_real_minilm_lora_two_nodes(tmp_path: Path) -> None:
     full_bytes = 22_713_216 * 4  # MiniLM-L6 encoder parameters, float32
     assert all(e["bytes_in"] < 2 * 0.02 * full_bytes for e in rounds)
     assert rounds[-1]["server_evaluate"]["examples"] == 180
+
+
+def test_node_refuses_a_bad_training_config_naming_the_field(tmp_path: Path) -> None:
+    # Prepare: the coordinator sends a misspelled training key
+    _, dirs = images.prepare_simulation(tmp_path / "data", 1, None, 0)
+    coord = start_coordinator(
+        tmp_path,
+        task=IMAGES,
+        task_args={"image_size": 8, "width": 4, "depth": 1},
+        rounds=1,
+        min_nodes=1,
+        train={"learning_rate": 0.1},
+        on_failed_round="stop",
+    )
+    log = tmp_path / "node.log"
+    proc = start_node(
+        coord.address,
+        "n0",
+        0,
+        task=IMAGES,
+        task_args={"image_size": 8, "width": 4, "depth": 1},
+        data=dirs[0],
+        log=log,
+    )
+
+    # Execute
+    codes = wait_all([proc], timeout=120)
+    with pytest.raises(RunAborted, match="round 1 failed"):
+        coord.join(timeout=120)
+
+    # Assert: the node stops with a message naming the field
+    assert codes == [1]
+    assert "learning_rate: unknown training setting" in log.read_text()
