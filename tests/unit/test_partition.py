@@ -124,3 +124,26 @@ def test_partition_cli_reports_bad_input(tmp_path: Path, capsys) -> None:
     # Assert
     assert code == 2
     assert "needs 'text' and 'label'" in capsys.readouterr().err
+
+
+def test_simulate_prepares_pathological_shards_with_the_same_code(tmp_path: Path) -> None:
+    # Prepare
+    from fedhive.server.simulate import prepare_data
+
+    # Execute: 5 nodes, one label-sorted shard each, from the digits task
+    _, dirs = prepare_data("fedhive.common.tasks.digits:make_task", tmp_path, 5, 0.5, 0, 1)
+
+    # Assert: a shard of label-sorted digits spans at most 3 classes
+    assert len(dirs) == 5
+    for d in dirs:
+        assert d is not None
+        _, y = read_npz(d / "train.npz")
+        assert 1 <= len(np.unique(y)) <= 3
+
+
+def test_simulate_refuses_shards_for_a_task_without_support(tmp_path: Path) -> None:
+    from fedhive.common.errors import FedhiveError
+    from fedhive.server.simulate import prepare_data
+
+    with pytest.raises(FedhiveError, match="does not support --shards"):
+        prepare_data("tests.unit.fake_prepare:make_task", tmp_path, 2, 0.5, 0, 1)

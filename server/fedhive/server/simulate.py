@@ -3,12 +3,15 @@
 Data: if the task module defines ``prepare_simulation(root, nodes, alpha, seed)`` it writes each
 node's private data (non-IID: Dirichlet label skew with ``alpha``; ``--iid`` for an even split)
 and the coordinator's held-out set, and returns ``(server_data_dir, [node_data_dir, ...])``.
+``--shards K`` asks for the pathological split (K label-sorted shards per node) from a
+``prepare_simulation`` that takes ``shards_per_node`` (the built-in tasks do).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import os
 import subprocess
@@ -25,13 +28,23 @@ log = logging.getLogger("fedhive.simulate")
 
 
 def prepare_data(
-    task: str, root: Path, nodes: int, alpha: float | None, seed: int
+    task: str,
+    root: Path,
+    nodes: int,
+    alpha: float | None,
+    seed: int,
+    shards_per_node: int | None = None,
 ) -> tuple[Path | None, list[Path | None]]:
     module = importlib.import_module(task.partition(":")[0])
     prepare = getattr(module, "prepare_simulation", None)
     if prepare is None:
         return None, [None] * nodes
-    server_dir, node_dirs = prepare(root, nodes, alpha, seed)
+    if shards_per_node is not None:
+        if "shards_per_node" not in inspect.signature(prepare).parameters:
+            raise FedhiveError(f"{task}: prepare_simulation does not support --shards")
+        server_dir, node_dirs = prepare(root, nodes, alpha, seed, shards_per_node=shards_per_node)
+    else:
+        server_dir, node_dirs = prepare(root, nodes, alpha, seed)
     return server_dir, list(node_dirs)
 
 
@@ -69,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=4)
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label-skew parameter")
     p.add_argument("--iid", action="store_true", help="split the data evenly instead")
+    p.add_argument(
+        "--shards",
+        type=int,
+        metavar="K",
+        help="pathological split instead: K label-sorted shards per node",
+    )
     p.add_argument("--workdir", type=Path, help="where data, logs and the run go")
     ns = p.parse_args(argv)
     setup_logging(ns.log_level)
@@ -79,7 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base = config_from_args(ns)
         server_data, node_data = prepare_data(
-            base.task, workdir / "data", ns.nodes, None if ns.iid else ns.alpha, base.seed
+            base.task,
+            workdir / "data",
+            ns.nodes,
+            None if ns.iid else ns.alpha,
+            base.seed,
+            ns.shards,
         )
         extra: dict[str, Any] = {
             "address": ns.address or "127.0.0.1:0",

@@ -101,10 +101,11 @@ def make_task(ctx: TaskContext) -> DigitsTask:
 
 
 def prepare_simulation(
-    root: Path, nodes: int, alpha: float | None, seed: int
+    root: Path, nodes: int, alpha: float | None, seed: int, shards_per_node: int | None = None
 ) -> tuple[Path, list[Path]]:
     """Write a held-out ``test.npz`` (20%) and one ``train.npz`` per node: Dirichlet(alpha) label
-    skew, or IID when ``alpha`` is None (the same code as ``fedhive partition``)."""
+    skew, IID when ``alpha`` is None, or ``shards_per_node`` label-sorted shards (the same code as
+    ``fedhive partition``)."""
     from fedhive.common.datasets import Labelled
     from fedhive.common.partition_cli import partition_dataset
 
@@ -114,8 +115,9 @@ def prepare_simulation(
         data,
         Path(root),
         nodes,
-        "iid" if alpha is None else "dirichlet",
+        "shards" if shards_per_node else "iid" if alpha is None else "dirichlet",
         alpha=alpha or 1.0,
+        shards_per_node=shards_per_node or 2,
         holdout=0.2,
         seed=seed,
     )

@@ -201,9 +201,9 @@ def make_task(ctx: TaskContext) -> ImageTask:
 
 
 def prepare_simulation(
-    root: Path, nodes: int, alpha: float | None, seed: int
+    root: Path, nodes: int, alpha: float | None, seed: int, shards_per_node: int | None = None
 ) -> tuple[Path, list[Path]]:
     """The bundled 8x8 digits as an image task (upsampled by the task to ``image_size``)."""
     from fedhive.common.tasks.digits import prepare_simulation as digits_prepare
 
-    return digits_prepare(root, nodes, alpha, seed)
+    return digits_prepare(root, nodes, alpha, seed, shards_per_node)

@@ -196,10 +196,16 @@ def make_task(ctx: TaskContext) -> TextTask:
 
 
 def prepare_simulation(
-    root: Path, nodes: int, alpha: float | None, seed: int, examples: int = 900
+    root: Path,
+    nodes: int,
+    alpha: float | None,
+    seed: int,
+    shards_per_node: int | None = None,
+    examples: int = 900,
 ) -> tuple[Path, list[Path]]:
     """Generate the triage data set, hold out 20% for the coordinator, split the rest over nodes
-    (Dirichlet(alpha) label skew, or IID when ``alpha`` is None), as JSON lines."""
+    (Dirichlet(alpha) label skew, IID when ``alpha`` is None, or label-sorted shards), as JSON
+    lines."""
     from fedhive.common.datasets import load_labelled, write_table
     from fedhive.common.partition_cli import partition_dataset
 
@@ -209,8 +215,9 @@ def prepare_simulation(
         load_labelled(source),
         Path(root),
         nodes,
-        "iid" if alpha is None else "dirichlet",
+        "shards" if shards_per_node else "iid" if alpha is None else "dirichlet",
         alpha=alpha or 1.0,
+        shards_per_node=shards_per_node or 2,
         holdout=0.2,
         seed=seed,
     )
