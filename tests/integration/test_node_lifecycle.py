@@ -21,9 +21,9 @@ def test_node_started_before_coordinator_backs_off_then_joins(tmp_path: Path) ->
     port = free_port()
     log = tmp_path / "node.log"
     proc = start_node(f"127.0.0.1:{port}", "early", seed=0, log=log)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 60  # wait for a failed attempt, not a fixed time (slow start-up)
     while "cannot reach the coordinator" not in log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.1)  # until the node has surely tried and failed (imports can be slow)
+        time.sleep(0.1)
 
     # Execute: the coordinator comes up on that port later
     coord = start_coordinator(tmp_path, address=f"127.0.0.1:{port}", rounds=2, min_nodes=1)

@@ -89,7 +89,7 @@ class Node:
             ),
         )
         self.model = self.task.build_model().to(self.device)
-        self.state = exchanged_state(self.model)
+        self.state = exchanged_state(self.model, self.task)
         self.specs = [spec_of(name, t) for name, t in self.state.items()]
         self._staging = [np.empty(s.nbytes, dtype=np.uint8) for s in self.specs]
         self.stop_event = threading.Event()

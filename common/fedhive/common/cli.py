@@ -14,8 +14,10 @@ COMMANDS = {
     "client": ("fedhive.client.cli:main", "run a node that joins a coordinator"),
     "simulate": ("fedhive.server.simulate:main", "coordinator + N node processes on loopback"),
     "certs": ("fedhive.common.certs:main", "consortium PKI: CA, coordinator and node certificates"),
-    "partition": ("fedhive.server.simulate:partition_main", "split a data set into node folders"),
+    "prepare": ("fedhive.server.simulate:prepare_main", "a task's simulation data, named nodes"),
     "health": ("fedhive.client.health:main", "probe a coordinator's gRPC health service"),
+    "partition": ("fedhive.common.partition_cli:main", "split a data set into N node folders"),
+    "report": ("fedhive.common.report:main", "plot and summarise a run directory"),
 }
 
 

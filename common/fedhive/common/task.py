@@ -62,9 +62,20 @@ class Task(Protocol):
     ) -> EvalResult | None: ...
 
 
-def exchanged_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors that travel: the model's state dict (parameters and buffers), in order."""
-    return dict(model.state_dict(keep_vars=False))
+def exchanged_state(model: torch.nn.Module, task: object | None = None) -> dict[str, torch.Tensor]:
+    """The tensors that travel, in order, as live views of the model's storage.
+
+    A task chooses by defining ``exchanged(model) -> dict[str, Tensor]`` (e.g. a LoRA task sends
+    only the trainable adapters and head; the frozen base never travels). Otherwise: the model's
+    state dict (parameters and buffers). Writing into the returned tensors updates the model.
+    """
+    choose = getattr(task, "exchanged", None)
+    if choose is None:
+        return dict(model.state_dict(keep_vars=False))
+    state = choose(model)
+    if not isinstance(state, dict) or not state:
+        raise TaskError("task.exchanged(model) must return a non-empty dict of name -> tensor")
+    return {name: t.detach() for name, t in state.items()}
 
 
 def load_task(path: str, ctx: TaskContext) -> Task:

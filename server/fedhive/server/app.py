@@ -51,7 +51,7 @@ def grpc_options(chunk_size: int) -> list[tuple[str, Any]]:
 
 def initial_model(task: Task) -> tuple[list[TensorSpec], list[np.ndarray]]:
     model = task.build_model()
-    state = exchanged_state(model)
+    state = exchanged_state(model, task)
     specs = [spec_of(name, t) for name, t in state.items()]
     arrays = [np.frombuffer(tensor_bytes(t), dtype=np.uint8).copy() for t in state.values()]
     return specs, arrays
@@ -66,7 +66,7 @@ def task_evaluator(task: Task, config: Mapping[str, Any]) -> Any:
     def evaluate(
         round_: int, specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray]
     ) -> Mapping[str, float] | None:
-        state = exchanged_state(model)
+        state = exchanged_state(model, task)
         with torch.no_grad():
             for spec, arr in zip(specs, arrays, strict=True):
                 state[spec.name].copy_(tensor_from_bytes(spec, raw_view(arr)))

@@ -762,6 +762,14 @@ class Coordinator:
                     "examples": sum(n for n, _ in evals),
                     **weighted_mean(evals),
                 }
+            event["nodes"] = {
+                c.node_id: {
+                    "examples": c.num_examples,
+                    "train": dict(c.metrics),
+                    "evaluate": dict(c.eval_metrics),
+                }
+                for c in sorted(contributions, key=lambda c: c.node_id)
+            }
             if self.evaluator is not None:
                 metrics = self.evaluator(st.number, self.specs, new_flat)
                 if metrics is not None:
@@ -787,6 +795,10 @@ class Coordinator:
         event["model_round"] = self.committed_rounds
         event["examples"] = sum(n for n, _ in items)
         event["evaluate"] = weighted_mean(items)
+        event["nodes"] = {
+            nid: {"examples": n, "evaluate": dict(m)}
+            for nid, (n, m) in sorted(st.evaluations.items())
+        }
         self.store.append_event(event)
         self.history.append(event)
         if self.listener is not None:

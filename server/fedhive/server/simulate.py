@@ -7,13 +7,16 @@ and the coordinator's held-out set, and returns ``(server_data_dir, [node_data_d
 Mutual TLS as in production: a throwaway consortium CA, the coordinator's certificate and one
 certificate per node are made in ``WORKDIR/pki`` (``--insecure`` for plain text instead).
 
-``fedhive partition`` is the data step alone (the compose file's one-shot data service).
+``fedhive prepare`` is the data step alone (the compose file's one-shot data service).
+``--shards K`` asks for the pathological split (K label-sorted shards per node) from a
+``prepare_simulation`` that takes ``shards_per_node`` (the built-in tasks do).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import os
 import shutil
@@ -32,13 +35,23 @@ log = logging.getLogger("fedhive.simulate")
 
 
 def prepare_data(
-    task: str, root: Path, nodes: int, alpha: float | None, seed: int
+    task: str,
+    root: Path,
+    nodes: int,
+    alpha: float | None,
+    seed: int,
+    shards_per_node: int | None = None,
 ) -> tuple[Path | None, list[Path | None]]:
     module = importlib.import_module(task.partition(":")[0])
     prepare = getattr(module, "prepare_simulation", None)
     if prepare is None:
         return None, [None] * nodes
-    server_dir, node_dirs = prepare(root, nodes, alpha, seed)
+    if shards_per_node is not None:
+        if "shards_per_node" not in inspect.signature(prepare).parameters:
+            raise FedhiveError(f"{task}: prepare_simulation does not support --shards")
+        server_dir, node_dirs = prepare(root, nodes, alpha, seed, shards_per_node=shards_per_node)
+    else:
+        server_dir, node_dirs = prepare(root, nodes, alpha, seed)
     return server_dir, list(node_dirs)
 
 
@@ -83,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=4)
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label-skew parameter")
     p.add_argument("--iid", action="store_true", help="split the data evenly instead")
+    p.add_argument(
+        "--shards",
+        type=int,
+        metavar="K",
+        help="pathological split instead: K label-sorted shards per node",
+    )
     p.add_argument("--workdir", type=Path, help="where data, logs and the run go")
     ns = p.parse_args(argv)
     setup_logging(ns.log_level)
@@ -93,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base = config_from_args(ns)
         server_data, node_data = prepare_data(
-            base.task, workdir / "data", ns.nodes, None if ns.iid else ns.alpha, base.seed
+            base.task,
+            workdir / "data",
+            ns.nodes,
+            None if ns.iid else ns.alpha,
+            base.seed,
+            ns.shards,
         )
         extra: dict[str, Any] = {
             "address": ns.address or "127.0.0.1:0",
@@ -126,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # N nodes share this machine's cores: without a cap each one's torch thread pool spins on all
+    # N training processes share this machine's cores: no oversubscription
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // ns.nodes)))
     procs: list[subprocess.Popen[bytes]] = []
     for i in range(ns.nodes):
@@ -165,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def partition_main(argv: list[str] | None = None) -> int:
-    """``fedhive partition``: write the coordinator's held-out set and one folder per node."""
-    p = argparse.ArgumentParser(prog="fedhive partition", description=partition_main.__doc__)
+def prepare_main(argv: list[str] | None = None) -> int:
+    """``fedhive prepare``: write the coordinator's held-out set and one folder per node."""
+    p = argparse.ArgumentParser(prog="fedhive prepare", description=prepare_main.__doc__)
     p.add_argument("--out", type=Path, required=True, help="OUT/server and OUT/<node> are written")
     p.add_argument("--nodes", action="append", required=True, help="node ids, comma-separated")
     p.add_argument("--task", default="fedhive.common.tasks.digits:make_task")
@@ -177,7 +201,7 @@ def partition_main(argv: list[str] | None = None) -> int:
     ns = p.parse_args(argv)
     names = [v.strip() for item in ns.nodes for v in item.split(",") if v.strip()]
     if not names or len(set(names)) != len(names):
-        print(f"fedhive partition: --nodes needs distinct ids, got {names}", file=sys.stderr)
+        print(f"fedhive prepare: --nodes needs distinct ids, got {names}", file=sys.stderr)
         return 2
     staging = ns.out / ".staging"
     try:
@@ -185,10 +209,10 @@ def partition_main(argv: list[str] | None = None) -> int:
             ns.task, staging, len(names), None if ns.iid else ns.alpha, ns.seed
         )
     except (ImportError, ValueError) as exc:
-        print(f"fedhive partition: {exc}", file=sys.stderr)
+        print(f"fedhive prepare: {exc}", file=sys.stderr)
         return 2
     if server_dir is None:
-        print(f"fedhive partition: task {ns.task} has no prepare_simulation()", file=sys.stderr)
+        print(f"fedhive prepare: task {ns.task} has no prepare_simulation()", file=sys.stderr)
         return 2
     for name, src in [("server", server_dir), *zip(names, dirs, strict=True)]:
         assert src is not None

@@ -5,14 +5,16 @@ Data layout (what ``fedhive simulate`` writes): a node's ``data_dir`` holds ``tr
 ``val_fraction`` of it aside for federated evaluation. The coordinator's ``data_dir`` (its
 ``eval_data``) holds ``test.npz`` for held-out evaluation.
 
-Training config keys (sent by the coordinator each round): ``epochs``, ``batch_size``, ``lr``,
-``momentum``, ``weight_decay``.
+Training config (sent by the coordinator each round): any key of
+:class:`~fedhive.common.tasks.training.TrainConfig` (defaults here: 2 epochs, batch 16, SGD lr 0.05
+momentum 0.9). Metrics: loss, accuracy, macro-F1.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -20,7 +22,8 @@ from torch import nn
 
 from fedhive.common.errors import TaskError
 from fedhive.common.partition import read_npz
-from fedhive.common.task import EvalResult, FitResult, Scalar, TaskContext
+from fedhive.common.task import Scalar, TaskContext
+from fedhive.common.tasks.base import ClassificationTask, labels_tensor
 
 NUM_CLASSES = 10
 
@@ -56,47 +59,28 @@ class DigitsCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def _as_int(config: Mapping[str, Scalar], key: str, default: int) -> int:
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
-        raise TaskError(f"training config {key!r} must be an integer, got {value!r}")
-    if value < 1:
-        raise TaskError(f"training config {key!r} must be >= 1, got {value}")
-    return int(value)
+class DigitsTask(ClassificationTask):
+    name = "digits"
+    train_defaults: ClassVar[Mapping[str, Scalar]] = {
+        "epochs": 2,
+        "batch_size": 16,
+        "lr": 0.05,
+        "momentum": 0.9,
+    }
 
-
-def _as_float(config: Mapping[str, Scalar], key: str, default: float) -> float:
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise TaskError(f"training config {key!r} must be a number >= 0, got {value!r}")
-    return float(value)
-
-
-class DigitsTask:
     def __init__(self, ctx: TaskContext) -> None:
-        self.ctx = ctx
-        self.device = torch.device(ctx.device)
-        self.width = int(ctx.args.get("width", 16))
-        val_fraction = float(ctx.args.get("val_fraction", 0.2))
-        self.train: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.val: tuple[torch.Tensor, torch.Tensor] | None = None
+        super().__init__(ctx)
+        self.width = int(self.arg("width", 16))
         if ctx.data_dir is None:
             return
         data_dir = Path(ctx.data_dir)
         if ctx.role == "node":
-            x, y = self._read(data_dir / "train.npz")
-            rng = np.random.default_rng(ctx.seed)
-            order = rng.permutation(len(y))
-            n_val = round(len(y) * val_fraction) if len(y) > 4 else 0
-            val_idx, train_idx = order[:n_val], order[n_val:]
-            self.train = self._tensors(x[train_idx], y[train_idx])
-            if n_val:
-                self.val = self._tensors(x[val_idx], y[val_idx])
+            self.set_node_data(self._read(data_dir / "train.npz"))
         else:
-            self.val = self._tensors(*self._read(data_dir / "test.npz"))
+            self.val = self._read(data_dir / "test.npz")
 
     @staticmethod
-    def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    def _read(path: Path) -> list[torch.Tensor]:
         if not path.is_file():
             raise TaskError(f"digits task: data file not found: {path}")
         x, y = read_npz(path)
@@ -104,70 +88,12 @@ class DigitsTask:
             raise TaskError(
                 f"digits task: {path} must hold x of shape (N, 8, 8) and y of shape (N,)"
             )
-        if len(y) and (y.min() < 0 or y.max() >= NUM_CLASSES):
-            raise TaskError(f"digits task: labels in {path} must be in 0..{NUM_CLASSES - 1}")
-        return x, y
-
-    @staticmethod
-    def _tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return (
-            torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(1),
-            torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)),
-        )
+        labels = labels_tensor(y, NUM_CLASSES, f"digits task: {path}")
+        return [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(1), labels]
 
     def build_model(self) -> nn.Module:
         torch.manual_seed(self.ctx.seed)
         return DigitsCNN(self.width)
-
-    def num_examples(self) -> int:
-        return 0 if self.train is None else len(self.train[1])
-
-    def fit(self, model: nn.Module, config: Mapping[str, Scalar]) -> FitResult:
-        if self.train is None:
-            raise TaskError("digits task: this node has no training data (data_dir unset)")
-        epochs = _as_int(config, "epochs", 2)
-        batch_size = _as_int(config, "batch_size", 16)
-        lr = _as_float(config, "lr", 0.05)
-        momentum = _as_float(config, "momentum", 0.9)
-        weight_decay = _as_float(config, "weight_decay", 0.0)
-        rnd = int(config.get("round", 0))
-        x, y = self.train
-        opt = torch.optim.SGD(
-            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
-        )
-        gen = torch.Generator().manual_seed(self.ctx.seed * 1_000_003 + rnd)
-        model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for _ in range(epochs):
-            order = torch.randperm(len(y), generator=gen)
-            for start in range(0, len(y), batch_size):
-                idx = order[start : start + batch_size]
-                xb, yb = x[idx].to(self.device), y[idx].to(self.device)
-                opt.zero_grad(set_to_none=True)
-                logits = model(xb)
-                loss = nn.functional.cross_entropy(logits, yb)
-                loss.backward()
-                opt.step()
-                loss_sum += float(loss) * len(idx)
-                correct += int((logits.argmax(1) == yb).sum())
-                seen += len(idx)
-        return FitResult(
-            num_examples=len(y),
-            metrics={"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)},
-        )
-
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, config: Mapping[str, Scalar]) -> EvalResult | None:
-        if self.val is None:
-            return None
-        x, y = self.val
-        model.eval()
-        logits = model(x.to(self.device))
-        loss = nn.functional.cross_entropy(logits, y.to(self.device))
-        acc = (logits.argmax(1).cpu() == y).float().mean()
-        return EvalResult(
-            num_examples=len(y), metrics={"loss": float(loss), "accuracy": float(acc)}
-        )
 
 
 def make_task(ctx: TaskContext) -> DigitsTask:
@@ -175,30 +101,25 @@ def make_task(ctx: TaskContext) -> DigitsTask:
 
 
 def prepare_simulation(
-    root: Path, nodes: int, alpha: float | None, seed: int
+    root: Path, nodes: int, alpha: float | None, seed: int, shards_per_node: int | None = None
 ) -> tuple[Path, list[Path]]:
-    """Write a held-out test set and one ``train.npz`` per node (Dirichlet(alpha) label skew)."""
-    from fedhive.common.partition import class_histogram, dirichlet_split, iid_split, write_npz
+    """Write a held-out ``test.npz`` (20%) and one ``train.npz`` per node: Dirichlet(alpha) label
+    skew, IID when ``alpha`` is None, or ``shards_per_node`` label-sorted shards (the same code as
+    ``fedhive partition``)."""
+    from fedhive.common.datasets import Labelled
+    from fedhive.common.partition_cli import partition_dataset
 
     x, y = load_digits_arrays()
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(y))
-    n_test = len(y) // 5
-    test_idx, train_idx = order[:n_test], order[n_test:]
-    server_dir = Path(root) / "server"
-    write_npz(server_dir / "test.npz", x[test_idx], y[test_idx])
-    x_train, y_train = x[train_idx], y[train_idx]
-    if alpha is None:
-        parts = iid_split(y_train, nodes, seed)
-    else:
-        parts = dirichlet_split(y_train, nodes, alpha, seed)
-    dirs = []
-    for i, part in enumerate(parts):
-        d = Path(root) / f"node-{i}"
-        write_npz(d / "train.npz", x_train[part], y_train[part])
-        dirs.append(d)
-    hist = class_histogram(y_train, parts, NUM_CLASSES)
-    print("examples per class (rows: nodes, columns: digits 0-9)")
-    for i, row in enumerate(hist):
-        print(f"  node-{i}: {' '.join(f'{v:3d}' for v in row)}  total {row.sum()}")
+    data = Labelled("npz", y, [str(c) for c in range(NUM_CLASSES)], x=x)
+    server_dir, dirs, _ = partition_dataset(
+        data,
+        Path(root),
+        nodes,
+        "shards" if shards_per_node else "iid" if alpha is None else "dirichlet",
+        alpha=alpha or 1.0,
+        shards_per_node=shards_per_node or 2,
+        holdout=0.2,
+        seed=seed,
+    )
+    assert server_dir is not None
     return server_dir, dirs

@@ -1,4 +1,4 @@
-"""`fedhive partition`: the compose file's one-shot data step."""
+"""`fedhive prepare`: the compose file's one-shot data step."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from fedhive.common.partition import read_npz
-from fedhive.server.simulate import partition_main
+from fedhive.server.simulate import prepare_main
 
 
 def test_partition_writes_one_folder_per_node_and_the_held_out_set(tmp_path: Path) -> None:
     # Execute
-    code = partition_main(["--out", str(tmp_path), "--nodes", "site-1,site-2", "--iid"])
+    code = prepare_main(["--out", str(tmp_path), "--nodes", "site-1,site-2", "--iid"])
 
     # Assert
     assert code == 0
@@ -29,7 +29,7 @@ def test_partition_refuses_node_ids_that_are_not_distinct(
     tmp_path: Path, nodes: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Execute
-    code = partition_main(["--out", str(tmp_path), "--nodes", nodes])
+    code = prepare_main(["--out", str(tmp_path), "--nodes", nodes])
 
     # Assert
     assert code == 2

@@ -1,0 +1,212 @@
+"""``fedhive report RUN_DIR``: curves and a summary of a run, from ``RUN_DIR/events.jsonl``.
+
+Writes ``RUN_DIR/report.png`` (loss and accuracy per round: training, federated evaluation,
+coordinator-side evaluation, and each node's thin line where the run recorded them) and
+``RUN_DIR/report.md`` (best round, final metrics, bytes moved, time), and prints the markdown.
+``--tensorboard`` also writes TensorBoard event files to ``RUN_DIR/tensorboard``.
+The plot needs matplotlib (``pip install 'fedhive[report]'``); without it, only the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+Series = dict[str, list[tuple[int, float]]]
+
+
+@dataclass
+class RunSummary:
+    run_id: str = ""
+    model_bytes: int = 0
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    final_eval: dict[str, Any] | None = None
+    started: float | None = None
+    ended: float | None = None
+    status: str = "running or interrupted"
+
+    def series(self, metric: str) -> Series:
+        """Named (round, value) series of ``metric``."""
+        out: Series = {}
+
+        def add(name: str, x: int, metrics: Mapping[str, Any] | None) -> None:
+            if metrics and isinstance(metrics.get(metric), int | float):
+                out.setdefault(name, []).append((x, float(metrics[metric])))
+
+        for ev in self.rounds:
+            r = int(ev["round"])
+            add("train", r, ev.get("train"))
+            fed = ev.get("evaluate")
+            if fed:
+                add("federated eval", int(fed.get("model_round", r - 1)), fed)
+            add("server eval", r, ev.get("server_evaluate"))
+            for node, rec in sorted((ev.get("nodes") or {}).items()):
+                add(f"{node} train", r, rec.get("train"))
+                add(f"{node} eval", r - 1, rec.get("evaluate"))
+        if self.final_eval:
+            add("federated eval", int(self.final_eval["model_round"]), self.final_eval["evaluate"])
+        return out
+
+
+def load_run(run_dir: Path) -> RunSummary:
+    path = Path(run_dir) / "events.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no events.jsonl in {run_dir}")
+    summary = RunSummary()
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            ev = json.loads(line)
+            kind = ev.get("event")
+            if kind == "start":
+                summary.run_id = str(ev.get("run_id", ""))
+                summary.model_bytes = int(ev.get("model_bytes", 0))
+                summary.started = ev.get("time")
+            elif kind == "round" and ev.get("committed"):
+                summary.rounds.append(ev)
+            elif kind == "evaluate":
+                summary.final_eval = ev
+            elif kind in ("finished", "aborted"):
+                summary.ended = ev.get("time")
+                summary.status = kind if kind == "finished" else f"aborted: {ev.get('reason')}"
+    return summary
+
+
+def _fmt(metrics: Mapping[str, Any] | None) -> str:
+    if not metrics:
+        return "-"
+    keys = [k for k in ("accuracy", "macro_f1", "auroc", "loss") if k in metrics]
+    return ", ".join(f"{k} {float(metrics[k]):.4f}" for k in keys) or "-"
+
+
+def best_round(summary: RunSummary) -> tuple[str, int, float] | None:
+    """(which evaluation, round, accuracy) of the best accuracy: server eval, else federated."""
+    for name in ("server eval", "federated eval"):
+        points = summary.series("accuracy").get(name)
+        if points:
+            r, acc = max(points, key=lambda p: (p[1], -p[0]))
+            return name, r, acc
+    return None
+
+
+def markdown(summary: RunSummary, run_dir: Path) -> str:
+    rounds = summary.rounds
+    bytes_in = sum(int(e.get("bytes_in", 0)) for e in rounds)
+    bytes_out = sum(int(e.get("bytes_out", 0)) for e in rounds)
+    lines = [f"# Run {summary.run_id or run_dir.name}", ""]
+    lines.append(f"- status: {summary.status}; committed rounds: {len(rounds)}")
+    lines.append(f"- model exchanged per node and direction: {summary.model_bytes / 1e6:.3f} MB")
+    if rounds:
+        mean = sum(float(e["duration_s"]) for e in rounds) / len(rounds)
+        lines.append(
+            f"- bytes moved: {bytes_in / 1e6:.2f} MB in (updates), {bytes_out / 1e6:.2f} MB out "
+            f"(broadcasts); {(bytes_in + bytes_out) / len(rounds) / 1e6:.2f} MB per round"
+        )
+        lines.append(f"- seconds per round: {mean:.2f} (mean)")
+    if summary.started and summary.ended:
+        lines.append(f"- wall time: {summary.ended - summary.started:.1f} s")
+    best = best_round(summary)
+    if best:
+        lines.append(f"- best round ({best[0]}): {best[1]} with accuracy {best[2]:.4f}")
+    if rounds:
+        last = rounds[-1]
+        lines += ["", "## Final metrics", ""]
+        lines.append(f"- training (round {last['round']}): {_fmt(last.get('train'))}")
+        if last.get("server_evaluate"):
+            lines.append(f"- coordinator held-out: {_fmt(last.get('server_evaluate'))}")
+        if summary.final_eval:
+            lines.append(
+                f"- federated evaluation of the final model: {_fmt(summary.final_eval['evaluate'])}"
+            )
+        lines += ["", "## Rounds", "", "| round | train loss | fed-eval acc | server acc | s |"]
+        lines.append("|---:|---:|---:|---:|---:|")
+        for e in rounds:
+            cells = [
+                (e.get("train") or {}).get("loss"),
+                (e.get("evaluate") or {}).get("accuracy"),
+                (e.get("server_evaluate") or {}).get("accuracy"),
+                e.get("duration_s"),
+            ]
+            text = " | ".join("-" if v is None else f"{float(v):.4f}" for v in cells)
+            lines.append(f"| {e['round']} | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: RunSummary, path: Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    styles = {"train": "C0", "federated eval": "C1", "server eval": "C2"}
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for name, points in summary.series(metric).items():
+            xs, ys = zip(*sorted(points), strict=True)
+            if name in styles:
+                ax.plot(xs, ys, marker="o", ms=3, color=styles[name], label=name, lw=2)
+            else:
+                color = styles["train"] if name.endswith("train") else styles["federated eval"]
+                ax.plot(xs, ys, color=color, alpha=0.25, lw=0.8)
+        ax.set_xlabel("round")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[1].legend(loc="lower right", fontsize=8)
+    fig.suptitle(title or f"run {summary.run_id}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_tensorboard(summary: RunSummary, out: Path) -> Path:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(out))
+    try:
+        for metric in ("loss", "accuracy", "macro_f1"):
+            for name, points in summary.series(metric).items():
+                for r, value in points:
+                    writer.add_scalar(f"{metric}/{name.replace(' ', '_')}", value, r)
+        for e in summary.rounds:
+            writer.add_scalar("bytes/in", int(e.get("bytes_in", 0)), int(e["round"]))
+            writer.add_scalar("bytes/out", int(e.get("bytes_out", 0)), int(e["round"]))
+            writer.add_scalar("seconds/round", float(e["duration_s"]), int(e["round"]))
+    finally:
+        writer.close()
+    return out
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="fedhive report", description=__doc__)
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, help="PNG path (default RUN_DIR/report.png)")
+    p.add_argument("--title", default="")
+    p.add_argument("--tensorboard", action="store_true", help="also write RUN_DIR/tensorboard")
+    ns = p.parse_args(list(argv) if argv is not None else None)
+    try:
+        summary = load_run(ns.run_dir)
+    except (FileNotFoundError, json.JSONDecodeError) as exc:
+        print(f"fedhive report: {exc}", file=sys.stderr)
+        return 2
+    text = markdown(summary, ns.run_dir)
+    (ns.run_dir / "report.md").write_text(text, encoding="utf-8")
+    print(text)
+    try:
+        png = plot(summary, ns.out or ns.run_dir / "report.png", ns.title)
+        print(f"curves: {png}")
+    except ImportError:
+        print("matplotlib is not installed (pip install 'fedhive[report]'): no plot written")
+    if ns.tensorboard:
+        try:
+            print(f"tensorboard: {write_tensorboard(summary, ns.run_dir / 'tensorboard')}")
+        except ImportError:
+            print("tensorboard is not installed (pip install tensorboard): no event files")
+            return 1
+    return 0

@@ -1,0 +1,273 @@
+"""The shared training loop used by the built-in tasks (digits, images, text).
+
+* :class:`TrainConfig`: the coordinator's per-round ``[train]`` table, validated on the node
+  (pydantic, frozen, ``extra="forbid"``): a wrong or misspelled key is a
+  :class:`~fedhive.common.errors.TaskError` naming the field.
+* :class:`Trainer`: one per node, kept for the node's lifetime together with its optimiser (the
+  optimiser is rebuilt only when its kind changes; lr/momentum/weight decay are updated in place).
+  CUDA when the task's device says so, automatic mixed precision there (bf16 where supported, else
+  fp16 with a grad scaler), pinned host batches copied with ``non_blocking=True``; optional FedProx
+  proximal term ``mu/2 * ||w - w_global||^2`` over the trainable parameters.
+* :func:`classification_metrics`: loss, accuracy, macro-F1 and, for two classes, AUROC.
+
+A batch is a list of tensors sharing their first dimension; the last one holds the labels. The
+task gives a ``forward(model, inputs) -> logits`` when ``model(*inputs)`` is not the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+from fedhive.common.errors import TaskError
+
+Forward = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
+
+
+class TrainConfig(BaseModel):
+    """One round's training settings (what the coordinator's ``[train]`` table may hold)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epochs: int = Field(default=1, ge=1)
+    steps: int | None = Field(default=None, ge=1, description="batches; overrides epochs")
+    batch_size: int = Field(default=32, ge=1)
+    eval_batch_size: int = Field(default=256, ge=1)
+    lr: float = Field(default=0.05, gt=0)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="sgd only")
+    weight_decay: float = Field(default=0.0, ge=0)
+    mu: float = Field(default=0.0, ge=0, description="FedProx proximal term; 0 = FedAvg")
+    max_grad_norm: float | None = Field(default=None, gt=0)
+    amp: bool = True
+    # set by the coordinator every round
+    round: int = Field(default=0, ge=0)
+    evaluate: bool = False
+
+
+def parse_train_config(
+    config: Mapping[str, Any], model: type[TrainConfig] = TrainConfig
+) -> TrainConfig:
+    """Validate the coordinator's per-round config; the error names every bad field."""
+    try:
+        return model.model_validate(dict(config))
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+            msg = "unknown training setting" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{loc}: {msg}")
+        raise TaskError(
+            "invalid training config from the coordinator: " + "; ".join(problems)
+        ) from None
+
+
+def classification_metrics(
+    logits: torch.Tensor, labels: torch.Tensor, loss: float
+) -> dict[str, float]:
+    """Loss, accuracy, macro-F1 over the classes present in labels or predictions, AUROC (2 cl.)."""
+    labels = labels.cpu()
+    logits = logits.float().cpu()
+    pred = logits.argmax(1)
+    k = logits.shape[1]
+    conf = torch.bincount(labels * k + pred, minlength=k * k).reshape(k, k).double()
+    tp = conf.diag()
+    support, predicted = conf.sum(1), conf.sum(0)
+    present = (support + predicted) > 0
+    f1 = torch.where(present, 2 * tp / (support + predicted).clamp(min=1), torch.zeros_like(tp))
+    out = {
+        "loss": float(loss),
+        "accuracy": float(tp.sum() / max(len(labels), 1)),
+        "macro_f1": float(f1[present].mean()) if bool(present.any()) else 0.0,
+    }
+    if k == 2:
+        auc = binary_auroc(torch.softmax(logits, 1)[:, 1].numpy(), labels.numpy())
+        if auc is not None:
+            out["auroc"] = auc
+    return out
+
+
+def binary_auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Mann-Whitney AUROC with tied scores averaged; None when only one class is present."""
+    pos = labels == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    i = 0
+    while i < len(scores):
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@dataclass
+class FitStats:
+    examples: int
+    steps: int
+    metrics: dict[str, float]
+
+
+def default_forward(model: nn.Module, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    out = model(*inputs)
+    return out.logits if hasattr(out, "logits") else out
+
+
+class Trainer:
+    """Trains and evaluates one model on in-memory tensors; lives as long as the node."""
+
+    def __init__(self, device: str | torch.device = "cpu", forward: Forward = default_forward):
+        self.device = torch.device(device)
+        self.forward = forward
+        self.cuda = self.device.type == "cuda"
+        self.amp_dtype: torch.dtype | None = None
+        if self.cuda:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler: torch.amp.GradScaler | None = None
+        self._opt: torch.optim.Optimizer | None = None
+        self._opt_key: tuple[int, str] | None = None
+
+    # -------------------------------------------------------------- pieces
+
+    def optimizer(self, model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+        """The node's optimiser: built once per (model, kind); hyper-parameters updated in place."""
+        key = (id(model), cfg.optimizer)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if self._opt is None or self._opt_key != key:
+            if cfg.optimizer == "sgd":
+                self._opt = torch.optim.SGD(
+                    params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+                )
+            elif cfg.optimizer == "adam":
+                self._opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            else:
+                self._opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            self._opt_key = key
+        for group in self._opt.param_groups:
+            group["lr"] = cfg.lr
+            group["weight_decay"] = cfg.weight_decay
+            if cfg.optimizer == "sgd":
+                group["momentum"] = cfg.momentum
+        return self._opt
+
+    def autocast(self, cfg: TrainConfig | None = None) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None or (cfg is not None and not cfg.amp):
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def to_device(self, batch: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        if self.device.type == "cpu":
+            return batch
+        if not self.cuda:
+            return [t.to(self.device) for t in batch]
+        return [t.pin_memory().to(self.device, non_blocking=True) for t in batch]
+
+    @staticmethod
+    def batches(
+        data: Sequence[torch.Tensor], cfg: TrainConfig, generator: torch.Generator
+    ) -> Iterator[list[torch.Tensor]]:
+        n = len(data[-1])
+        total = cfg.steps if cfg.steps is not None else cfg.epochs * -(-n // cfg.batch_size)
+        done = 0
+        while done < total:
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                yield [t[idx] for t in data]
+                done += 1
+                if done >= total:
+                    return
+
+    # -------------------------------------------------------------- fit / evaluate
+
+    def fit(
+        self,
+        model: nn.Module,
+        data: Sequence[torch.Tensor],
+        cfg: TrainConfig,
+        seed: int = 0,
+    ) -> FitStats:
+        if len(data[-1]) == 0:
+            raise TaskError("no training examples on this node")
+        opt = self.optimizer(model, cfg)
+        use_scaler = self.cuda and cfg.amp and self.amp_dtype == torch.float16
+        if use_scaler and self.scaler is None:
+            self.scaler = torch.amp.GradScaler("cuda")
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        anchor = [p.detach().clone() for p in trainable] if cfg.mu > 0 else []
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + cfg.round)
+        model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        seen = steps = 0
+        amp = self.autocast(cfg)
+        for batch in self.batches(data, cfg, gen):
+            *inputs, yb = self.to_device(batch)
+            opt.zero_grad(set_to_none=True)
+            with amp:
+                logits = self.forward(model, inputs)
+                loss = nn.functional.cross_entropy(logits.float(), yb)
+            total = loss
+            if anchor:
+                prox = sum((p - a).pow(2).sum() for p, a in zip(trainable, anchor, strict=True))
+                total = loss + 0.5 * cfg.mu * prox
+            if use_scaler and self.scaler is not None:
+                self.scaler.scale(total).backward()
+                if cfg.max_grad_norm is not None:
+                    self.scaler.unscale_(opt)
+                    nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                self.scaler.step(opt)
+                self.scaler.update()
+            else:
+                total.backward()
+                if cfg.max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                opt.step()
+            with torch.no_grad():
+                loss_sum.add_(loss, alpha=len(yb))
+                correct.add_((logits.argmax(1) == yb).sum())
+            seen += len(yb)
+            steps += 1
+        metrics = {"loss": float(loss_sum) / seen, "accuracy": int(correct) / seen}
+        if not np.isfinite(metrics["loss"]):
+            raise TaskError("training diverged (loss is not finite); lower the learning rate")
+        return FitStats(examples=seen, steps=steps, metrics=metrics)
+
+    @torch.no_grad()
+    def evaluate(
+        self, model: nn.Module, data: Sequence[torch.Tensor], batch_size: int = 256
+    ) -> dict[str, float]:
+        model.eval()
+        n = len(data[-1])
+        outs: list[torch.Tensor] = []
+        loss_sum = 0.0
+        for start in range(0, n, batch_size):
+            *inputs, yb = self.to_device([t[start : start + batch_size] for t in data])
+            with self.autocast():
+                logits = self.forward(model, inputs).float()
+            loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
+            outs.append(logits.cpu())
+        logits = torch.cat(outs) if outs else torch.zeros(0, 2)
+        return classification_metrics(logits, data[-1], loss_sum / max(n, 1))
+
+
+def split_validation(
+    n: int, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:  # (train_idx, val_idx)
+    """A seeded local validation split; none for tiny data sets."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    n_val = round(n * fraction) if n > 4 else 0
+    return np.sort(order[n_val:]), np.sort(order[:n_val])

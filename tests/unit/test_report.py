@@ -1,0 +1,77 @@
+"""``fedhive report``: curves, summary and TensorBoard files from a run's events.jsonl."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fedhive.common.report import load_run, main, markdown
+
+
+def write_events(run_dir: Path) -> None:
+    events = [{"event": "start", "run_id": "abc", "time": 100.0, "model_bytes": 4000}]
+    for r, acc in ((1, 0.5), (2, 0.8), (3, 0.7)):
+        events.append(
+            {
+                "event": "round",
+                "round": r,
+                "committed": True,
+                "duration_s": 2.0,
+                "bytes_in": 8000,
+                "bytes_out": 8000,
+                "train": {"loss": 1.0 / r, "accuracy": acc - 0.1},
+                "evaluate": {"model_round": r - 1, "accuracy": acc - 0.2, "loss": 1.5 / r},
+                "server_evaluate": {"accuracy": acc, "loss": 1.2 / r, "macro_f1": acc},
+                "nodes": {
+                    "n0": {"examples": 5, "train": {"loss": 1.0, "accuracy": 0.4}, "evaluate": {}},
+                    "n1": {"examples": 5, "train": {"loss": 0.9, "accuracy": 0.6}, "evaluate": {}},
+                },
+            }
+        )
+    events.append({"event": "round", "round": 4, "committed": False, "reason": "x"})
+    events.append(
+        {"event": "evaluate", "model_round": 3, "evaluate": {"accuracy": 0.75, "loss": 0.4}}
+    )
+    events.append({"event": "finished", "rounds": 3, "time": 112.5})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(json.dumps(e) for e in events) + "\n"
+    (run_dir / "events.jsonl").write_text(text, encoding="utf-8")
+
+
+def test_summary_names_best_round_bytes_and_time(tmp_path: Path) -> None:
+    # Prepare
+    write_events(tmp_path)
+
+    # Execute
+    summary = load_run(tmp_path)
+    text = markdown(summary, tmp_path)
+
+    # Assert: committed rounds only; best = server eval of round 2
+    assert len(summary.rounds) == 3
+    assert "best round (server eval): 2 with accuracy 0.8000" in text
+    assert "0.02 MB in (updates), 0.02 MB out (broadcasts)" in text
+    assert "wall time: 12.5 s" in text
+    assert "federated evaluation of the final model: accuracy 0.7500" in text
+    fed = summary.series("accuracy")["federated eval"]
+    assert fed[-1] == (3, 0.75) and fed[0] == (0, 0.3)
+    assert summary.series("loss")["n1 train"] == [(1, 0.9), (2, 0.9), (3, 0.9)]
+
+
+def test_report_command_writes_png_markdown_and_tensorboard(tmp_path: Path, capsys) -> None:
+    # Prepare
+    write_events(tmp_path)
+
+    # Execute
+    code = main([str(tmp_path), "--tensorboard"])
+
+    # Assert
+    assert code == 0
+    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "report.md").read_text().startswith("# Run abc")
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert "curves:" in capsys.readouterr().out
+
+
+def test_report_without_events_fails_cleanly(tmp_path: Path, capsys) -> None:
+    assert main([str(tmp_path)]) == 2
+    assert "no events.jsonl" in capsys.readouterr().err
