@@ -127,6 +127,21 @@ class Broadcast:
 
 
 @dataclass
+class EncodedModel:
+    """The global model as wire-ready chunk messages: the coordinator's only copy of it.
+
+    Chunk messages do not depend on the round or the task kind, so every broadcast of this model
+    (training, retries, the final evaluation) shares them; only header and trailer differ.
+    """
+
+    chunks: list[bytes]
+    digest: bytes
+
+
+EMPTY_BROADCAST = Broadcast([], 0)
+
+
+@dataclass
 class RoundState:
     number: int
     attempt: int
@@ -241,8 +256,12 @@ class Coordinator:
         if budget is None:  # default: two updates in memory, at most 256 MiB; the rest in files
             budget = min(2 * self.model_bytes, DEFAULT_SPOOL_MEMORY)
         self.spool_budget = SpoolBudget(budget)
-        self._global: list[np.ndarray] = [np.ascontiguousarray(a) for a in initial]
-        self._check_initial()
+        initial = [np.ascontiguousarray(a).reshape(-1) for a in initial]
+        self._check_initial(initial)
+        # round 0 is written by run() on a new run; afterwards only the encoded chunks remain
+        self._initial: list[np.ndarray] | None = initial if resume is None else None
+        self._model: EncodedModel | None = self._encode_model(initial)
+        del initial
         self._cv = threading.Condition()
         self._fold_lock = threading.Lock()
         self._nodes: dict[str, NodeRecord] = {}
@@ -271,10 +290,10 @@ class Coordinator:
                 )
         self.history: list[dict[str, Any]] = []
 
-    def _check_initial(self) -> None:
-        if len(self._global) != len(self.specs):
+    def _check_initial(self, initial: Sequence[np.ndarray]) -> None:
+        if len(initial) != len(self.specs):
             raise ValueError("initial model and specs differ in length")
-        for spec, arr in zip(self.specs, self._global, strict=True):
+        for spec, arr in zip(self.specs, initial, strict=True):
             if arr.nbytes != spec.nbytes:
                 raise ValueError(
                     f"initial tensor {spec.name!r} has {arr.nbytes} bytes, not {spec.nbytes}"
@@ -541,8 +560,13 @@ class Coordinator:
     def _header_bytes(self, kind: TaskKind, number: int, **extra: Any) -> bytes:
         return serde.task_message_to_bytes(TaskHeader(self.run_id, number, kind, **extra))
 
+    def _encode_model(self, arrays: Sequence[np.ndarray]) -> EncodedModel:
+        buffers = [raw_view(a) for a in arrays]
+        chunks = [serde.task_chunk_bytes(c) for c in iter_chunks(buffers, self.config.chunk_size)]
+        return EncodedModel(chunks, payload_digest(buffers))
+
     def _encode(self, number: int, kind: TaskKind, config: Mapping[str, Any]) -> Broadcast:
-        buffers = [raw_view(a) for a in self._global]
+        assert self._model is not None
         header = TaskHeader(
             run_id=self.run_id,
             round=number,
@@ -552,11 +576,8 @@ class Coordinator:
             payload_bytes=self.model_bytes,
             chunk_size=self.config.chunk_size,
         )
-        messages = [serde.task_message_to_bytes(header)]
-        messages.extend(
-            serde.task_chunk_bytes(c) for c in iter_chunks(buffers, self.config.chunk_size)
-        )
-        messages.append(serde.task_message_to_bytes(TaskTrailer(payload_digest(buffers))))
+        messages = [serde.task_message_to_bytes(header), *self._model.chunks]
+        messages.append(serde.task_message_to_bytes(TaskTrailer(self._model.digest)))
         return Broadcast(messages, self.model_bytes)
 
     def _alive(self) -> list[NodeRecord]:
@@ -593,9 +614,13 @@ class Coordinator:
         base = {"run_id": self.run_id, "time": time.time(), "model_bytes": self.model_bytes}
         if self.resume is None:
             self.store.append_event({"event": "start", "tensors": len(self.specs), **base})
-            path = self.store.write_model(0, self.specs, [raw_view(a) for a in self._global])
-            self.store.commit_round(0, path, None, self._strategy_state(), time.time())
-        else:
+            if self._initial is not None:
+                buffers = [raw_view(a) for a in self._initial]
+                path = self.store.write_model(0, self.specs, buffers)
+                self.store.commit_round(0, path, None, self._strategy_state(), time.time())
+                del buffers
+        self._initial = None
+        if self.resume is not None:
             self.store.append_event({"event": "resumed", "round": self.resume.round, **base})
             log.info("resuming run %s after round %d", self.run_id, self.resume.round)
         number, attempt = self.committed_rounds + 1, 0
@@ -657,7 +682,7 @@ class Coordinator:
         train_config: dict[str, Any] = {**cfg.train, "round": number}
         if kind == TaskKind.TRAIN:
             train_config["evaluate"] = cfg.federated_evaluation
-            self.aggregator.begin(self.specs, self._global)
+            self.aggregator.begin(self.specs, None)
         broadcast = self._broadcast
         if broadcast is None or self._broadcast_kind != (number, kind):
             self._broadcast = None
@@ -748,7 +773,6 @@ class Coordinator:
             started = time.monotonic()
             new_global = self.aggregator.finalize()
             event["aggregate_s"] = round(time.monotonic() - started, 6)
-            self._broadcast = None  # the old model's encoded chunks are no longer needed
             new_flat = [np.ascontiguousarray(a).reshape(-1) for a in new_global]
             model_path = self.store.write_model(
                 st.number, self.specs, [raw_view(a) for a in new_flat]
@@ -780,7 +804,10 @@ class Coordinator:
             self.store.commit_round(
                 st.number, model_path, event, self._strategy_state(), time.time()
             )
-            self._global = new_flat
+            # free the old model's chunks before encoding the new one (2x the model at most)
+            self._broadcast, st.broadcast, self._model = None, EMPTY_BROADCAST, None
+            self._model = self._encode_model(new_flat)
+            del new_flat, new_global
             self.committed_rounds = st.number
         self.history.append(event)
         if self.listener is not None:
