@@ -52,6 +52,8 @@ class Chaos:
     def _disturb(self, round_: int, victims: list[int]) -> None:
         with self.lock:
             for i in victims:
+                if i in self.killed or i in self.paused:  # a late timer of an earlier round
+                    continue
                 if self.rng.random() < 0.5:
                     self.procs[i].send_signal(signal.SIGKILL)
                     self.procs[i].wait()
