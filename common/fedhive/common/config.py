@@ -101,6 +101,8 @@ class ClientConfig(_Config):
     backoff_max_s: float = Field(default=30.0, gt=0)
     max_connect_attempts: int | None = Field(default=None, ge=1)
     poll_wait_s: float = Field(default=30.0, gt=0)
+    # Ed25519 identity key for secure aggregation (PEM or 32 raw bytes); absent: one per process.
+    identity_key: Path | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ClientConfig:
