@@ -217,6 +217,12 @@ class Node:
         )
         rng = np.random.default_rng()
         secure_push(channel, machine, values, num_examples, secure.quant, rng)
+        log.info(
+            "round %d: secure aggregation: %.3fs in SecAggStep calls, %.3fs masking and upload",
+            header.round,
+            channel.waited_s,
+            channel.upload_s,
+        )
         return channel.sent
 
     # ------------------------------------------------------------------ main loop

@@ -9,6 +9,7 @@ Protocol, so the same code runs over gRPC and, in tests, against the coordinator
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,14 +158,18 @@ class TransportChannel:
         self.stopped = stopped
         self.directory: dict[str, Ed25519PublicKey] = {}
         self.sent = 0
+        self.waited_s = 0.0  # in SecAggStep calls (the other nodes' pace and the barriers)
+        self.upload_s = 0.0  # quantize, mask and PushUpdate
 
     def _call(self, body: KeyAdvert | ShareKeys | AwaitUnmask | UnmaskReply) -> Any:
         while True:
             if self.stopped():
                 raise SecAggAbortedError("node stopping", node=self.auth.node_id)
+            started = time.perf_counter()
             reply = self.transport.secagg_step(
                 SecAggRequest(self.auth, self.round, self.wait_s, body)
             )
+            self.waited_s += time.perf_counter() - started
             if reply.round != self.round:
                 raise SecAggAbortedError(
                     f"secagg reply for round {reply.round}, expected {self.round}"
@@ -192,7 +197,9 @@ class TransportChannel:
         return list(body.shares)
 
     def push_masked(self, blocks: Iterable[Block]) -> None:
+        started = time.perf_counter()
         self.sent = self.upload(gather(blocks, self.words, np.uint32))
+        self.upload_s += time.perf_counter() - started
 
     def await_unmask(self) -> UnmaskRequest:
         body = self._call(AwaitUnmask())

@@ -713,7 +713,12 @@ class Coordinator:
             if node.node_id not in st.selected:
                 raise NotSelectedError(f"node {node.node_id} is not selected for round {st.number}")
             secure = st.secure
-        return secure.step(node.node_id, request)
+        try:
+            return secure.step(node.node_id, request)
+        finally:
+            if secure.rnd.finished:  # wake the round engine now, not at its next poll
+                with self._cv:
+                    self._cv.notify_all()
 
     def _base_event(self, st: RoundState, duration: float) -> dict[str, Any]:
         return {
