@@ -225,6 +225,12 @@ class Coordinator:
         run_id: str | None = None,
         resume: ResumePoint | None = None,
     ) -> None:
+        custom = aggregator is not None and type(aggregator) is not FedAvg
+        if config.secure_aggregation != "none" and custom:
+            raise ConfigError(
+                "secure aggregation yields the weighted mean (FedAvg) of updates the coordinator "
+                f"never sees; it cannot run the aggregator {type(aggregator).__name__}"
+            )
         self.config = config
         self.specs = list(specs)
         self.store = store
@@ -322,8 +328,12 @@ class Coordinator:
             node = self._auth(auth)
             node.alive = False
             node.finished = True
-            if self._round is not None and node.node_id in self._round.pending():
-                self._round.dropped.add(node.node_id)
+            st = self._round
+            if st is not None and (
+                node.node_id in st.pending()
+                or (st.secure is not None and node.node_id in st.selected)
+            ):
+                st.dropped.add(node.node_id)  # a secure round needs every step's participants
             self._cv.notify_all()
         log.info("node %s left%s", node.node_id, f" ({reason})" if reason else "")
 
@@ -619,10 +629,11 @@ class Coordinator:
         cfg = self.config
         self._wait_for_nodes(cfg.min_nodes if kind == TaskKind.TRAIN else 1)
         train_config: dict[str, Any] = {**cfg.train, "round": number}
+        secure_mode = kind == TaskKind.TRAIN and cfg.secure_aggregation == "secagg+"
         if kind == TaskKind.TRAIN:
             train_config["evaluate"] = cfg.federated_evaluation
-            self.aggregator.begin(self.specs, self._global)
-        secure_mode = kind == TaskKind.TRAIN and cfg.secure_aggregation == "secagg+"
+            if not secure_mode:  # a secure round sums masked words itself
+                self.aggregator.begin(self.specs, self._global)
         with self._cv:
             alive = self._alive()
             if secure_mode:  # only nodes that sent an identity key can take part

@@ -24,6 +24,7 @@ from fedhive.server.coordinator import Coordinator, RunAborted
 from fedhive.server.secagg_round import PENDING, SecAggRound
 from fedhive.server.secure import open_secure_round, word_blocks
 from fedhive.server.store import RunStore
+from fedhive.server.strategy import FedAvg
 from tests.unit.secagg.harness import fixed_identity, node_ids
 
 SPECS = [TensorSpec("w", "float32", (10,)), TensorSpec("b", "float32", (3,))]
@@ -154,3 +155,16 @@ def test_a_secure_round_selects_only_nodes_that_sent_an_identity_key(tmp_path: P
     assert nodes == sorted(r.auth.node_id for r in keyed)
     assert isinstance(other, TaskHeader) and other.kind == TaskKind.WAIT
     assert aborted and not thread.is_alive()
+
+
+def test_a_custom_aggregator_cannot_run_under_secure_aggregation(tmp_path: Path) -> None:
+    # Prepare: an aggregator that would need to see each update
+    class Median(FedAvg):
+        pass
+
+    config = ServerConfig(secure_aggregation="secagg+", run_dir=tmp_path / "run")
+    initial = [np.zeros(10, np.float32), np.zeros(3, np.float32)]
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match="cannot run the aggregator Median"):
+        Coordinator(config, SPECS, initial, RunStore(tmp_path / "run"), aggregator=Median())
