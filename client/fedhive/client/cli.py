@@ -27,6 +27,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--max-connect-attempts", type=int)
+    p.add_argument("--identity-key", type=Path, help="Ed25519 key file (secure aggregation)")
     p.add_argument("--backoff-max", type=float, help="longest wait between reconnects (s)")
     p.add_argument(
         "--tls-dir",
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seed": ns.seed,
                 "task_args": parse_task_args(ns.task_arg),
                 "max_connect_attempts": ns.max_connect_attempts,
+                "identity_key": ns.identity_key,
                 "backoff_max_s": ns.backoff_max,
                 "tls_dir": ns.tls_dir,
                 "tls_cert": ns.tls_cert,

@@ -11,6 +11,7 @@ refusing this node's identity (revoked certificate, not on its allow-list): stop
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import random
 import threading
@@ -21,14 +22,23 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedhive.client.secagg import (
+    SecureTask,
+    TransportChannel,
+    load_identity,
+    model_blocks,
+    secure_push,
+)
 from fedhive.client.transport import Transport
 from fedhive.common.chunks import Chunk, StreamChecker, iter_chunks
 from fedhive.common.config import ClientConfig
 from fedhive.common.errors import (
     AccessDeniedError,
+    ConfigError,
     FedhiveError,
     InvalidUpdateError,
     RequestRefused,
+    SecAggError,
     TaskError,
     TransportError,
     UnknownNodeError,
@@ -44,8 +54,10 @@ from fedhive.common.messages import (
     UpdateMessage,
     UpdateTrailer,
 )
+from fedhive.common.secagg.node import NodeSecAgg
+from fedhive.common.secagg.stages import COUNT_WORDS, masked_spec, masked_words
 from fedhive.common.task import Task, TaskContext, exchanged_state, load_task
-from fedhive.common.tensors import TensorSpec, spec_of, tensor_bytes
+from fedhive.common.tensors import TensorSpec, raw_view, spec_of, tensor_bytes, to_float
 
 log = logging.getLogger("fedhive.client")
 
@@ -92,6 +104,8 @@ class Node:
         self.state = exchanged_state(self.model, self.task)
         self.specs = [spec_of(name, t) for name, t in self.state.items()]
         self._staging = [np.empty(s.nbytes, dtype=np.uint8) for s in self.specs]
+        self.identity = load_identity(config.identity_key)
+        self.identity_key = self.identity.public_key().public_bytes_raw()
         self.stop_event = threading.Event()
         self.stats = NodeStats()
         self._join: JoinReply | None = None
@@ -116,7 +130,12 @@ class Node:
                 raise TransportError("stopping")
             try:
                 self._join = self.transport.join(
-                    JoinRequest(self.config.name, self.device, self.task.num_examples())
+                    JoinRequest(
+                        self.config.name,
+                        self.device,
+                        self.task.num_examples(),
+                        identity_key=self.identity_key,
+                    )
                 )
                 self._rejoin.clear()
                 self._attempt = 0
@@ -144,6 +163,69 @@ class Node:
     def stop(self) -> None:
         self.stop_event.set()
         self.transport.cancel()
+
+    def _messages(
+        self,
+        joined: JoinReply,
+        header: TaskHeader,
+        num_examples: int,
+        specs: list[TensorSpec],
+        buffers: list[memoryview],
+        trailer: tuple[dict[str, float], dict[str, float], int],
+    ) -> Iterator[UpdateMessage]:
+        digest = hashlib.sha256()
+        yield UpdateHeader(joined.auth, header.round, num_examples, tuple(specs))
+        for chunk in iter_chunks(buffers, header.chunk_size or (1 << 20)):
+            digest.update(chunk.data)
+            yield chunk
+        yield UpdateTrailer(digest.digest(), *trailer)
+
+    def _secure_push(
+        self,
+        joined: JoinReply,
+        header: TaskHeader,
+        secure: SecureTask,
+        num_examples: int,
+        trailer: tuple[dict[str, float], dict[str, float], int],
+    ) -> int:
+        """SecAgg+: the example count travels masked (the header says 1), the update as one
+        int32 tensor of masked words through PushUpdate."""
+        words = masked_words(sum(s.numel for s in self.specs))
+        upload_specs = [masked_spec(words - COUNT_WORDS)]
+
+        def upload(masked: np.ndarray) -> int:
+            buffers = [raw_view(masked)]
+            return self.transport.push(
+                self._messages(joined, header, 1, upload_specs, buffers, trailer)
+            )
+
+        channel = TransportChannel(
+            self.transport,
+            joined.auth,
+            secure.round,
+            self.identity_key,
+            upload,
+            words,
+            wait_s=self.config.poll_wait_s,
+            stopped=self.stop_event.is_set,
+        )
+        node_id = joined.auth.node_id
+        machine = NodeSecAgg(
+            node_id, self.identity, channel.directory, secure.graph, secure.round, words
+        )
+        values = model_blocks(
+            to_float(tensor_bytes(t), spec.dtype)
+            for spec, t in zip(self.specs, self.state.values(), strict=True)
+        )
+        rng = np.random.default_rng()
+        secure_push(channel, machine, values, num_examples, secure.quant, rng)
+        log.info(
+            "round %d: secure aggregation: %.3fs in SecAggStep calls, %.3fs masking and upload",
+            header.round,
+            channel.waited_s,
+            channel.upload_s,
+        )
+        return channel.sent
 
     # ------------------------------------------------------------------ main loop
 
@@ -252,19 +334,18 @@ class Node:
         if fit.num_examples <= 0:
             raise TaskError("fit() must report a positive number of examples")
         buffers = [tensor_bytes(t) for t in self.state.values()]
-        chunk_size = header.chunk_size or (1 << 20)
-
-        def messages() -> Iterator[UpdateMessage]:
-            import hashlib
-
-            digest = hashlib.sha256()
-            yield UpdateHeader(joined.auth, header.round, fit.num_examples, tuple(self.specs))
-            for chunk in iter_chunks(buffers, chunk_size):
-                digest.update(chunk.data)
-                yield chunk
-            yield UpdateTrailer(digest.digest(), dict(fit.metrics), eval_metrics, eval_n)
-
-        sent = self.transport.push(messages())
+        trailer = (dict(fit.metrics), eval_metrics, eval_n)
+        secure = SecureTask.from_config(config)
+        if secure is not None:
+            try:
+                sent = self._secure_push(joined, header, secure, fit.num_examples, trailer)
+            except (SecAggError, ConfigError) as exc:
+                log.error("round %d: secure aggregation failed: %s", header.round, exc)
+                return
+        else:
+            sent = self.transport.push(
+                self._messages(joined, header, fit.num_examples, self.specs, buffers, trailer)
+            )
         self.stats.bytes_up += sent
         self.stats.rounds_trained += 1
         log.info(

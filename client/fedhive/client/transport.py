@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from fedhive.common import serde
+from fedhive.common import serde, serde_secagg
 from fedhive.common.chunks import MAX_CHUNK_SIZE, Chunk
 from fedhive.common.config import ClientConfig
 from fedhive.common.errors import (
@@ -45,6 +45,7 @@ from fedhive.common.messages import (
     UpdateMessage,
 )
 from fedhive.common.pki import CertInfo, check_bundle, read_bytes
+from fedhive.common.secagg.messages import SecAggReply, SecAggRequest
 from fedhive.proto.v1 import coordinator_pb2 as pb
 
 log = logging.getLogger("fedhive.client")
@@ -130,6 +131,7 @@ class Transport(Protocol):
     def report_evaluation(self, report: EvaluationReport) -> None: ...
     def heartbeat(self, auth: NodeAuth) -> tuple[int, float]: ...
     def leave(self, auth: NodeAuth, reason: str) -> None: ...
+    def secagg_step(self, request: SecAggRequest) -> SecAggReply: ...
     def cancel(self) -> None: ...
     def close(self) -> None: ...
 
@@ -189,6 +191,11 @@ class GrpcTransport:
         self._leave = self._channel.unary_unary(
             SERVICE + "Leave", request_serializer=ser, response_deserializer=pb.Ack.FromString
         )
+        self._secagg = self._channel.unary_unary(
+            SERVICE + "SecAggStep",
+            request_serializer=ser,
+            response_deserializer=pb.SecAggReply.FromString,
+        )
         self._active: Any = None
         self._lock = threading.Lock()
 
@@ -239,6 +246,16 @@ class GrpcTransport:
             self._leave(pb.LeaveRequest(auth=serde.auth_to_proto(auth), reason=reason), timeout=5.0)
         except grpc.RpcError as exc:
             raise map_rpc_error(exc, "leave", self.tls) from exc
+
+    def secagg_step(self, request: SecAggRequest) -> SecAggReply:
+        """One SecAgg+ step; the coordinator answers within ``wait_s`` (maybe ``Pending``)."""
+        try:
+            reply = self._secagg(
+                serde_secagg.request_to_proto(request), timeout=self.timeout_s + request.wait_s
+            )
+        except grpc.RpcError as exc:
+            raise map_rpc_error(exc, "secagg step") from exc
+        return serde_secagg.reply_from_proto(reply)
 
     def cancel(self) -> None:
         """Cancel the pull in flight (used on SIGTERM)."""

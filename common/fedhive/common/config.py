@@ -134,6 +134,9 @@ class ClientConfig(_Config):
     def _bundle(cls, data: Any) -> Any:
         return _fill_bundle(data, "node", crl=False)
 
+    # Ed25519 identity key for secure aggregation (PEM or 32 raw bytes); absent: one per process.
+    identity_key: Path | None = None
+
     @model_validator(mode="after")
     def _check(self) -> ClientConfig:
         _check_task_path(self.task)

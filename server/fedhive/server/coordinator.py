@@ -59,7 +59,9 @@ from fedhive.common.messages import (
     UpdateHeader,
     UpdateTrailer,
 )
+from fedhive.common.secagg.messages import SecAggReply, SecAggRequest
 from fedhive.common.tensors import TensorSpec, payload_bytes, raw_view
+from fedhive.server.secure import SecureRound, finalize_secure, open_secure_round, watch_secure
 from fedhive.server.spool import Spool, SpoolBudget
 from fedhive.server.store import ResumePoint, RunStore
 from fedhive.server.strategy import Aggregator, FedAvg
@@ -105,6 +107,7 @@ class NodeRecord:
     alive: bool = True
     finished: bool = False
     peer_id: str | None = None
+    identity_key: bytes = b""  # Ed25519 public key, for secure aggregation
 
 
 @dataclass
@@ -160,6 +163,12 @@ class RoundState:
     closed: bool = False
     bytes_in: int = 0
     bytes_out: int = 0
+    secure: SecureRound | None = None  # a SecAgg+ round: masked uploads, folded by it
+    gone: set[str] = field(default_factory=set)  # reported to `secure` as dropped
+
+    @property
+    def upload_specs(self) -> list[TensorSpec] | None:
+        return self.secure.upload_specs if self.secure is not None else None
 
     def pending(self) -> set[str]:
         return (
@@ -184,13 +193,14 @@ class UpdateSession:
         self.num_examples = header.num_examples
         self.started = time.monotonic()
         cfg = coord.config
+        specs = state.upload_specs or coord.specs
         self.checker = StreamChecker(
-            coord.specs,
+            specs,
             max_chunk_size=cfg.chunk_size,
             max_payload_bytes=cfg.max_update_bytes,
             what=f"update from {node.node_id} for round {state.number}",
         )
-        self._offsets = np.cumsum([0] + [s.nbytes for s in coord.specs]).tolist()
+        self._offsets = np.cumsum([0] + [s.nbytes for s in specs]).tolist()
         self.spool = Spool(self.checker.total, coord.spool_budget, cfg.spool_dir)
         self.done = False
 
@@ -236,12 +246,11 @@ class Coordinator:
         run_id: str | None = None,
         resume: ResumePoint | None = None,
     ) -> None:
-        if config.secure_aggregation != "none":
-            # fedhive.common.secagg is not wired into this round engine yet: refuse rather than
-            # run plain FedAvg under a setting that promises secure aggregation.
+        custom = aggregator is not None and type(aggregator) is not FedAvg
+        if config.secure_aggregation != "none" and custom:
             raise ConfigError(
-                f"secure_aggregation = {config.secure_aggregation!r} is not supported by the "
-                "coordinator yet; set it to 'none'"
+                "secure aggregation yields the weighted mean (FedAvg) of updates the coordinator "
+                f"never sees; it cannot run the aggregator {type(aggregator).__name__}"
             )
         self.config = config
         self.specs = list(specs)
@@ -325,6 +334,7 @@ class Coordinator:
                 digest,
                 time.monotonic(),
                 peer_id=peer_id,
+                identity_key=req.identity_key,
             )
             self._cv.notify_all()
         log.info(
@@ -381,8 +391,12 @@ class Coordinator:
             node = self._auth(auth, peer_id)
             node.alive = False
             node.finished = True
-            if self._round is not None and node.node_id in self._round.pending():
-                self._round.dropped.add(node.node_id)
+            st = self._round
+            if st is not None and (
+                node.node_id in st.pending()
+                or (st.secure is not None and node.node_id in st.selected)
+            ):
+                st.dropped.add(node.node_id)  # a secure round needs every step's participants
             self._cv.notify_all()
         log.info("node %s left%s", node.node_id, f" ({reason})" if reason else "")
 
@@ -448,7 +462,7 @@ class Coordinator:
                     f"({st.refused[nid]}); it may take part again next round"
                 )
             try:
-                self._check_header(header, nid)
+                self._check_header(header, nid, st.upload_specs or self.specs)
                 session = UpdateSession(self, node, st, header)
             except RequestRefused as exc:
                 st.refused[nid] = str(exc)
@@ -458,13 +472,13 @@ class Coordinator:
             st.in_flight.add(nid)
             return session
 
-    def _check_header(self, header: UpdateHeader, nid: str) -> None:
+    def _check_header(self, header: UpdateHeader, nid: str, want: list[TensorSpec]) -> None:
         what = f"update from {nid}"
         if header.num_examples <= 0:
             raise InvalidUpdateError(
                 f"{what}: example count must be > 0, got {header.num_examples}"
             )
-        got, want = header.tensors, self.specs
+        got = header.tensors
         if len(got) != len(want):
             raise InvalidUpdateError(
                 f"{what}: {len(got)} tensors, the global model has {len(want)}"
@@ -481,8 +495,9 @@ class Coordinator:
                     f"{what}: tensor {w.name!r} has shape {list(g.shape)}, expected {list(w.shape)}"
                 )
         limit = self.config.max_update_bytes
-        if limit is not None and self.model_bytes > limit:
-            raise LimitExceededError(f"{what}: {self.model_bytes} bytes exceeds the limit {limit}")
+        size = payload_bytes(want)
+        if limit is not None and size > limit:
+            raise LimitExceededError(f"{what}: {size} bytes exceeds the limit {limit}")
 
     def _commit(self, session: UpdateSession, trailer: UpdateTrailer) -> Contribution:
         st = session.state
@@ -497,8 +512,11 @@ class Coordinator:
                 )
             st.folding += 1
         try:
-            with self._fold_lock:
-                self.aggregator.fold(session)
+            if st.secure is not None:  # serialised by the SecAgg round itself
+                st.secure.fold(nid, session.pieces(0))
+            else:
+                with self._fold_lock:
+                    self.aggregator.fold(session)
         except Exception:
             with self._cv:
                 st.folding -= 1
@@ -564,6 +582,17 @@ class Coordinator:
         buffers = [raw_view(a) for a in arrays]
         chunks = [serde.task_chunk_bytes(c) for c in iter_chunks(buffers, self.config.chunk_size)]
         return EncodedModel(chunks, payload_digest(buffers))
+
+    def global_model(self) -> list[np.ndarray]:
+        """A copy of the current global model (raw bytes per tensor), decoded from its chunks."""
+        assert self._model is not None
+        out = [np.empty(s.nbytes, dtype=np.uint8) for s in self.specs]
+        for buf in self._model.chunks:
+            chunk = serde.task_message_from_bytes(buf)
+            assert isinstance(chunk, Chunk)
+            end = chunk.offset + len(chunk.data)
+            out[chunk.tensor][chunk.offset : end] = np.frombuffer(chunk.data, dtype=np.uint8)
+        return out
 
     def _encode(self, number: int, kind: TaskKind, config: Mapping[str, Any]) -> Broadcast:
         assert self._model is not None
@@ -680,26 +709,37 @@ class Coordinator:
         cfg = self.config
         self._wait_for_nodes(cfg.min_nodes if kind == TaskKind.TRAIN else 1)
         train_config: dict[str, Any] = {**cfg.train, "round": number}
+        secure_mode = kind == TaskKind.TRAIN and cfg.secure_aggregation == "secagg+"
         if kind == TaskKind.TRAIN:
             train_config["evaluate"] = cfg.federated_evaluation
-            self.aggregator.begin(self.specs, None)
-        broadcast = self._broadcast
-        if broadcast is None or self._broadcast_kind != (number, kind):
-            self._broadcast = None
-            broadcast = self._encode(number, kind, train_config)
-            self._broadcast = broadcast
-            self._broadcast_kind = (number, kind)
+            if not secure_mode:  # a secure round sums masked words itself
+                self.aggregator.begin(self.specs, None)
         with self._cv:
             alive = self._alive()
+            if secure_mode:  # only nodes that sent an identity key can take part
+                alive = [n for n in alive if n.identity_key]
             selected = (
                 self._select(number, attempt, alive)
                 if kind == TaskKind.TRAIN
                 else {n.node_id for n in alive}
             )
+            keys = {u: self._nodes[u].identity_key for u in selected}
+        secure: SecureRound | None = None
+        if secure_mode:  # parameters differ per attempt: encode the broadcast each time
+            try:
+                secure = open_secure_round(cfg, self.specs, number, attempt, keys)
+            except ConfigError as exc:
+                raise RunAborted(f"round {number}: secure aggregation cannot run: {exc}") from exc
+            self._broadcast = None
+            broadcast = self._encode(number, kind, {**train_config, **secure.task_config})
+        else:
+            broadcast = self._broadcast_for(number, kind, train_config)
+        with self._cv:
             now = time.monotonic()
             st = RoundState(
                 number, attempt, kind, selected, now + cfg.round_timeout_s, now, broadcast
             )
+            st.secure = secure
             self._round = st
             self._cv.notify_all()
         log.info(
@@ -715,7 +755,8 @@ class Coordinator:
         with self._cv:
             while True:
                 now = time.monotonic()
-                for nid in list(st.pending()):
+                watched = st.pending() if secure is None else st.selected - st.dropped
+                for nid in list(watched):
                     node = self._nodes[nid]
                     if nid not in st.in_flight and (
                         not node.alive or now - node.last_seen > cfg.heartbeat_timeout_s
@@ -723,7 +764,10 @@ class Coordinator:
                         node.alive = False
                         st.dropped.add(nid)
                         log.warning("round %d: node %s dropped (no heartbeat)", number, nid)
-                if not st.pending() and not st.in_flight and st.folding == 0:
+                if secure is not None:
+                    if watch_secure(st, secure):
+                        break
+                elif not st.pending() and not st.in_flight and st.folding == 0:
                     break
                 if now >= st.deadline:
                     reason = f"deadline of {cfg.round_timeout_s:g}s passed"
@@ -740,6 +784,32 @@ class Coordinator:
         if kind == TaskKind.EVALUATE:
             return self._close_evaluation(st, duration)
         return self._close_training(st, duration, reason)
+
+    def _broadcast_for(self, number: int, kind: TaskKind, config: dict[str, Any]) -> Broadcast:
+        broadcast = self._broadcast
+        if broadcast is None or self._broadcast_kind != (number, kind):
+            self._broadcast = None
+            broadcast = self._encode(number, kind, config)
+            self._broadcast = broadcast
+            self._broadcast_kind = (number, kind)
+        return broadcast
+
+    def secagg_step(self, request: SecAggRequest, peer_id: str | None = None) -> SecAggReply:
+        """One step of the open secure round for the calling node (waits up to its wait_s)."""
+        with self._cv:
+            node = self._auth(request.auth, peer_id)
+            st = self._round
+            if st is None or st.secure is None or st.closed:
+                raise StaleRoundError(f"secagg step from {node.node_id}: no secure round is open")
+            if node.node_id not in st.selected:
+                raise NotSelectedError(f"node {node.node_id} is not selected for round {st.number}")
+            secure = st.secure
+        try:
+            return secure.step(node.node_id, request)
+        finally:
+            if secure.rnd.finished:  # wake the round engine now, not at its next poll
+                with self._cv:
+                    self._cv.notify_all()
 
     def _base_event(self, st: RoundState, duration: float) -> dict[str, Any]:
         return {
@@ -761,18 +831,28 @@ class Coordinator:
         event["reported"] = sorted(st.reported)
         event["examples"] = sum(c.num_examples for c in contributions)
         needed = cfg.min_updates or 1
-        if len(contributions) < needed:
-            event["committed"] = False
-            event["reason"] = f"{len(contributions)} update(s) accepted, {needed} needed" + (
+        new_global: Sequence[np.ndarray] = []
+        failure = ""
+        if st.secure is not None:  # abandoned (and why), or unmasked and dequantized
+            started = time.monotonic()
+            new_global, failure = finalize_secure(st.secure, reason)
+            event["aggregate_s"] = round(time.monotonic() - started, 6)
+            event["examples"] = st.secure.examples
+        if not failure and len(contributions) < needed:
+            failure = f"{len(contributions)} update(s) accepted, {needed} needed" + (
                 f" ({reason})" if reason else ""
             )
+        if failure:
+            event["committed"] = False
+            event["reason"] = failure
             log.warning("round %d not committed: %s", st.number, event["reason"])
             event["duration_s"] = round(time.monotonic() - st.opened_at, 6)
             self.store.append_event(event)
         else:
-            started = time.monotonic()
-            new_global = self.aggregator.finalize()
-            event["aggregate_s"] = round(time.monotonic() - started, 6)
+            if st.secure is None:
+                started = time.monotonic()
+                new_global = self.aggregator.finalize()
+                event["aggregate_s"] = round(time.monotonic() - started, 6)
             new_flat = [np.ascontiguousarray(a).reshape(-1) for a in new_global]
             model_path = self.store.write_model(
                 st.number, self.specs, [raw_view(a) for a in new_flat]

@@ -4,7 +4,9 @@ Transport-agnostic (no grpc): the servicer (or a test) calls the node-facing met
 worker threads. Each step has an *expected* set (the previous step's participants) and closes
 when every expected node either arrived or was dropped (the round engine calls :meth:`drop`
 when a node misses its heartbeats or leaves), or when the step's deadline passes. A node call
-blocks until its step closes and returns that node's input for the next step::
+waits until its step closes and returns that node's input for the next step; given ``wait_s``
+it returns ``PENDING`` when that passes first, and the node calls again (a repeated call delivers
+nothing twice, it only waits)::
 
     advertise(node, advert)        -> the neighbours' adverts
     share_keys(node, sealed)       -> the sealed shares addressed to the node
@@ -32,10 +34,11 @@ from fedhive.common.errors import SecAggAbortedError, SecAggAuthError, SecAggErr
 from fedhive.common.hooks import Block
 from fedhive.common.secagg.graph import Graph
 from fedhive.common.secagg.keys import KeyAdvert
-from fedhive.common.secagg.messages import SealedShares, UnmaskReply, UnmaskRequest
+from fedhive.common.secagg.messages import Pending, SealedShares, UnmaskReply, UnmaskRequest
 from fedhive.common.secagg.server import ServerSecAgg
 
 STEPS = ("adverts", "shares", "masked", "unmask")
+PENDING = Pending(retry_after_s=0.0)
 _POLL_S = 0.05
 
 
@@ -62,6 +65,7 @@ class SecAggRound:
         self.dropped: set[str] = set()
         self.refused: set[str] = set()
         self._outputs: list[Any] = [None] * len(STEPS)
+        self._joined: list[set[str]] = [set() for _ in STEPS]  # who delivered each step
         self._error: SecAggError | None = None
 
     # ------------------------------------------------------------------ barrier plumbing
@@ -105,67 +109,92 @@ class SecAggRound:
         m.prepare_unmask()
         return True
 
-    def _enter(self, step: str, node: str) -> int:
+    def _enter(self, step: str, node: str) -> tuple[int, bool]:
+        """The step's index, and whether this call repeats one already taken (idempotent)."""
         index = STEPS.index(step)
         self._raise_if_failed()
-        if self._step != index or node not in self._expected or node in self._arrived:
+        if node in self._joined[index]:
+            return index, True
+        if self._step != index or node not in self._expected:
             raise SecAggAbortedError(
                 f"node {node!r}: secagg {step} message out of order or unexpected", node=node
             )
-        return index
+        return index, False
 
-    def _await(self, index: int, node: str) -> Any:
+    def _arrive(self, index: int, node: str) -> None:
+        self._joined[index].add(node)
+        self._arrived.add(node)
+        self._maybe_close()
+
+    def _await(self, index: int, wait_s: float | None = None) -> Any:
+        """The step's output once it closed; PENDING when ``wait_s`` passes first."""
+        until = None if wait_s is None else self._clock() + max(wait_s, 0.0)
         while True:
             self._raise_if_failed()
             if self._step > index:
                 return self._outputs[index]
             self._maybe_close()
             if self._step <= index and self._error is None:
+                if until is not None and self._clock() >= until:
+                    return PENDING
                 self._cv.wait(_POLL_S)
 
     # ------------------------------------------------------------------ node-facing steps
-    def advertise(self, node: str, advert: KeyAdvert) -> list[KeyAdvert]:
+    # Each step call may be repeated (after a PENDING answer, or a retried RPC): a repeat does
+    # not deliver the message again, it only waits for the step's output.
+    def advertise(
+        self, node: str, advert: KeyAdvert, wait_s: float | None = None
+    ) -> list[KeyAdvert] | Pending:
         with self._cv:
-            index = self._enter("adverts", node)
-            if advert.node != node:
-                raise SecAggAbortedError(f"node {node!r} sent another node's advert", node=node)
-            try:
-                self.machine.receive_advert(advert)
-            except SecAggAuthError:
-                self._refuse(node)  # a forged advert stops the round for that node
-                raise
-            self._arrived.add(node)
-            self._maybe_close()
-            return list(self._await(index, node).get(node, []))
+            index, repeat = self._enter("adverts", node)
+            if not repeat:
+                if advert.node != node:
+                    raise SecAggAbortedError(f"node {node!r} sent another node's advert", node=node)
+                try:
+                    self.machine.receive_advert(advert)
+                except SecAggAuthError:
+                    self._refuse(node)  # a forged advert stops the round for that node
+                    raise
+                self._arrive(index, node)
+            out = self._await(index, wait_s)
+            return out if out is PENDING else list(out.get(node, []))
 
-    def share_keys(self, node: str, sealed: list[SealedShares]) -> list[SealedShares]:
+    def share_keys(
+        self, node: str, sealed: list[SealedShares], wait_s: float | None = None
+    ) -> list[SealedShares] | Pending:
         with self._cv:
-            index = self._enter("shares", node)
-            self.machine.receive_shares(node, sealed)
-            self._arrived.add(node)
-            self._maybe_close()
-            return list(self._await(index, node).get(node, []))
+            index, repeat = self._enter("shares", node)
+            if not repeat:
+                self.machine.receive_shares(node, sealed)
+                self._arrive(index, node)
+            out = self._await(index, wait_s)
+            return out if out is PENDING else list(out.get(node, []))
 
     def fold_masked(self, node: str, blocks: Iterable[Block]) -> None:
         """Fold a node's whole (already staged and verified) masked update."""
         with self._cv:
-            self._enter("masked", node)
+            index, repeat = self._enter("masked", node)
+            if repeat:
+                raise SecAggAbortedError(f"node {node!r} sent its masked input twice", node=node)
             for block in blocks:
                 self.machine.masked_chunk(node, block.start, block.values)
             self.machine.masked_end(node)
-            self._arrived.add(node)
-            self._maybe_close()
+            self._arrive(index, node)
 
-    def await_unmask(self, node: str) -> UnmaskRequest:
+    def await_unmask(self, node: str, wait_s: float | None = None) -> UnmaskRequest | Pending:
         with self._cv:
-            request: UnmaskRequest = self._await(STEPS.index("masked"), node)
+            request: UnmaskRequest | Pending = self._await(STEPS.index("masked"), wait_s)
+            if isinstance(request, Pending):
+                return request
             if node not in request.survivors:
                 raise SecAggAbortedError(f"node {node!r} is not a survivor", node=node)
             return request
 
     def unmask(self, node: str, reply: UnmaskReply) -> None:
         with self._cv:
-            self._enter("unmask", node)
+            index, repeat = self._enter("unmask", node)
+            if repeat:
+                return
             if reply.node != node:
                 raise SecAggAbortedError(f"node {node!r} sent another node's reply", node=node)
             try:
@@ -173,8 +202,7 @@ class SecAggRound:
             except SecAggAuthError:
                 self._refuse(node)
                 raise
-            self._arrived.add(node)
-            self._maybe_close()
+            self._arrive(index, node)
 
     def _refuse(self, node: str) -> None:
         self.dropped.add(node)
@@ -192,9 +220,30 @@ class SecAggRound:
     def result(self) -> Iterator[Block]:
         """Block until the unmask step closed; then the unmasked sum, block by block."""
         with self._cv:
-            self._await(STEPS.index("unmask"), "coordinator")
+            self._await(STEPS.index("unmask"))
         for start, words in self.machine.masked_sum_blocks():
             yield Block(start, self.machine.unmask_block(start, words))
+
+    def abandon(self, reason: str) -> None:
+        """Stop the round (the round engine gave up on it): every caller gets the error."""
+        with self._cv:
+            self._fail(SecAggAbortedError(reason))
+
+    def poll(self) -> None:
+        """Close the current step if its deadline passed (the round engine's watch loop)."""
+        with self._cv:
+            self._maybe_close()
+
+    @property
+    def finished(self) -> bool:
+        """The unmask step closed, or the round was abandoned."""
+        with self._cv:
+            return self._error is not None or self._step >= len(STEPS)
+
+    @property
+    def error(self) -> SecAggError | None:
+        with self._cv:
+            return self._error
 
     @property
     def step(self) -> str:

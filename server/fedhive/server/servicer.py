@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from fedhive.common import serde
+from fedhive.common import serde, serde_secagg
 from fedhive.common.chunks import Chunk
 from fedhive.common.errors import (
     AccessDeniedError,
@@ -175,6 +175,13 @@ class CoordinatorServicer:
             return pb.HeartbeatReply(round=rnd, heartbeat_interval_s=interval)
         raise AssertionError("unreachable")
 
+    def secagg_step(self, request: Any, context: grpc.ServicerContext) -> pb.SecAggReply:
+        with _status(context, "SecAggStep"):
+            peer = self._peer(context, "SecAggStep")
+            reply = self.coord.secagg_step(_checked(request), peer_id=peer)
+            return serde_secagg.reply_to_proto(reply)
+        raise AssertionError("unreachable")
+
     def leave(self, request: Any, context: grpc.ServicerContext) -> pb.Ack:
         with _status(context, "Leave"):
             peer = self._peer(context, "Leave")
@@ -210,6 +217,11 @@ def generic_handler(servicer: CoordinatorServicer) -> grpc.GenericRpcHandler:
         "Heartbeat": grpc.unary_unary_rpc_method_handler(
             servicer.heartbeat,
             request_deserializer=_proto(pb.HeartbeatRequest, lambda m: auth_of(m.auth)),
+            response_serializer=_serialize,
+        ),
+        "SecAggStep": grpc.unary_unary_rpc_method_handler(
+            servicer.secagg_step,
+            request_deserializer=_proto(pb.SecAggRequest, serde_secagg.request_from_proto),
             response_serializer=_serialize,
         ),
         "Leave": grpc.unary_unary_rpc_method_handler(

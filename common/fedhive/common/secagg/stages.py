@@ -17,13 +17,21 @@ from fedhive.common.hooks import Block
 from fedhive.common.secagg.node import NodeSecAgg
 from fedhive.common.secagg.quantize import QuantConfig, dequantize, quantize
 from fedhive.common.secagg.server import ServerSecAgg
+from fedhive.common.tensors import TensorSpec
 
 COUNT_WORDS = 1
+MASKED_TENSOR = "secagg.masked"
 
 
 def masked_words(elements: int) -> int:
     """Words a node uploads for a model of ``elements`` values (the count word included)."""
     return elements + COUNT_WORDS
+
+
+def masked_spec(elements: int) -> TensorSpec:
+    """The upload of a secure round: one int32 tensor of the masked words (the wire has no
+    uint32; the bits are the same)."""
+    return TensorSpec(MASKED_TENSOR, "int32", (masked_words(elements),))
 
 
 class ClipStage:

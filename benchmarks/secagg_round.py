@@ -1,0 +1,129 @@
+"""Seconds per round over real gRPC, plain FedAvg vs SecAgg+, side by side in one run.
+
+    python benchmarks/secagg_round.py --nodes 10 --params 1000000 --rounds 4
+
+For each mode it starts one coordinator process and ``--nodes`` node processes with the constant
+task (``fedhive.common.tasks.constant:make_task``), the mode set through a ``--config`` TOML
+(``secure_aggregation = "secagg+"`` or not), and reads the run's ``events.jsonl``: the median
+``duration_s`` of the committed rounds after the first (round 1 also pays for joining and
+warm-up), plus upload bytes per node per round. Prints one JSON line per mode and a Markdown
+table row. Figures, not a test: expect noise on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+TASK = "fedhive.common.tasks.constant:make_task"
+COMMON = (
+    "federated_evaluation = false\nheartbeat_interval_s = 2.0\nheartbeat_timeout_s = 120.0\n"
+    "round_timeout_s = 1800.0\njoin_timeout_s = 600.0\n"
+)
+SECURE = (
+    'secure_aggregation = "secagg+"\nsecagg_clip = 64.0\nsecagg_bits = 16\n'
+    "secagg_max_weight = 1024\nsecagg_step_timeout_s = 600.0\n"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_mode(
+    secure: bool, nodes: int, params: int, rounds: int, tensors: int, level: str = "WARNING"
+) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix=f"fedhive-secagg-{'secure' if secure else 'plain'}-"))
+    (tmp / "server.toml").write_text(COMMON + (SECURE if secure else ""))
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    task_args = ["--task-arg", f"params={params}", "--task-arg", f"tensors={tensors}"]
+    server = [
+        sys.executable, "-m", "fedhive.common.cli", "server", "--config", str(tmp / "server.toml"),
+        "--address", address, "--run-dir", str(tmp / "run"), "--task", TASK, *task_args,
+        "--rounds", str(rounds), "--min-nodes", str(nodes), "--no-progress",
+        "--log-level", level,
+    ]  # fmt: skip
+    started = time.monotonic()
+    with open(tmp / "coordinator.log", "wb") as log:
+        coord = subprocess.Popen(server, stdout=log, stderr=log)
+    procs = []
+    for i in range(nodes):
+        client = [
+            sys.executable, "-m", "fedhive.common.cli", "client", "--server", address,
+            "--task", TASK, *task_args, "--name", f"b{i}", "--seed", str(i), "--device", "cpu",
+            "--max-connect-attempts", "30", "--log-level", level,
+        ]  # fmt: skip
+        with open(tmp / f"node{i}.log", "wb") as log:
+            procs.append(subprocess.Popen(client, stdout=log, stderr=log))
+    coord.wait()
+    for p in procs:
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    wall = time.monotonic() - started
+    events = [json.loads(x) for x in (tmp / "run" / "events.jsonl").read_text().splitlines()]
+    committed = [e for e in events if e["event"] == "round" and e["committed"]]
+    timed = [e for e in committed if e["round"] > 1] or committed
+    return {
+        "mode": "secagg+" if secure else "plain",
+        "nodes": nodes,
+        "params": params,
+        "rounds": rounds,
+        "committed": len(committed),
+        "coord_exit": coord.returncode,
+        "s_per_round": round(statistics.median(e["duration_s"] for e in timed), 3)
+        if timed
+        else None,
+        "round_s": [round(e["duration_s"], 3) for e in committed],
+        "aggregate_s": [e.get("aggregate_s") for e in committed],
+        "upload_bytes_per_node": committed[-1]["bytes_in"] // len(committed[-1]["reported"])
+        if committed
+        else None,
+        "wall_s": round(wall, 1),
+        "dir": str(tmp),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--nodes", type=int, default=10)
+    p.add_argument("--params", type=int, default=1_000_000)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--tensors", type=int, default=8)
+    p.add_argument("--log-level", default="WARNING", help="of the coordinator and node processes")
+    ns = p.parse_args()
+    results = [
+        run_mode(s, ns.nodes, ns.params, ns.rounds, ns.tensors, ns.log_level) for s in (False, True)
+    ]
+    for r in results:
+        print(json.dumps(r))
+    plain, secure = results
+    ratio = (
+        secure["s_per_round"] / plain["s_per_round"]
+        if plain["s_per_round"] and secure["s_per_round"]
+        else float("nan")
+    )
+    upload = secure["upload_bytes_per_node"] / (4 * ns.params) if ns.params else float("nan")
+    print("| N | P | plain s/round | SecAgg+ s/round | ratio | masked upload / float32 |")
+    print(
+        f"| {ns.nodes} | {ns.params:,} | {plain['s_per_round']} | {secure['s_per_round']} | "
+        f"{ratio:.2f} | {upload:.5f} |"
+    )
+    ok = all(r["committed"] == ns.rounds and r["coord_exit"] == 0 for r in results)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""A SecAgg+ training round as the round engine sees it (no grpc).
+
+:func:`open_secure_round` turns the selected nodes and their identity keys into a
+:class:`SecureRound`: the neighbour graph, the thread-safe :class:`SecAggRound`, the upload the
+coordinator expects (one int32 tensor of ``P + 1`` masked words) and the parameters every node
+needs, as task config. The coordinator then
+
+- answers ``SecAggStep`` calls through :meth:`SecureRound.step` (each call waits at most
+  ``wait_s`` and may answer :class:`Pending`; repeating a call is harmless),
+- folds each masked upload, once its whole stream was staged and verified, with :meth:`fold`,
+- reports gone or refused nodes with :meth:`drop`,
+- and closes the round with :meth:`finalize`: unmask, dequantize, one array per tensor spec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fedhive.common.config import ServerConfig
+from fedhive.common.errors import ConfigError, InvalidUpdateError, SecAggError, StaleRoundError
+from fedhive.common.hooks import Block, gather, run
+from fedhive.common.secagg.graph import Graph
+from fedhive.common.secagg.keys import KeyAdvert
+from fedhive.common.secagg.messages import (
+    Adverts,
+    AwaitUnmask,
+    Done,
+    Pending,
+    SecAggReply,
+    SecAggRequest,
+    ShareKeys,
+    UnmaskReply,
+)
+from fedhive.common.secagg.quantize import QuantConfig
+from fedhive.common.secagg.stages import DequantizeStage, masked_spec, masked_words
+from fedhive.common.tensors import TensorSpec, from_float
+from fedhive.server.secagg_round import SecAggRound
+
+MAX_STEP_WAIT_S = 30.0
+
+
+def round_id(number: int, attempt: int) -> int:
+    """The SecAgg round id (bound into every signature): one per attempt of a round."""
+    return (number << 16) | attempt
+
+
+@dataclass
+class SecureRound:
+    rnd: SecAggRound
+    quant: QuantConfig
+    specs: list[TensorSpec]
+    identities: dict[str, bytes]
+    task_config: dict[str, Any]
+    examples: int = 0  # the unmasked summed example count, once finalized
+
+    @property
+    def id(self) -> int:
+        return self.rnd.round
+
+    @property
+    def upload_specs(self) -> list[TensorSpec]:
+        return [masked_spec(sum(s.numel for s in self.specs))]
+
+    # ------------------------------------------------------------------ node-facing
+    def step(self, node: str, request: SecAggRequest) -> SecAggReply:
+        if request.round != self.id:
+            raise StaleRoundError(
+                f"secagg step from {node} for secure round {request.round}, but {self.id} is open"
+            )
+        wait = min(max(request.wait_s, 0.0), MAX_STEP_WAIT_S)
+        body = request.body
+        if isinstance(body, KeyAdvert):
+            adverts = self.rnd.advertise(node, body, wait)
+            if isinstance(adverts, Pending):
+                return SecAggReply(self.id, adverts)
+            ids = {a.node: self.identities[a.node] for a in adverts}
+            return SecAggReply(self.id, Adverts(tuple(adverts), ids))
+        if isinstance(body, ShareKeys):
+            if any(s.sender != node for s in body.shares):
+                raise InvalidUpdateError(f"secagg shares from {node} name another sender")
+            shares = self.rnd.share_keys(node, list(body.shares), wait)
+            if isinstance(shares, Pending):
+                return SecAggReply(self.id, shares)
+            return SecAggReply(self.id, ShareKeys(tuple(shares)))
+        if isinstance(body, AwaitUnmask):
+            return SecAggReply(self.id, self.rnd.await_unmask(node, wait))
+        if isinstance(body, UnmaskReply):
+            self.rnd.unmask(node, body)
+            return SecAggReply(self.id, Done())
+        raise InvalidUpdateError(f"secagg step from {node}: unknown body")  # pragma: no cover
+
+    def fold(self, node: str, pieces: Iterable[memoryview | bytes]) -> None:
+        """Fold a node's staged, verified masked upload (raw little-endian words)."""
+        self.rnd.fold_masked(node, word_blocks(pieces))
+
+    def drop(self, node: str) -> None:
+        self.rnd.drop(node)
+
+    # ------------------------------------------------------------------ round engine
+    def finalize(self) -> tuple[list[np.ndarray], int]:
+        """The new global model (flat arrays, one per spec) and the summed example count.
+
+        Raises :class:`~fedhive.common.errors.SecAggAbortedError` if the round was abandoned.
+        """
+        elements = sum(s.numel for s in self.specs)
+        dequantize = DequantizeStage(self.quant)
+        mean = gather(run([dequantize], self.rnd.result()), elements, np.float64)
+        out, offset = [], 0
+        for spec in self.specs:
+            values = mean[offset : offset + spec.numel]
+            out.append(np.ascontiguousarray(from_float(values, spec.dtype)).reshape(-1))
+            offset += spec.numel
+        return out, dequantize.total_weight
+
+
+def watch_secure(st: Any, secure: SecureRound) -> bool:
+    """The round engine's watch over a secure round (``st`` is its RoundState, under its lock).
+
+    Tells the SecAgg round about nodes that dropped or were refused, lets a step whose deadline
+    passed close, and says whether collection is over: the unmask step closed or the round was
+    abandoned (e.g. nobody can take part any more), and no upload is still being folded.
+    """
+    for nid in sorted((st.dropped | set(st.refused)) - st.gone):
+        st.gone.add(nid)
+        secure.drop(nid)
+    secure.rnd.poll()
+    return secure.rnd.finished and not st.in_flight and st.folding == 0
+
+
+def finalize_secure(secure: SecureRound, reason: str) -> tuple[list[np.ndarray], str]:
+    """The new global model, or no model and why the round cannot be committed."""
+    if not secure.rnd.finished:
+        why = f"secure aggregation stopped at its {secure.rnd.step!r} step"
+        why += f" ({reason})" if reason else ""
+        secure.rnd.abandon(why)
+        return [], why
+    try:
+        arrays, secure.examples = secure.finalize()
+    except (SecAggError, ValueError) as exc:
+        return [], f"secure aggregation abandoned: {secure.rnd.error or exc}"
+    return arrays, ""
+
+
+def open_secure_round(
+    config: ServerConfig,
+    specs: Sequence[TensorSpec],
+    number: int,
+    attempt: int,
+    identities: Mapping[str, bytes],
+) -> SecureRound:
+    """Plan one secure round over ``identities`` (the selected nodes and their Ed25519 keys).
+
+    Raises :class:`ConfigError` when the round cannot run safely: fewer than two nodes, a graph
+    or threshold that does not fit, or a configuration whose unmasked sum could overflow.
+    """
+    quant = config.secagg_quantization()
+    quant.check(len(identities))
+    digest = hashlib.sha256(f"{config.seed}:{number}:{attempt}".encode()).digest()
+    seed = int.from_bytes(digest[:7], "big")
+    graph = Graph.build(
+        sorted(identities),
+        seed=seed,
+        degree=config.secagg_degree,
+        threshold=config.secagg_threshold,
+    )
+    try:
+        directory = {u: Ed25519PublicKey.from_public_bytes(k) for u, k in identities.items()}
+    except ValueError as exc:
+        raise ConfigError(f"a selected node's identity key is not an Ed25519 key: {exc}") from exc
+    rid = round_id(number, attempt)
+    elements = sum(s.numel for s in specs)
+    rnd = SecAggRound(
+        graph, rid, masked_words(elements), directory, step_timeout_s=config.secagg_step_timeout_s
+    )
+    task_config = {
+        "secagg": "secagg+",
+        "secagg_round": rid,
+        "secagg_nodes": json.dumps(list(graph.nodes)),
+        "secagg_seed": seed,
+        "secagg_degree": graph.degree,
+        "secagg_threshold": graph.threshold,
+        "secagg_clip": quant.clip,
+        "secagg_bits": quant.bits,
+        "secagg_max_weight": quant.max_weight,
+    }
+    return SecureRound(rnd, quant, list(specs), dict(identities), task_config)
+
+
+def word_blocks(pieces: Iterable[memoryview | bytes]) -> Iterator[Block]:
+    """Raw little-endian bytes, cut anywhere, as consecutive uint32 blocks."""
+    pos, carry = 0, b""
+    for piece in pieces:
+        data = carry + bytes(piece) if carry else piece
+        usable = len(data) - len(data) % 4
+        if usable:
+            words = np.frombuffer(data[:usable], dtype="<u4").astype(np.uint32)
+            yield Block(pos, words)
+            pos += words.size
+        carry = bytes(data[usable:])
+    if carry:
+        raise InvalidUpdateError(f"masked upload ends with {len(carry)} stray byte(s)")

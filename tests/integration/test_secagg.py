@@ -1,0 +1,181 @@
+"""SecAgg+ end to end: a real coordinator, real node processes, real gRPC, real dropouts.
+
+The constant task makes node ``n<i>`` add ``1 + i`` and report ``100 + i`` examples, so plain
+FedAvg of any set of nodes is known in closed form. A secure round quantizes: each node's
+rounding is below one grid step, so the unmasked mean of ``n`` nodes with ``W`` examples in all is
+within ``n step / W`` of the exact mean (plus float32 rounding of the stored model), per round.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from fedhive.common.secagg.quantize import QuantConfig
+from fedhive.server.coordinator import RunAborted
+from tests.integration.harness import start_coordinator, start_node, wait_all
+
+ARGS = {"params": 1000, "tensors": 3}
+SIZES = [334, 333, 333]
+SECURE = {
+    "secure_aggregation": "secagg+",
+    "secagg_clip": 32.0,
+    "secagg_bits": 16,
+    "secagg_max_weight": 1024,
+    "heartbeat_interval_s": 0.3,
+    "heartbeat_timeout_s": 2.0,
+}
+QUANT = QuantConfig(clip=32.0, bits=16, max_weight=1024)
+F32_ROUNDING = 32.0 * 2.0**-24  # float32 rounding of a stored value below the clip range
+
+
+class Killer:
+    """Round listener: SIGKILLs one node at a chosen moment of a chosen round."""
+
+    def __init__(self, round_: int, on: str) -> None:
+        self.round, self.on = round_, on
+        self.victim: subprocess.Popen[bytes] | None = None
+        self.killed_in: int | None = None
+        self.lock = threading.Lock()
+
+    def _kill(self, round_: int, moment: str) -> None:
+        with self.lock:
+            if self.victim is None or self.killed_in is not None:
+                return
+            if round_ == self.round and moment == self.on:
+                self.victim.send_signal(signal.SIGKILL)
+                self.victim.wait()
+                self.killed_in = round_
+
+    def round_opened(self, round_: int, kind: str, expected: int) -> None:
+        self._kill(round_, "opened")
+
+    def update_received(self, round_: int, received: int, expected: int, bytes_in: int) -> None:
+        self._kill(round_, "update")
+
+    def round_closed(self, event: Mapping[str, Any]) -> None:
+        pass
+
+
+def seed_of(node_id: str) -> int:
+    return int(node_id.rsplit("-", 1)[0].removeprefix("n"))
+
+
+def expected_model(rounds: list[dict[str, Any]]) -> tuple[list[np.ndarray], float]:
+    """Plain FedAvg (float64) of each round's reported nodes, and the quantization error bound."""
+    model = [np.full(size, float(k)) for k, size in enumerate(SIZES)]
+    bound = 0.0
+    for event in rounds:
+        seeds = [seed_of(u) for u in event["reported"]]
+        weights = np.array([100.0 + s for s in seeds])
+        deltas = np.array([1.0 + s for s in seeds])
+        step = float((weights * deltas).sum() / weights.sum())
+        model = [m + step for m in model]
+        bound += len(seeds) * QUANT.step / weights.sum() + F32_ROUNDING
+    return model, bound
+
+
+def final_model(tmp_path: Path, round_: int) -> list[np.ndarray]:
+    final = load_file(str(tmp_path / "run" / "models" / f"round-{round_:04d}.safetensors"))
+    return [final[f"weights.{k}"] for k in range(len(SIZES))]
+
+
+def test_five_nodes_one_killed_mid_round_match_fedavg_of_the_survivors(tmp_path: Path) -> None:
+    # Prepare: 5 nodes, secure aggregation; node n2 is killed once round 2's first masked upload
+    # was folded (the others are between their uploads and the unmask step).
+    killer = Killer(2, "update")
+    coord = start_coordinator(tmp_path, killer, rounds=3, min_nodes=4, **SECURE)
+    procs = [
+        start_node(coord.address, f"n{i}", seed=i, task_args=ARGS, log=tmp_path / f"n{i}.log")
+        for i in range(5)
+    ]
+    killer.victim = procs[2]
+
+    # Execute
+    history = coord.join(timeout=240)
+    codes = wait_all(procs)
+
+    # Assert: all rounds committed; n2 was killed in round 2 and contributes nothing after
+    logs = [(tmp_path / f"n{i}.log").read_text() for i in range(5)]
+    assert killer.killed_in == 2
+    assert codes[:2] + codes[3:] == [0, 0, 0, 0], logs
+    rounds = [e for e in history if e["event"] == "round"]
+    assert [(e["round"], e["committed"]) for e in rounds] == [(1, True), (2, True), (3, True)]
+    assert len(rounds[0]["reported"]) >= 4  # round 1 may start before the fifth node joined
+    victim = [u for u in rounds[1]["selected"] if seed_of(u) == 2]
+    assert victim, "n2 took part in round 2"
+    gone = set(rounds[1]["dropped"]) | set(rounds[1]["refused"]) | set(rounds[1]["reported"])
+    assert victim[0] in gone
+    assert victim[0] not in rounds[2]["reported"]
+    # the example count travelled masked; the coordinator learns only the sum
+    assert rounds[0]["examples"] == sum(100 + seed_of(u) for u in rounds[0]["reported"])
+    # the model equals plain FedAvg of each round's survivors, within the quantization bound
+    expected, bound = expected_model(rounds)
+    for got, want in zip(final_model(tmp_path, 3), expected, strict=True):
+        assert got.dtype == np.float32
+        assert np.max(np.abs(got.astype(np.float64) - want)) <= bound
+
+
+def test_secure_rounds_without_dropouts_equal_plain_fedavg(tmp_path: Path) -> None:
+    # Prepare
+    coord = start_coordinator(tmp_path, rounds=2, min_nodes=3, **SECURE)
+    procs = [start_node(coord.address, f"n{i}", seed=i, task_args=ARGS) for i in range(3)]
+
+    # Execute
+    history = coord.join(timeout=120)
+    codes = wait_all(procs)
+
+    # Assert: the closed form of test_end_to_end, within the quantization bound
+    assert codes == [0, 0, 0]
+    rounds = [e for e in history if e["event"] == "round"]
+    assert all(e["committed"] and len(e["reported"]) == 3 for e in rounds)
+    examples = np.array([100.0, 101.0, 102.0])
+    step = float((examples * np.array([1.0, 2.0, 3.0])).sum() / examples.sum())
+    bound = 2 * (3 * QUANT.step / examples.sum() + F32_ROUNDING)
+    for k, got in enumerate(final_model(tmp_path, 2)):
+        assert got.shape == (SIZES[k],)
+        assert np.max(np.abs(got.astype(np.float64) - (k + 2 * step))) <= bound
+        assert np.max(np.abs(got - (k + 2 * step))) > 0  # quantized, not the plain path
+    # what a node uploaded is one masked word per parameter, plus the count word
+    assert all(e["bytes_in"] == 3 * 4 * 1001 for e in rounds)
+
+
+def test_fewer_than_t_survivors_leave_the_model_untouched(tmp_path: Path) -> None:
+    # Prepare: 3 nodes and t = 3; one is killed as round 1 opens
+    killer = Killer(1, "opened")
+    coord = start_coordinator(
+        tmp_path,
+        killer,
+        rounds=2,
+        min_nodes=3,
+        on_failed_round="stop",
+        secagg_threshold=3,
+        **SECURE,
+    )
+    procs = [start_node(coord.address, f"n{i}", seed=i, task_args=ARGS) for i in range(3)]
+    killer.victim = procs[0]
+
+    # Execute
+    with pytest.raises(RunAborted, match="round 1 failed"):
+        coord.join(timeout=120)
+    codes = wait_all(procs)
+
+    # Assert: the round was not committed, and why is logged; the global model is the initial one
+    assert codes[1:] == [0, 0]
+    event = coord.running.coordinator.history[-1]
+    assert event["round"] == 1 and not event["committed"]
+    assert "secure aggregation" in event["reason"] and "t=3" in event["reason"]
+    models = sorted(p.name for p in (tmp_path / "run" / "models").iterdir())
+    assert models == ["round-0000.safetensors"]
+    current = coord.running.coordinator.global_model()  # raw little-endian bytes per tensor
+    for k, arr in enumerate(current):
+        values = np.frombuffer(arr.tobytes(), dtype="<f4")
+        assert np.array_equal(values, np.full(SIZES[k], float(k), dtype=np.float32))
