@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from fedhive.common.config import ClientConfig, build_config
+from fedhive.common.config import ClientConfig, build_config, parse_assignments
 from fedhive.common.errors import FedhiveError
 from fedhive.common.logs import setup_logging
 
@@ -45,28 +45,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_task_args(items: list[str]) -> dict[str, bool | int | float | str] | None:
-    if not items:
-        return None
-    out: dict[str, bool | int | float | str] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise FedhiveError(f"--task-arg expects KEY=VALUE, got {item!r}")
-        value: bool | int | float | str = raw
-        if raw.lower() in ("true", "false"):
-            value = raw.lower() == "true"
-        else:
-            for conv in (int, float):
-                try:
-                    value = conv(raw)
-                    break
-                except ValueError:
-                    pass
-        out[key] = value
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     ns = parser().parse_args(argv)
     setup_logging(ns.log_level)
@@ -81,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                 "name": ns.name,
                 "device": ns.device,
                 "seed": ns.seed,
-                "task_args": parse_task_args(ns.task_arg),
+                "task_args": parse_assignments(ns.task_arg, "--task-arg"),
                 "max_connect_attempts": ns.max_connect_attempts,
                 "identity_key": ns.identity_key,
                 "backoff_max_s": ns.backoff_max,

@@ -169,6 +169,29 @@ def _check_insecure(config: _Config, tls_fields: tuple[str, ...]) -> None:
         )
 
 
+def parse_assignments(items: list[str], flag: str) -> dict[str, Scalar] | None:
+    """``KEY=VALUE`` flags -> a dict (true/false, int and float recognised; None when empty)."""
+    if not items:
+        return None
+    out: dict[str, Scalar] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
+        value: Scalar = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            for conv in (int, float):
+                try:
+                    value = conv(raw)
+                    break
+                except ValueError:
+                    pass
+        out[key] = value
+    return out
+
+
 def _check_task_path(path: str) -> None:
     module, sep, attr = path.partition(":")
     if not sep or not module or not attr:

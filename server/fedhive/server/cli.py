@@ -8,31 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedhive.common.config import ServerConfig, build_config
+from fedhive.common.config import ServerConfig, build_config, parse_assignments
 from fedhive.common.errors import ConfigError, FedhiveError
 from fedhive.common.logs import setup_logging
-
-
-def _kv(items: list[str], flag: str) -> dict[str, Any] | None:
-    if not items:
-        return None
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise FedhiveError(f"{flag} expects KEY=VALUE, got {item!r}")
-        value: Any = raw
-        if raw.lower() in ("true", "false"):
-            value = raw.lower() == "true"
-        else:
-            for conv in (int, float):
-                try:
-                    value = conv(raw)
-                    break
-                except ValueError:
-                    pass
-        out[key] = value
-    return out
 
 
 def _ids(items: list[str]) -> tuple[str, ...] | None:
@@ -104,8 +82,8 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> ServerConfig:
         "chunk_size": ns.chunk_size,
         "eval_data": ns.eval_data,
         "seed": ns.seed,
-        "task_args": _kv(ns.task_arg, "--task-arg"),
-        "train": _kv(ns.train, "--train"),
+        "task_args": parse_assignments(ns.task_arg, "--task-arg"),
+        "train": parse_assignments(ns.train, "--train"),
         "progress": False if ns.no_progress else None,
         "tls_dir": ns.tls_dir,
         "tls_cert": ns.tls_cert,
