@@ -26,6 +26,25 @@ from fedhive.common.partition import (
 )
 
 
+def simulation_split(
+    data: Labelled,
+    root: Path,
+    nodes: int,
+    alpha: float | None,
+    seed: int,
+    shards_per_node: int | None,
+) -> tuple[Path, list[Path]]:
+    """What a task's ``prepare_simulation`` writes: a 20% held-out set for the coordinator and
+    one folder per node (shards if asked, IID when ``alpha`` is None, else Dirichlet(alpha))."""
+    scheme = "shards" if shards_per_node else "iid" if alpha is None else "dirichlet"
+    server_dir, dirs, _ = partition_dataset(
+        data, Path(root), nodes, scheme, alpha=alpha or 1.0,
+        shards_per_node=shards_per_node or 2, holdout=0.2, seed=seed,
+    )  # fmt: skip
+    assert server_dir is not None
+    return server_dir, dirs
+
+
 def partition_dataset(
     data: Labelled,
     out: Path,

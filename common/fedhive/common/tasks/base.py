@@ -9,6 +9,7 @@ config), ``forward`` (how a batch's inputs reach the model) and ``exchanged`` (w
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -46,6 +47,21 @@ class ClassificationTask:
         if default is not None and not isinstance(default, str) and isinstance(value, str):
             raise TaskError(f"{self.name} task: task_args {key!r} must be a number, got {value!r}")
         return value
+
+    def read(self, path: Path, split: str) -> list[torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def load_data(self) -> None:
+        """A node reads its ``train`` split (and keeps a validation share); the coordinator its
+        held-out ``test`` split. Nothing without a data folder."""
+        if self.ctx.data_dir is None:
+            return
+        node = self.ctx.role == "node"
+        data = self.read(Path(self.ctx.data_dir), "train" if node else "test")
+        if node:
+            self.set_node_data(data)
+        else:
+            self.val = data
 
     def set_node_data(self, tensors: Sequence[torch.Tensor]) -> None:
         """Split a node's data into train and a seeded local validation share."""

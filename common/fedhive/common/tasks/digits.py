@@ -107,19 +107,8 @@ def prepare_simulation(
     skew, IID when ``alpha`` is None, or ``shards_per_node`` label-sorted shards (the same code as
     ``fedhive partition``)."""
     from fedhive.common.datasets import Labelled
-    from fedhive.common.partition_cli import partition_dataset
+    from fedhive.common.partition_cli import simulation_split
 
     x, y = load_digits_arrays()
     data = Labelled("npz", y, [str(c) for c in range(NUM_CLASSES)], x=x)
-    server_dir, dirs, _ = partition_dataset(
-        data,
-        Path(root),
-        nodes,
-        "shards" if shards_per_node else "iid" if alpha is None else "dirichlet",
-        alpha=alpha or 1.0,
-        shards_per_node=shards_per_node or 2,
-        holdout=0.2,
-        seed=seed,
-    )
-    assert server_dir is not None
-    return server_dir, dirs
+    return simulation_split(data, Path(root), nodes, alpha, seed, shards_per_node)

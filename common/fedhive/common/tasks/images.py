@@ -158,13 +158,7 @@ class ImageTask(ClassificationTask):
         self.width = int(self.arg("width", 16))
         self.depth = int(self.arg("depth", 2))
         self.factory = str(self.arg("model", ""))
-        if ctx.data_dir is None:
-            return
-        data = self.read(Path(ctx.data_dir), "train" if ctx.role == "node" else "test")
-        if ctx.role == "node":
-            self.set_node_data(data)
-        else:
-            self.val = data
+        self.load_data()
 
     def read(self, path: Path, split: str) -> list[torch.Tensor]:
         if path.is_dir():

@@ -94,13 +94,7 @@ class TextTask(ClassificationTask):
             from transformers import AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        if ctx.data_dir is None:
-            return
-        data = self.read(Path(ctx.data_dir), "train" if ctx.role == "node" else "test")
-        if ctx.role == "node":
-            self.set_node_data(data)
-        else:
-            self.val = data
+        self.load_data()
 
     # ------------------------------------------------------------------ data
 
@@ -207,19 +201,8 @@ def prepare_simulation(
     (Dirichlet(alpha) label skew, IID when ``alpha`` is None, or label-sorted shards), as JSON
     lines."""
     from fedhive.common.datasets import load_labelled, write_table
-    from fedhive.common.partition_cli import partition_dataset
+    from fedhive.common.partition_cli import simulation_split
 
     source = Path(root) / "triage.jsonl"
     write_table(source, generate(examples, seed))
-    server_dir, dirs, _ = partition_dataset(
-        load_labelled(source),
-        Path(root),
-        nodes,
-        "shards" if shards_per_node else "iid" if alpha is None else "dirichlet",
-        alpha=alpha or 1.0,
-        shards_per_node=shards_per_node or 2,
-        holdout=0.2,
-        seed=seed,
-    )
-    assert server_dir is not None
-    return server_dir, dirs
+    return simulation_split(load_labelled(source), Path(root), nodes, alpha, seed, shards_per_node)
