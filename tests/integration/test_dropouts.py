@@ -7,7 +7,7 @@ import random
 import signal
 import subprocess
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ class Chaos:
         log = self.tmp / f"node{i}-{self.generation}.log"
         self.procs[i] = start_node(self.address, f"n{i}", seed=i, log=log)
 
-    def round_opened(self, round_: int, kind: str, expected: int) -> None:
+    def round_opened(self, round_: int, kind: str, selected: Sequence[str]) -> None:
         with self.lock:
             for i in self.paused:
                 self.procs[i].send_signal(signal.SIGCONT)

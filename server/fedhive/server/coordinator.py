@@ -77,7 +77,7 @@ class RunAborted(FedhiveError):
 
 
 class RoundListener(Protocol):
-    def round_opened(self, round_: int, kind: str, expected: int) -> None: ...
+    def round_opened(self, round_: int, kind: str, selected: Sequence[str]) -> None: ...
     def update_received(self, round_: int, received: int, expected: int, bytes_in: int) -> None: ...
     def round_closed(self, event: Mapping[str, Any]) -> None: ...
 
@@ -750,7 +750,7 @@ class Coordinator:
             len(selected),
         )
         if self.listener is not None:
-            self.listener.round_opened(number, kind.name.lower(), len(selected))
+            self.listener.round_opened(number, kind.name.lower(), sorted(selected))
         reason = ""
         with self._cv:
             while True:

@@ -50,12 +50,12 @@ class RichProgress:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def round_opened(self, round_: int, kind: str, expected: int) -> None:
+    def round_opened(self, round_: int, kind: str, selected: Sequence[str]) -> None:
         if self._task is not None:
             self.progress.remove_task(self._task)
         self._opened = time.monotonic()
         self._task = self.progress.add_task(
-            f"round {round_}/{self.rounds} {kind}", total=expected, rate=""
+            f"round {round_}/{self.rounds} {kind}", total=len(selected), rate=""
         )
 
     def update_received(self, round_: int, received: int, expected: int, bytes_in: int) -> None:
