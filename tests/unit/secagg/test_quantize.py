@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedhive.common.errors import ConfigError, InvalidUpdateError
-from fedhive.common.secagg.quantize import QuantConfig, dequantize, quantize
+from fedhive.common.secagg.quantize import SUB_BLOCK, QuantConfig, dequantize, quantize
 
 
 @given(
@@ -76,7 +76,27 @@ def test_bad_quantization_settings_are_refused(kwargs: dict) -> None:
         QuantConfig(**kwargs)
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_values_are_refused(bad: float) -> None:
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+@pytest.mark.parametrize("bad", [[float("nan")], [float("inf")], [float("inf"), float("-inf")]])
+def test_non_finite_values_are_refused(bad: list[float], dtype: type) -> None:
+    # Prepare: the bad values deep in the last of several sub-blocks
+    x = np.zeros(3 * SUB_BLOCK + 7, dtype=dtype)
+    x[-len(bad) :] = bad
+    # Execute / Assert
     with pytest.raises(InvalidUpdateError, match="non-finite"):
-        quantize(np.array([0.0, bad]), 1, QuantConfig(), np.random.default_rng(0))
+        quantize(x, 1, QuantConfig(), np.random.default_rng(0))
+
+
+def test_rounding_is_unbiased_at_the_largest_weight_over_many_sub_blocks() -> None:
+    # Prepare: float32 input at max_weight, so w (x + clip) / step is near 2^26 where a float32
+    # could not hold the fraction; the fraction is 0.3 of a level at every element
+    cfg = QuantConfig(clip=64.0, bits=16, max_weight=1024)
+    level = 1234.3
+    x = np.full(10 * SUB_BLOCK + 3, level * cfg.step / 1024 - 64.0, dtype=np.float32)
+    exact = 1024 * (float(x[0]) + 64.0) / cfg.step
+    # Execute
+    q = quantize(x, 1024, cfg, np.random.default_rng(3)).astype(np.float64)
+    # Assert: only the two neighbouring words, in the right proportion (5 sigma of 327k draws)
+    assert set(np.unique(q)) == {np.floor(exact), np.floor(exact) + 1}
+    frac = exact - np.floor(exact)
+    assert abs((q.mean() - np.floor(exact)) - frac) < 5 * np.sqrt(frac * (1 - frac) / q.size)
