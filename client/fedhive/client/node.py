@@ -16,7 +16,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +43,7 @@ from fedhive.common.errors import (
     TransportError,
     UnknownNodeError,
 )
+from fedhive.common.hooks import Block
 from fedhive.common.messages import (
     EvaluationReport,
     JoinReply,
@@ -173,9 +174,21 @@ class Node:
         buffers: list[memoryview],
         trailer: tuple[dict[str, float], dict[str, float], int],
     ) -> Iterator[UpdateMessage]:
+        chunks = iter_chunks(buffers, header.chunk_size or (1 << 20))
+        return self._stream(joined, header, num_examples, specs, chunks, trailer)
+
+    def _stream(
+        self,
+        joined: JoinReply,
+        header: TaskHeader,
+        num_examples: int,
+        specs: list[TensorSpec],
+        chunks: Iterable[Chunk],
+        trailer: tuple[dict[str, float], dict[str, float], int],
+    ) -> Iterator[UpdateMessage]:
         digest = hashlib.sha256()
         yield UpdateHeader(joined.auth, header.round, num_examples, tuple(specs))
-        for chunk in iter_chunks(buffers, header.chunk_size or (1 << 20)):
+        for chunk in chunks:
             digest.update(chunk.data)
             yield chunk
         yield UpdateTrailer(digest.digest(), *trailer)
@@ -193,10 +206,17 @@ class Node:
         words = masked_words(sum(s.numel for s in self.specs))
         upload_specs = [masked_spec(words - COUNT_WORDS)]
 
-        def upload(masked: np.ndarray) -> int:
-            buffers = [raw_view(masked)]
+        def upload(blocks: Iterator[Block]) -> int:
+            chunk_size = header.chunk_size or (1 << 20)
+            chunks = (
+                Chunk(0, 4 * b.start + offset, piece)
+                for b in blocks
+                for offset, piece in _pieces(
+                    raw_view(b.values.astype("<u4", copy=False)), chunk_size
+                )
+            )
             return self.transport.push(
-                self._messages(joined, header, 1, upload_specs, buffers, trailer)
+                self._stream(joined, header, 1, upload_specs, chunks, trailer)
             )
 
         channel = TransportChannel(
@@ -356,6 +376,11 @@ class Node:
             _fmt(fit.metrics),
             sent / 1e6,
         )
+
+
+def _pieces(view: memoryview, size: int) -> Iterator[tuple[int, memoryview]]:
+    for start in range(0, len(view), size):
+        yield start, view[start : start + size]
 
 
 def _tensor_view(buf: np.ndarray, spec: TensorSpec) -> torch.Tensor:

@@ -26,7 +26,7 @@ from fedhive.common.errors import (
     SecAggAbortedError,
     SecAggAuthError,
 )
-from fedhive.common.hooks import Block, Stage, blocks_of, gather, run
+from fedhive.common.hooks import Block, Stage, blocks_of, run
 from fedhive.common.messages import NodeAuth
 from fedhive.common.secagg.graph import Graph
 from fedhive.common.secagg.keys import KEY_BYTES, KeyAdvert
@@ -142,7 +142,7 @@ class TransportChannel:
         auth: NodeAuth,
         round_: int,
         own_key: bytes,
-        upload: Callable[[np.ndarray], int],
+        upload: Callable[[Iterator[Block]], int],
         words: int,
         *,
         wait_s: float,
@@ -198,7 +198,7 @@ class TransportChannel:
 
     def push_masked(self, blocks: Iterable[Block]) -> None:
         started = time.perf_counter()
-        self.sent = self.upload(gather(blocks, self.words, np.uint32))
+        self.sent = self.upload(contiguous(blocks, self.words))
         self.upload_s += time.perf_counter() - started
 
     def await_unmask(self) -> UnmaskRequest:
@@ -209,6 +209,19 @@ class TransportChannel:
 
     def unmask(self, reply: UnmaskReply) -> None:
         self._call(reply)
+
+
+def contiguous(blocks: Iterable[Block], size: int) -> Iterator[Block]:
+    """Pass ``blocks`` through, checking that they tile ``[0, size)`` in order (the upload is
+    streamed block by block as the masks are applied, never assembled in one array)."""
+    expected = 0
+    for b in blocks:
+        if b.start != expected or b.stop > size:
+            raise ValueError(f"block [{b.start}, {b.stop}) out of order (expected {expected})")
+        expected = b.stop
+        yield b
+    if expected != size:
+        raise ValueError(f"stream ended at {expected} of {size} elements")
 
 
 def model_blocks(arrays: Iterable[np.ndarray], block: int = 1 << 20) -> Iterator[Block]:
