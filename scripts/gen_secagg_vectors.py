@@ -2,10 +2,10 @@
 
     python scripts/gen_secagg_vectors.py
 
-Anchors from the standards are checked before anything is written: RFC 8439 A.1 (ChaCha20
-keystream, blocks 0 and 1 for the all-zero key and nonce) and RFC 7748 6.1 (X25519). The rest is
-what this implementation produces from fixed inputs, frozen so that any change to key derivation,
-mask expansion or share encoding shows up as a failing test.
+Anchors from the standards are checked before anything is written: NIST SP 800-38A F.5.5
+(CTR-AES256.Encrypt: the keystream is ciphertext XOR plaintext) and RFC 7748 6.1 (X25519). The
+rest is what this implementation produces from fixed inputs, frozen so that any change to key
+derivation, mask expansion or share encoding shows up as a failing test.
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ from fedhive.common.secagg import prg, shamir
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "secagg"
 
-RFC8439_A1 = (
-    "76b8e0ada0f13d90405d6ae55386bd28bdd219b8a08ded1aa836efcc8b770dc7"
-    "da41597c5157488d7724e03fb8d84a376a43b8f41518a11cc387b669b2ee6586"
-    "9f07e7be5551387a98ba977c732d080dcb0f29a048e3656912c6533e32ee7aed"
-    "29b721769ce64e43d57133b074d839d531ed1f28510afb45ace10a1f4b794d6f"
-)
+SP800_38A_F55 = {
+    "key": "603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4",
+    "counter": "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff",
+    "plaintext": "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51"
+    "30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710",
+    "ciphertext": "601ec313775789a5b7a7f504bbf3d228f443e3ca4d62b59aca84e990cacaf5c5"
+    "2b0930daa23de94ce87017ba2d84988ddfc9c58db67aada613c2dd08457941a6",
+}
 RFC7748 = {
     "alice_sk": "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a",
     "alice_pk": "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a",
@@ -42,10 +44,21 @@ def key(label: str) -> bytes:
 
 
 def mask_vectors() -> dict:
-    rfc = prg.mask_words(bytes(32), 0, 32).tobytes().hex()
-    if rfc != RFC8439_A1:
-        raise SystemExit("ChaCha20 keystream does not match RFC 8439 A.1")
-    ranges = [(0, 20), (13, 45), (1000, 1003), (16 * 65536 - 2, 16 * 65536 + 3)]
+    vec = SP800_38A_F55
+    stream = bytes(
+        a ^ b
+        for a, b in zip(
+            bytes.fromhex(vec["plaintext"]), bytes.fromhex(vec["ciphertext"]), strict=True
+        )
+    )
+    key_, counter = bytes.fromhex(vec["key"]), bytes.fromhex(vec["counter"])
+    if prg.keystream(key_, counter, len(stream)) != stream:
+        raise SystemExit("AES-256-CTR keystream does not match NIST SP 800-38A F.5.5")
+    # mask words are the little-endian words of the keystream from counter block 0
+    if prg.mask_words(key_, 0, 16).tobytes() != prg.keystream(key_, bytes(16), 64):
+        raise SystemExit("mask words are not the keystream from counter 0")
+    # unaligned starts, and a range whose counter carries past 32 bits
+    ranges = [(0, 20), (13, 45), (1000, 1003), (4 * (1 << 32) - 2, 4 * (1 << 32) + 3)]
     cases = [
         {
             "key": key(f"mask/{i}").hex(),
@@ -55,7 +68,7 @@ def mask_vectors() -> dict:
         }
         for i, (a, b) in enumerate(ranges)
     ]
-    return {"rfc8439_a1": {"key": "00" * 32, "keystream": RFC8439_A1}, "cases": cases}
+    return {"sp800_38a_f55": {**vec, "keystream": stream.hex()}, "cases": cases}
 
 
 def kdf_vectors() -> dict:

@@ -42,3 +42,19 @@ def test_different_keys_give_different_streams() -> None:
 def test_bad_arguments_are_refused(key: bytes, start: int, stop: int) -> None:
     with pytest.raises(ValueError):
         prg.mask_words(key, start, stop)
+
+
+@pytest.mark.parametrize("start", [0, 3, prg.SUB_WORDS - 1])
+def test_several_masks_in_one_pass_equal_the_masks_one_by_one(start: int) -> None:
+    # Prepare: three keys, one subtracted, over more words than one sub-block
+    keys = [(bytes([i]) * 32, i == 1) for i in range(3)]
+    n = 2 * prg.SUB_WORDS + 7
+    words = np.arange(n, dtype=np.uint32) * np.uint32(2654435761)
+    expected = words.astype(np.int64)
+    for key, subtract in keys:
+        mask = prg.mask_words(key, start, start + n).astype(np.int64)
+        expected = expected - mask if subtract else expected + mask
+    # Execute
+    prg.add_masks(words, keys, start)
+    # Assert
+    assert np.array_equal(words, (expected % (1 << 32)).astype(np.uint32))

@@ -25,10 +25,21 @@ KDF = load("kdf.json")
 SHAMIR = load("shamir.json")
 
 
-def test_mask_stream_is_the_rfc8439_chacha20_keystream() -> None:
-    vec = MASK["rfc8439_a1"]
-    words = prg.mask_words(bytes.fromhex(vec["key"]), 0, 32)
-    assert words.tobytes().hex() == vec["keystream"]
+def test_keystream_is_the_nist_sp800_38a_aes256_ctr_keystream() -> None:
+    # Prepare: F.5.5 gives plaintext and ciphertext; their XOR is the keystream
+    vec = MASK["sp800_38a_f55"]
+    pt, ct = bytes.fromhex(vec["plaintext"]), bytes.fromhex(vec["ciphertext"])
+    # Execute
+    stream = prg.keystream(bytes.fromhex(vec["key"]), bytes.fromhex(vec["counter"]), len(pt))
+    # Assert
+    assert stream == bytes(a ^ b for a, b in zip(pt, ct, strict=True))
+    assert stream.hex() == vec["keystream"]
+
+
+def test_mask_words_are_the_little_endian_keystream_from_counter_zero() -> None:
+    key = bytes.fromhex(MASK["sp800_38a_f55"]["key"])
+    words = prg.mask_words(key, 0, 37)
+    assert words.astype("<u4").tobytes() == prg.keystream(key, bytes(16), 4 * 37)
 
 
 @pytest.mark.parametrize("case", MASK["cases"], ids=lambda c: f"[{c['start']},{c['stop']})")

@@ -34,7 +34,7 @@ from fedhive.common.secagg.messages import (
     UnmaskRequest,
     share_signed_bytes,
 )
-from fedhive.common.secagg.prg import MAX_WORDS, add_mask
+from fedhive.common.secagg.prg import MAX_WORDS, add_masks
 
 MASK_PURPOSE = "pairwise-mask"
 CHANNEL_PURPOSE = "share-channel"
@@ -208,9 +208,7 @@ class NodeSecAgg:
             raise ValueError(
                 f"chunk [{start}, {start + words.size}) outside the {self.words} words"
             )
-        add_mask(words, self._keys.seed, start)
-        for secret, subtract in self._pairwise:
-            add_mask(words, secret, start, subtract=subtract)
+        add_masks(words, [(self._keys.seed, False), *self._pairwise], start)
         return words
 
     # ------------------------------------------------------------------ 4. unmask

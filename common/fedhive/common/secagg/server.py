@@ -38,7 +38,7 @@ from fedhive.common.secagg.messages import (
     share_signed_bytes,
 )
 from fedhive.common.secagg.node import MASK_PURPOSE
-from fedhive.common.secagg.prg import add_mask
+from fedhive.common.secagg.prg import add_masks
 
 UNMASK_CHUNK_WORDS = 1 << 18
 
@@ -247,8 +247,7 @@ class ServerSecAgg:
     def unmask_block(self, start: int, words: np.ndarray) -> np.ndarray:
         """Remove the remaining masks from folded words ``[start, start + len)``, in place."""
         self._expect("unmasking")
-        for secret, subtract in self._unmask_keys:
-            add_mask(words, secret, start, subtract=subtract)
+        add_masks(words, self._unmask_keys, start)
         return words
 
     def masked_sum_blocks(self) -> Iterator[tuple[int, np.ndarray]]:
