@@ -14,9 +14,17 @@ from safetensors.numpy import load_file
 from tests.integration.harness import start_coordinator, start_node, wait_all
 
 
-def test_three_nodes_three_rounds_match_independent_fedavg(tmp_path: Path) -> None:
-    # Prepare: constant task, node i adds 1 + i and reports 100 + i examples
-    coord = start_coordinator(tmp_path, rounds=3, min_nodes=3)
+@pytest.mark.parametrize(
+    "broadcast_memory", [None, 0], ids=["model-in-memory", "model-streamed-from-checkpoint"]
+)
+def test_three_nodes_three_rounds_match_independent_fedavg(
+    tmp_path: Path, broadcast_memory: int | None
+) -> None:
+    # Prepare: constant task, node i adds 1 + i and reports 100 + i examples; the global model
+    # is kept as encoded chunks, or (limit 0) read from its checkpoint file for every pull
+    coord = start_coordinator(
+        tmp_path, rounds=3, min_nodes=3, broadcast_memory_bytes=broadcast_memory
+    )
     procs = [
         start_node(coord.address, f"n{i}", seed=i, log=tmp_path / f"node{i}.log") for i in range(3)
     ]

@@ -57,11 +57,15 @@ def wait_for_progress(run_dir: Path, seen: int, coord: subprocess.Popen[bytes]) 
     return seen
 
 
-def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
-    # Prepare: 3 nodes that outlive the coordinator; a deterministic constant task
+@pytest.mark.parametrize(
+    "extra", ["", "broadcast_memory_bytes = 0\n"], ids=["model-in-memory", "model-from-checkpoint"]
+)
+def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path, extra: str) -> None:
+    # Prepare: 3 nodes that outlive the coordinator; a deterministic constant task; the global
+    # model kept in memory, or served from its checkpoint (then a restart serves the last one)
     port, run_dir = free_port(), tmp_path / "run"
     config = tmp_path / "server.toml"
-    config.write_text("federated_evaluation = false\nheartbeat_interval_s = 0.5\n")
+    config.write_text("federated_evaluation = false\nheartbeat_interval_s = 0.5\n" + extra)
     logs = [open(tmp_path / f"node{i}.log", "wb") for i in range(3)]  # noqa: SIM115
     nodes = [subprocess.Popen(node_cmd(port, i), stdout=f, stderr=f) for i, f in enumerate(logs)]
     rng = random.Random(7)

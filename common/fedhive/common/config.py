@@ -51,6 +51,9 @@ class ServerConfig(_Config):
     device: str = "cpu"
     spool_dir: Path | None = None
     spool_memory_bytes: int | None = Field(default=None, ge=0)
+    # Largest model whose encoded broadcast stays in memory (shared by every node's pull); a
+    # larger one is streamed to the nodes from its committed checkpoint file. None: 1 GiB.
+    broadcast_memory_bytes: int | None = Field(default=None, ge=0)
     max_workers: int = Field(default=256, ge=4)
     progress: bool = True
     # Secure aggregation (fedhive.common.secagg): "none" or "secagg+"; nodes follow the coordinator.

@@ -122,6 +122,10 @@ class SafetensorsFile:
     def buffers(self) -> list[memoryview]:
         return [self.buffer(i) for i in range(len(self.specs))]
 
+    def byte_ranges(self) -> dict[str, tuple[int, int]]:
+        """Each tensor's ``[begin, end)`` byte offsets in the file, by name."""
+        return {spec.name: r for spec, r in zip(self.specs, self._ranges, strict=True)}
+
     def close(self) -> None:
         """Unmap the file (left to the garbage collector while views of it are alive)."""
         if self._mm is not None:

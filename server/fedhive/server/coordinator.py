@@ -27,14 +27,15 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from fedhive.common import serde
-from fedhive.common.chunks import Chunk, StreamChecker, iter_chunks, payload_digest
+from fedhive.common.chunks import Chunk, StreamChecker
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import (
     AccessDeniedError,
@@ -61,6 +62,14 @@ from fedhive.common.messages import (
 )
 from fedhive.common.secagg.messages import SecAggReply, SecAggRequest
 from fedhive.common.tensors import TensorSpec, payload_bytes, raw_view
+from fedhive.server.broadcast import (
+    DEFAULT_BROADCAST_MEMORY,
+    EMPTY_BROADCAST,
+    Broadcast,
+    EncodedModel,
+    FileModel,
+    ModelSource,
+)
 from fedhive.server.secure import SecureRound, finalize_secure, open_secure_round, watch_secure
 from fedhive.server.spool import Spool, SpoolBudget
 from fedhive.server.store import ResumePoint, RunStore
@@ -119,29 +128,6 @@ class Contribution:
     eval_examples: int
     bytes_in: int
     upload_s: float
-
-
-@dataclass
-class Broadcast:
-    """A round's task, encoded once for every node: header, chunks, trailer as wire bytes."""
-
-    messages: list[bytes]
-    payload_bytes: int
-
-
-@dataclass
-class EncodedModel:
-    """The global model as wire-ready chunk messages: the coordinator's only copy of it.
-
-    Chunk messages do not depend on the round or the task kind, so every broadcast of this model
-    (training, retries, the final evaluation) shares them; only header and trailer differ.
-    """
-
-    chunks: list[bytes]
-    digest: bytes
-
-
-EMPTY_BROADCAST = Broadcast([], 0)
 
 
 @dataclass
@@ -269,7 +255,17 @@ class Coordinator:
         self._check_initial(initial)
         # round 0 is written by run() on a new run; afterwards only the encoded chunks remain
         self._initial: list[np.ndarray] | None = initial if resume is None else None
-        self._model: EncodedModel | None = self._encode_model(initial)
+        limit = config.broadcast_memory_bytes
+        self._model_in_memory = self.model_bytes <= (
+            DEFAULT_BROADCAST_MEMORY if limit is None else limit
+        )
+        self._model: ModelSource | None = None
+        if self._model_in_memory:
+            self._model = EncodedModel.of(self.specs, initial, config.chunk_size)
+        elif resume is not None:  # served from the checkpoint it was resumed from
+            self._model = FileModel.load(
+                store.model_path(resume.round), self.specs, config.chunk_size
+            )
         del initial
         self._cv = threading.Condition()
         self._fold_lock = threading.Lock()
@@ -400,7 +396,7 @@ class Coordinator:
             self._cv.notify_all()
         log.info("node %s left%s", node.node_id, f" ({reason})" if reason else "")
 
-    def pull(self, auth: NodeAuth, wait_s: float, peer_id: str | None = None) -> list[bytes]:
+    def pull(self, auth: NodeAuth, wait_s: float, peer_id: str | None = None) -> Iterable[bytes]:
         """The node's next task as encoded TaskMessages; long-polls up to ``wait_s`` seconds."""
         wait_s = min(max(wait_s, 0.0), MAX_PULL_WAIT_S)
         deadline = time.monotonic() + wait_s
@@ -420,7 +416,7 @@ class Coordinator:
                 ):
                     st.pulled.add(node.node_id)
                     st.bytes_out += st.broadcast.payload_bytes
-                    return st.broadcast.messages
+                    return st.broadcast.messages()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._stop.is_set():
                     number = st.number if st is not None else 0
@@ -578,21 +574,16 @@ class Coordinator:
     def _header_bytes(self, kind: TaskKind, number: int, **extra: Any) -> bytes:
         return serde.task_message_to_bytes(TaskHeader(self.run_id, number, kind, **extra))
 
-    def _encode_model(self, arrays: Sequence[np.ndarray]) -> EncodedModel:
-        buffers = [raw_view(a) for a in arrays]
-        chunks = [serde.task_chunk_bytes(c) for c in iter_chunks(buffers, self.config.chunk_size)]
-        return EncodedModel(chunks, payload_digest(buffers))
+    def _model_source(self, path: Path, arrays: Sequence[np.ndarray]) -> ModelSource:
+        """The new global model as the nodes will pull it (``path``: its checkpoint)."""
+        if self._model_in_memory:
+            return EncodedModel.of(self.specs, arrays, self.config.chunk_size)
+        return FileModel.of(path, self.specs, arrays, self.config.chunk_size)
 
     def global_model(self) -> list[np.ndarray]:
-        """A copy of the current global model (raw bytes per tensor), decoded from its chunks."""
+        """A copy of the current global model (raw bytes per tensor)."""
         assert self._model is not None
-        out = [np.empty(s.nbytes, dtype=np.uint8) for s in self.specs]
-        for buf in self._model.chunks:
-            chunk = serde.task_message_from_bytes(buf)
-            assert isinstance(chunk, Chunk)
-            end = chunk.offset + len(chunk.data)
-            out[chunk.tensor][chunk.offset : end] = np.frombuffer(chunk.data, dtype=np.uint8)
-        return out
+        return self._model.arrays()
 
     def _encode(self, number: int, kind: TaskKind, config: Mapping[str, Any]) -> Broadcast:
         assert self._model is not None
@@ -605,9 +596,12 @@ class Coordinator:
             payload_bytes=self.model_bytes,
             chunk_size=self.config.chunk_size,
         )
-        messages = [serde.task_message_to_bytes(header), *self._model.chunks]
-        messages.append(serde.task_message_to_bytes(TaskTrailer(self._model.digest)))
-        return Broadcast(messages, self.model_bytes)
+        return Broadcast(
+            serde.task_message_to_bytes(header),
+            self._model,
+            serde.task_message_to_bytes(TaskTrailer(self._model.digest)),
+            self.model_bytes,
+        )
 
     def _alive(self) -> list[NodeRecord]:
         now = time.monotonic()
@@ -648,6 +642,8 @@ class Coordinator:
                 path = self.store.write_model(0, self.specs, buffers)
                 self.store.commit_round(0, path, None, self._strategy_state(), time.time())
                 del buffers
+                if self._model is None:
+                    self._model = self._model_source(path, self._initial)
         self._initial = None
         if self.resume is not None:
             self.store.append_event({"event": "resumed", "round": self.resume.round, **base})
@@ -886,7 +882,7 @@ class Coordinator:
             )
             # free the old model's chunks before encoding the new one (2x the model at most)
             self._broadcast, st.broadcast, self._model = None, EMPTY_BROADCAST, None
-            self._model = self._encode_model(new_flat)
+            self._model = self._model_source(model_path, new_flat)
             del new_flat, new_global
             self.committed_rounds = st.number
         self.history.append(event)

@@ -142,8 +142,8 @@ def test_a_secure_round_selects_only_nodes_that_sent_an_identity_key(tmp_path: P
 
     # Execute
     thread.start()
-    tasks = [serde.task_message_from_bytes(coord.pull(r.auth, 10.0)[0]) for r in keyed]
-    other = serde.task_message_from_bytes(coord.pull(plain.auth, 0.2)[0])
+    tasks = [serde.task_message_from_bytes(next(iter(coord.pull(r.auth, 10.0)))) for r in keyed]
+    other = serde.task_message_from_bytes(next(iter(coord.pull(plain.auth, 0.2))))
     coord.stop()
     thread.join(timeout=30)
 
