@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -190,3 +191,22 @@ def test_unsupported_dtype_is_refused_naming_the_tensor(tmp_path):
 
     with pytest.raises(FedhiveError, match="unsupported dtype C64 for 'z'"):
         SafetensorsFile(path)
+
+
+def test_the_hasher_sees_exactly_the_bytes_of_the_file(tmp_path) -> None:
+    # Prepare
+    tensors = model_tensors(3)
+    specs = [spec_of(name, t) for name, t in tensors.items()]
+    digest = hashlib.sha256()
+    # Execute
+    write_safetensors(
+        tmp_path / "m.safetensors",
+        specs,
+        [tensor_bytes(t) for t in tensors.values()],
+        {"round": "7"},
+        hasher=digest,
+    )
+    # Assert
+    assert (
+        digest.hexdigest() == hashlib.sha256((tmp_path / "m.safetensors").read_bytes()).hexdigest()
+    )

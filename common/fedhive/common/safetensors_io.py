@@ -13,6 +13,7 @@ import os
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from fedhive.common.errors import FedhiveError
 from fedhive.common.tensors import TensorSpec
@@ -45,8 +46,10 @@ def write_safetensors(
     specs: Sequence[TensorSpec],
     buffers: Iterable[memoryview | bytes],
     metadata: Mapping[str, str] | None = None,
+    hasher: Any = None,
 ) -> int:
-    """Write atomically; returns the file size."""
+    """Write atomically; returns the file size. ``hasher`` (e.g. ``hashlib.sha256()``), if
+    given, is fed every byte written, so the file's digest needs no second read."""
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = dict(metadata)
@@ -64,8 +67,10 @@ def write_safetensors(
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
+            prefix = struct.pack("<Q", len(raw)) + raw
+            f.write(prefix)
+            if hasher is not None:
+                hasher.update(prefix)
             for spec, buf in zip(specs, buffers, strict=True):
                 view = memoryview(buf).cast("B")
                 if len(view) != spec.nbytes:
@@ -73,6 +78,8 @@ def write_safetensors(
                         f"tensor {spec.name!r}: {len(view)} bytes, expected {spec.nbytes}"
                     )
                 f.write(view)
+                if hasher is not None:
+                    hasher.update(view)
             f.flush()
             os.fsync(f.fileno())
             size = f.tell()

@@ -100,6 +100,7 @@ class RunStore:
         self.db_path = self.run_dir / "run.sqlite"
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._written: dict[Path, str] = {}  # SHA-256 of model files written by this process
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -201,7 +202,10 @@ class RunStore:
         metadata: Mapping[str, str] | None = None,
     ) -> Path:
         path = self.model_path(round_)
-        write_safetensors(path, specs, buffers, {"round": str(round_), **(metadata or {})})
+        digest = hashlib.sha256()
+        meta = {"round": str(round_), **(metadata or {})}
+        write_safetensors(path, specs, buffers, meta, hasher=digest)
+        self._written[path] = digest.hexdigest()  # commit_round need not read the file again
         return path
 
     def read_model(self, round_: int) -> SafetensorsFile:
@@ -216,7 +220,7 @@ class RunStore:
         committed_at: float = 0.0,
     ) -> None:
         """One transaction: the round, its model's digest, the strategy state, its event."""
-        digest = file_sha256(model_path)
+        digest = self._written.pop(model_path, None) or file_sha256(model_path)
         line = json.dumps(event, sort_keys=True, separators=(",", ":")) if event else None
         with self._lock:
             db = self._connect()
