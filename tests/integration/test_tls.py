@@ -9,6 +9,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from fedhive.client.health import probe
 from fedhive.common.certs import Authority
@@ -310,3 +312,63 @@ def test_revoked_node_process_stops_and_says_why(tmp_path: Path, pki: Authority)
     assert "the certificate of node 'site-c'" in text and "is revoked" in text
     assert coord.running.coordinator._nodes == {}
     coord.stop()
+
+
+SECURE = {
+    "secure_aggregation": "secagg+",
+    "secagg_clip": 32.0,
+    "secagg_bits": 16,
+    "secagg_max_weight": 1024,
+}
+
+
+def test_secure_aggregation_under_mtls_with_ca_certified_identities(
+    tmp_path: Path, pki: Authority
+) -> None:
+    # Prepare: three node processes whose bundles carry identity.key + identity.crt
+    coord = mtls_coordinator(tmp_path, pki, rounds=2, min_nodes=3, **SECURE)
+    logs = [tmp_path / f"{n}.log" for n in NODES]
+    procs = [
+        start_node(coord.address, "ignored", seed=i, log=logs[i], tls_dir=pki.node_dir(n))
+        for i, n in enumerate(NODES)
+    ]
+
+    # Execute
+    history = coord.join(timeout=180)
+    codes = wait_all(procs)
+
+    # Assert: secure rounds with all three, each node's key relayed with its CA certificate
+    assert codes == [0, 0, 0], [p.read_text() for p in logs]
+    rounds = [e for e in history if e["event"] == "round"]
+    assert [(e["committed"], e["reported"]) for e in rounds] == [(True, NODES)] * 2
+    nodes = coord.running.coordinator._nodes
+    assert all(nodes[n].identity_cert for n in NODES)
+    assert all(e["bytes_in"] == 3 * 4 * 1001 for e in rounds)  # masked words, not floats
+
+
+def test_join_with_another_nodes_identity_certificate_is_refused(
+    tmp_path: Path, pki: Authority, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: site-a's TLS certificate, site-b's identity certificate
+    coord = mtls_coordinator(tmp_path, pki, rounds=1, min_nodes=1, join_timeout_s=5.0)
+    identity = (pki.node_dir("site-b") / "identity.crt").read_bytes()
+    der = x509.load_pem_x509_certificate(identity).public_bytes(serialization.Encoding.DER)
+    channel, s = stub(coord.address, pki.node_dir("site-a"), pki.node_dir("site-a") / "ca.crt")
+    request = pb.JoinRequest(
+        name="x", device="cpu", num_examples=1, protocol_version=1, identity_cert=der
+    )
+
+    # Execute
+    with (
+        caplog.at_level(logging.WARNING, logger="fedhive.server"),
+        pytest.raises(grpc.RpcError) as info,
+    ):
+        s.Join(request, timeout=10)
+    channel.close()
+    coord.stop()
+
+    # Assert: refused, named, and the node never registered
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "names 'site-b', not 'site-a'" in str(info.value.details())
+    assert "refused node site-a" in caplog.text
+    assert "site-a" not in coord.running.coordinator._nodes

@@ -48,8 +48,15 @@ def test_cli_issues_a_ca_a_coordinator_and_node_bundles_with_private_keys(
     # Assert
     assert codes == [0, 0, 0, 0]
     node = root / "nodes" / "site-a"
-    assert sorted(p.name for p in node.iterdir()) == ["ca.crt", "node.crt", "node.key"]
-    for key in (root / "ca" / "ca.key", root / "server" / "server.key", node / "node.key"):
+    assert sorted(p.name for p in node.iterdir()) == [
+        "ca.crt",
+        "identity.crt",
+        "identity.key",
+        "node.crt",
+        "node.key",
+    ]
+    keys = [root / "ca" / "ca.key", root / "server" / "server.key", node / "node.key"]
+    for key in [*keys, node / "identity.key"]:
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
     info = check_bundle(node / "node.crt", node / "node.key", node / "ca.crt")
     assert (info.common_name, info.unit, info.issuer) == ("site-a", NODE_UNIT, "North Hospitals CA")
@@ -62,6 +69,7 @@ def test_cli_issues_a_ca_a_coordinator_and_node_bundles_with_private_keys(
 def test_revoke_writes_a_signed_crl_for_the_coordinator(pki: Authority) -> None:
     # Prepare
     serial = CertInfo.of(load_cert(pki.node_dir("site-b") / "node.crt")).serial
+    identity = CertInfo.of(load_cert(pki.node_dir("site-b") / "identity.crt")).serial
     ca = load_cert(pki.ca_cert)
 
     # Execute
@@ -69,10 +77,13 @@ def test_revoke_writes_a_signed_crl_for_the_coordinator(pki: Authority) -> None:
     pki.revoke("site-b")
     after = read_crl(pki.server_dir / "crl.pem", ca)
 
-    # Assert
+    # Assert: the TLS certificate and the secure-aggregation identity go together
     assert before == frozenset()
-    assert after == {serial}
-    assert [e.name for e in pki.entries() if e.revoked_at] == ["site-b"]
+    assert after == {serial, identity}
+    assert [(e.name, e.kind) for e in pki.entries() if e.revoked_at] == [
+        ("site-b", "node"),
+        ("site-b", "identity"),
+    ]
 
 
 def test_crl_signed_by_another_ca_is_refused(tmp_path: Path, pki: Authority) -> None:

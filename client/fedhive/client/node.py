@@ -25,7 +25,7 @@ import torch
 from fedhive.client.secagg import (
     SecureTask,
     TransportChannel,
-    load_identity,
+    load_node_identity,
     model_blocks,
     secure_push,
 )
@@ -105,8 +105,14 @@ class Node:
         self.state = exchanged_state(self.model, self.task)
         self.specs = [spec_of(name, t) for name, t in self.state.items()]
         self._staging = [np.empty(s.nbytes, dtype=np.uint8) for s in self.specs]
-        self.identity = load_identity(config.identity_key)
-        self.identity_key = self.identity.public_key().public_bytes_raw()
+        self.identity = load_node_identity(
+            config.identity_key, config.identity_cert, config.tls_ca, config.name
+        )
+        if not config.insecure and not self.identity.cert:
+            log.warning(
+                "no secure-aggregation identity certificate (identity.crt in the bundle): this "
+                "node cannot take part in secure rounds of a mutual-TLS run"
+            )
         self.stop_event = threading.Event()
         self.stats = NodeStats()
         self._join: JoinReply | None = None
@@ -135,7 +141,8 @@ class Node:
                         self.config.name,
                         self.device,
                         self.task.num_examples(),
-                        identity_key=self.identity_key,
+                        identity_key=self.identity.public,
+                        identity_cert=self.identity.cert,
                     )
                 )
                 self._rejoin.clear()
@@ -223,7 +230,7 @@ class Node:
             self.transport,
             joined.auth,
             secure.round,
-            self.identity_key,
+            self.identity,
             upload,
             words,
             wait_s=self.config.poll_wait_s,
@@ -231,7 +238,7 @@ class Node:
         )
         node_id = joined.auth.node_id
         machine = NodeSecAgg(
-            node_id, self.identity, channel.directory, secure.graph, secure.round, words
+            node_id, self.identity.key, channel.directory, secure.graph, secure.round, words
         )
         values = model_blocks(
             to_float(tensor_bytes(t), spec.dtype)

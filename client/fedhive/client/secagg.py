@@ -8,6 +8,7 @@ Protocol, so the same code runs over gRPC and, in tests, against the coordinator
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -23,11 +25,13 @@ from fedhive.client.transport import Transport
 from fedhive.common.errors import (
     ConfigError,
     InvalidUpdateError,
+    PkiError,
     SecAggAbortedError,
     SecAggAuthError,
 )
 from fedhive.common.hooks import Block, Stage, blocks_of, run
 from fedhive.common.messages import NodeAuth
+from fedhive.common.pki import load_cert, read_bytes, verify_identity_cert
 from fedhive.common.secagg.graph import Graph
 from fedhive.common.secagg.keys import KEY_BYTES, KeyAdvert
 from fedhive.common.secagg.messages import (
@@ -74,6 +78,44 @@ def secure_push(
 
 
 # ----------------------------------------------------------------------------- over a Transport
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """This node's secure-aggregation identity; under mutual TLS with the CA's certificate for
+    it (``cert``, DER) and the CA that peers' certificates must come from (``ca``)."""
+
+    key: Ed25519PrivateKey
+    cert: bytes = b""
+    ca: x509.Certificate | None = None
+
+    @property
+    def public(self) -> bytes:
+        return self.key.public_key().public_bytes_raw()
+
+
+def load_node_identity(
+    key_path: Path | None, cert_path: Path | None, ca_path: Path | None, node_id: str
+) -> NodeIdentity:
+    """The identity a node runs with: with ``cert_path`` (mutual TLS), the certificate must be
+    the CA's, for ``node_id`` (the TLS certificate's name), and certify this very key."""
+    key = load_identity(key_path)
+    if cert_path is None:
+        return NodeIdentity(key)
+    if ca_path is None:
+        raise ConfigError("an identity certificate needs the CA certificate (tls_ca) to check it")
+    try:
+        pem = read_bytes(cert_path, "identity certificate")
+        der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+        ca = load_cert(ca_path, "CA certificate")
+        certified = verify_identity_cert(der, ca, node_id)
+    except ValueError as exc:
+        raise ConfigError(f"identity certificate {cert_path} is not a PEM certificate") from exc
+    except PkiError as exc:
+        raise ConfigError(f"identity certificate {cert_path}: {exc}") from exc
+    if certified.public_bytes_raw() != key.public_key().public_bytes_raw():
+        raise ConfigError(f"identity certificate {cert_path} certifies another key than {key_path}")
+    return NodeIdentity(key, der, ca)
 
 
 def load_identity(path: Path | None) -> Ed25519PrivateKey:
@@ -141,7 +183,7 @@ class TransportChannel:
         transport: Transport,
         auth: NodeAuth,
         round_: int,
-        own_key: bytes,
+        identity: NodeIdentity,
         upload: Callable[[Iterator[Block]], int],
         words: int,
         *,
@@ -151,7 +193,7 @@ class TransportChannel:
         self.transport = transport
         self.auth = auth
         self.round = round_
-        self.own_key = own_key
+        self.identity = identity
         self.upload = upload
         self.words = words
         self.wait_s = wait_s
@@ -182,13 +224,31 @@ class TransportChannel:
         if not isinstance(body, Adverts):
             raise SecAggAbortedError("the coordinator answered a key advert with something else")
         for a in body.adverts:
-            key = body.identities.get(a.node)
-            if key is None:
-                raise SecAggAuthError(f"no identity key relayed for node {a.node!r}", node=a.node)
-            if a.node == self.auth.node_id and key != self.own_key:
-                raise SecAggAuthError("the coordinator relayed another identity key for this node")
-            self.directory[a.node] = Ed25519PublicKey.from_public_bytes(key)
+            self.directory[a.node] = self._peer_key(a.node, body)
         return list(body.adverts)
+
+    def _peer_key(self, node: str, body: Adverts) -> Ed25519PublicKey:
+        """A peer's identity key: under mutual TLS only as certified by this node's own copy of
+        the consortium CA (the coordinator cannot substitute one); otherwise as relayed."""
+        own = node == self.auth.node_id
+        if self.identity.ca is not None:
+            cert = body.certificates.get(node)
+            if not cert:
+                raise SecAggAuthError(
+                    f"no identity certificate relayed for node {node!r}", node=node
+                )
+            if own and not hmac.compare_digest(cert, self.identity.cert):
+                raise SecAggAuthError("the coordinator relayed another identity for this node")
+            try:
+                return verify_identity_cert(cert, self.identity.ca, node)
+            except PkiError as exc:
+                raise SecAggAuthError(f"node {node!r}: {exc}", node=node) from exc
+        key = body.identities.get(node)
+        if key is None:
+            raise SecAggAuthError(f"no identity key relayed for node {node!r}", node=node)
+        if own and not hmac.compare_digest(key, self.identity.public):
+            raise SecAggAuthError("the coordinator relayed another identity key for this node")
+        return Ed25519PublicKey.from_public_bytes(key)
 
     def share_keys(self, sealed: list[SealedShares]) -> list[SealedShares]:
         body = self._call(ShareKeys(tuple(sealed)))

@@ -34,6 +34,7 @@ from fedhive.common.pki import (
     check_node_id,
     create_ca,
     issue,
+    issue_identity,
     load_cert,
     load_key,
     utcnow,
@@ -105,9 +106,35 @@ class Authority:
         force: bool = False,
         now: dt.datetime | None = None,
     ) -> CertInfo:
-        return self._issue(
+        info = self._issue(
             self.node_dir(node_id), "node", node_id, dns=(), ips=(), days=days, force=force, now=now
         )
+        self.issue_identity(node_id, days=days, now=now)
+        return info
+
+    def issue_identity(
+        self, node_id: str, *, days: int = LEAF_DAYS, now: dt.datetime | None = None
+    ) -> CertInfo:
+        """The node's secure-aggregation signing key and certificate (identity.key, .crt), next
+        to its TLS bundle; revoked together with it (same name in the index)."""
+        folder = self.node_dir(node_id)
+        ca_key, ca_cert = self._ca()
+        key, cert = issue_identity(ca_key, ca_cert, node_id, days=days, now=now)
+        write_key(folder / "identity.key", key)
+        write_cert(folder / "identity.crt", cert)
+        info = CertInfo.of(cert)
+        entries = IndexEntry.load_all(self.index)
+        entries.append(
+            IndexEntry(
+                serial=f"{info.serial:x}",
+                kind="identity",
+                name=node_id,
+                not_after=info.not_after.isoformat(),
+                path=str((folder / "identity.crt").relative_to(self.root)),
+            )
+        )
+        IndexEntry.save_all(self.index, entries)
+        return info
 
     def _issue(
         self,
@@ -206,6 +233,9 @@ class Authority:
             if not (self.node_dir(node_id) / "node.crt").exists():
                 self.issue_node(node_id)
                 done.append(node_id)
+            elif not (self.node_dir(node_id) / "identity.crt").exists():
+                self.issue_identity(node_id)  # a bundle from before identity certificates
+                done.append(f"{node_id} (identity)")
         return done
 
 

@@ -138,12 +138,17 @@ class ClientConfig(_Config):
         return _fill_bundle(data, "node", crl=False)
 
     # Ed25519 identity key for secure aggregation (PEM or 32 raw bytes); absent: one per process.
+    # Under mutual TLS, identity.key and identity.crt of the bundle folder (`tls_dir`): the key
+    # and the CA's certificate for it, which peers check (see fedhive.common.pki).
     identity_key: Path | None = None
+    identity_cert: Path | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ClientConfig:
         _check_task_path(self.task)
-        _check_insecure(self, ("tls_dir", "tls_cert", "tls_key", "tls_ca"))
+        _check_insecure(self, ("tls_dir", "tls_cert", "tls_key", "tls_ca", "identity_cert"))
+        if self.identity_cert is not None and self.identity_key is None:
+            raise ValueError("identity_cert needs the identity_key it certifies")
         if self.backoff_max_s < self.backoff_initial_s:
             raise ValueError("backoff_max_s must be >= backoff_initial_s")
         return self
@@ -161,6 +166,11 @@ def _fill_bundle(data: Any, kind: str, *, crl: bool) -> Any:
     for key, name in files.items():
         if out.get(key) is None:
             out[key] = folder / name
+    unset = out.get("identity_key") is None and out.get("identity_cert") is None
+    present = (folder / "identity.crt").exists() and (folder / "identity.key").exists()
+    if kind == "node" and unset and present:
+        out["identity_key"] = folder / "identity.key"
+        out["identity_cert"] = folder / "identity.crt"
     return out
 
 

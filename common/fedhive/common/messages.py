@@ -33,6 +33,7 @@ class JoinRequest:
     num_examples: int = 0
     protocol_version: int = PROTOCOL_VERSION
     identity_key: bytes = b""  # Ed25519 public key (32 bytes) for secure aggregation
+    identity_cert: bytes = b""  # under mutual TLS: the CA's certificate for it (DER)
 
 
 @dataclass(frozen=True)

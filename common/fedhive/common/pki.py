@@ -7,6 +7,13 @@ A node's identity is the common name of its certificate (its node id). Layout of
     ca/index.json ca/crl.pem        every certificate issued; the revocation list
     server/server.{crt,key} ca.crt crl.pem     the coordinator's bundle (``--tls-dir``)
     nodes/<id>/node.{crt,key} ca.crt           one bundle per node, copied to its site
+    nodes/<id>/identity.{crt,key}              its secure-aggregation signing identity
+
+A node's secure-aggregation identity is an Ed25519 key certified by the same CA: subject CN =
+node id, KeyUsage digitalSignature only, and the single extended key usage
+:data:`SECAGG_IDENTITY_OID` (no TLS usage), so it cannot serve as a TLS certificate and a TLS
+certificate cannot serve as it. Nodes check their peers' identity certificates against the CA
+themselves: a coordinator that relays another key for a node cannot get it accepted.
 
 Key files are written with mode 0600. Every failure is a :class:`PkiError` naming the file.
 """
@@ -26,12 +33,17 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedhive.common.errors import PkiError
 
 NODE_UNIT = "fedhive-node"
 SERVER_UNIT = "fedhive-coordinator"
+IDENTITY_UNIT = "fedhive-secagg-identity"
+# Extended key usage "fedhive secure-aggregation signing": an OID under 2.25 (ITU-T X.667), the
+# arc for identifiers derived from a UUID, so no registration is needed.
+SECAGG_IDENTITY_OID = x509.ObjectIdentifier("2.25.261266641293457447239035298128338567380")
 CA_DAYS = 3650
 LEAF_DAYS = 825
 CRL_DAYS = 30
@@ -123,7 +135,7 @@ def write_file(path: Path, data: bytes, mode: int) -> None:
         raise PkiError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
-def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+def write_key(path: Path, key: ec.EllipticCurvePrivateKey | Ed25519PrivateKey) -> None:
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -341,3 +353,115 @@ class IndexEntry:
     def save_all(path: Path, entries: Sequence[IndexEntry]) -> None:
         text = json.dumps([asdict(e) for e in entries], indent=2) + "\n"
         write_file(path, text.encode(), 0o644)
+
+
+# ---------------------------------------------------------------------------- SecAgg identity
+
+
+def issue_identity(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    node_id: str,
+    *,
+    days: int = LEAF_DAYS,
+    now: dt.datetime | None = None,
+) -> tuple[Ed25519PrivateKey, x509.Certificate]:
+    """A node's Ed25519 secure-aggregation signing key and its certificate."""
+    now = now or utcnow()
+    key = Ed25519PrivateKey.generate()
+    subject = x509.Name(
+        [
+            x509.NameAttribute(
+                NameOID.ORGANIZATION_NAME, _attr(ca_cert.subject, NameOID.ORGANIZATION_NAME)
+            ),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, IDENTITY_UNIT),
+            x509.NameAttribute(NameOID.COMMON_NAME, check_node_id(node_id)),
+        ]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([SECAGG_IDENTITY_OID]), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def load_identity_key(path: Path) -> Ed25519PrivateKey:
+    data = read_bytes(path, "identity key")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise PkiError(f"identity key {path} is not an unencrypted PEM private key: {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise PkiError(f"identity key {path} is a {type(key).__name__}, not Ed25519")
+    return key
+
+
+def verify_identity_cert(
+    der: bytes,
+    ca_cert: x509.Certificate,
+    node_id: str,
+    *,
+    revoked: frozenset[int] = frozenset(),
+    now: dt.datetime | None = None,
+) -> Ed25519PublicKey:
+    """The Ed25519 key certified for ``node_id`` by the consortium CA; raises :class:`PkiError`
+    naming the first problem (not a certificate, another CA, out of date, revoked, not an
+    identity certificate, not Ed25519, another node)."""
+    now = now or utcnow()
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise PkiError(f"identity certificate of {node_id!r} is not a DER certificate") from exc
+    if not signed_by(cert, ca_cert):
+        raise PkiError(f"identity certificate of {node_id!r} is not issued by the consortium CA")
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise PkiError(
+            f"identity certificate of {node_id!r} is not valid now (valid "
+            f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})"
+        )
+    if cert.serial_number in revoked:
+        raise PkiError(
+            f"identity certificate of {node_id!r} (serial {cert.serial_number:x}) is revoked"
+        )
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound as exc:
+        raise PkiError(f"certificate of {node_id!r} is not a secure-aggregation identity") from exc
+    if list(eku) != [SECAGG_IDENTITY_OID] or basic.ca:
+        raise PkiError(f"certificate of {node_id!r} is not a secure-aggregation identity")
+    public = cert.public_key()
+    if not isinstance(public, Ed25519PublicKey):
+        raise PkiError(
+            f"identity certificate of {node_id!r} holds a {type(public).__name__}, not Ed25519"
+        )
+    name = _attr(cert.subject, NameOID.COMMON_NAME)
+    if name != node_id:
+        raise PkiError(f"identity certificate names {name!r}, not {node_id!r}")
+    return public

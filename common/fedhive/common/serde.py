@@ -101,6 +101,7 @@ def join_request_to_proto(req: JoinRequest) -> pb.JoinRequest:
         num_examples=req.num_examples,
         protocol_version=req.protocol_version,
         identity_key=req.identity_key,
+        identity_cert=req.identity_cert,
     )
 
 
@@ -111,7 +112,19 @@ def join_request_from_proto(msg: pb.JoinRequest) -> JoinRequest:
         num_examples=msg.num_examples,
         protocol_version=msg.protocol_version,
         identity_key=_identity_key(bytes(msg.identity_key)),
+        identity_cert=_identity_cert(bytes(msg.identity_cert)),
     )
+
+
+MAX_IDENTITY_CERT = 8192
+
+
+def _identity_cert(cert: bytes) -> bytes:
+    if len(cert) > MAX_IDENTITY_CERT:
+        raise InvalidUpdateError(
+            f"identity certificate of {len(cert)} bytes exceeds {MAX_IDENTITY_CERT} bytes"
+        )
+    return cert
 
 
 def _identity_key(key: bytes) -> bytes:

@@ -33,6 +33,7 @@ from fedhive.proto.v1 import coordinator_pb2 as pb
 
 MAX_ITEMS = 100_000
 MAX_ID = 256
+MAX_CERT = 8192  # one DER identity certificate (about 500 bytes)
 MAX_SEALED = 1024
 _KINDS: dict[ShareKind, pb.SecAggShareKind] = {
     "seed": pb.SECAGG_SHARE_KIND_SEED,
@@ -58,7 +59,9 @@ def _count(items: Sequence[object], what: str) -> None:
         raise InvalidUpdateError(f"secagg {what}: {len(items)} items, at most {MAX_ITEMS}")
 
 
-def advert_to_proto(advert: KeyAdvert, identity_key: bytes = b"") -> pb.SecAggKeyAdvert:
+def advert_to_proto(
+    advert: KeyAdvert, identity_key: bytes = b"", identity_cert: bytes = b""
+) -> pb.SecAggKeyAdvert:
     return pb.SecAggKeyAdvert(
         node_id=advert.node,
         round=advert.round,
@@ -67,14 +70,18 @@ def advert_to_proto(advert: KeyAdvert, identity_key: bytes = b"") -> pb.SecAggKe
         seed_commitment=advert.seed_commitment,
         signature=advert.signature,
         identity_key=identity_key,
+        identity_cert=identity_cert,
     )
 
 
-def advert_from_proto(msg: pb.SecAggKeyAdvert) -> tuple[KeyAdvert, bytes]:
+def advert_from_proto(msg: pb.SecAggKeyAdvert) -> tuple[KeyAdvert, bytes, bytes]:
     what = "key advert"
     identity = bytes(msg.identity_key)
     if identity:
         _bytes(identity, KEY_BYTES, f"{what} identity key")
+    cert = bytes(msg.identity_cert)
+    if len(cert) > MAX_CERT:
+        raise InvalidUpdateError(f"{what}: identity certificate of {len(cert)} bytes is too large")
     advert = KeyAdvert(
         _id(msg.node_id, what),
         msg.round,
@@ -83,7 +90,7 @@ def advert_from_proto(msg: pb.SecAggKeyAdvert) -> tuple[KeyAdvert, bytes]:
         _bytes(msg.seed_commitment, 32, f"{what} seed commitment"),
         _bytes(msg.signature, SIG_BYTES, f"{what} signature"),
     )
-    return advert, identity
+    return advert, identity, cert
 
 
 def sealed_to_proto(s: SealedShares) -> pb.SecAggSealedShares:
@@ -177,7 +184,12 @@ def reply_to_proto(rep: SecAggReply) -> pb.SecAggReply:
     if isinstance(body, Adverts):
         msg.adverts.CopyFrom(
             pb.SecAggAdverts(
-                adverts=[advert_to_proto(a, body.identities.get(a.node, b"")) for a in body.adverts]
+                adverts=[
+                    advert_to_proto(
+                        a, body.identities.get(a.node, b""), body.certificates.get(a.node, b"")
+                    )
+                    for a in body.adverts
+                ]
             )
         )
     elif isinstance(body, ShareKeys):
@@ -198,8 +210,12 @@ def reply_from_proto(msg: pb.SecAggReply) -> SecAggReply:
     body: Adverts | ShareKeys | UnmaskRequest | Done | Pending
     if kind == "adverts":
         _count(msg.adverts.adverts, "adverts")
-        pairs = [advert_from_proto(a) for a in msg.adverts.adverts]
-        body = Adverts(tuple(a for a, _ in pairs), {a.node: key for a, key in pairs if key})
+        items = [advert_from_proto(a) for a in msg.adverts.adverts]
+        body = Adverts(
+            tuple(a for a, _, _ in items),
+            {a.node: key for a, key, _ in items if key},
+            {a.node: cert for a, _, cert in items if cert},
+        )
     elif kind == "shares":
         body = _share_keys_from_proto(msg.shares)
     elif kind == "unmask_request":

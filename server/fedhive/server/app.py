@@ -145,6 +145,7 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
     else:
         store.create(settings, run_id)
     evaluator = task_evaluator(task, config.train) if config.eval_data is not None else None
+    gate = PeerGate.from_config(config, tls) if tls is not None else None
     coordinator = Coordinator(
         config,
         specs,
@@ -154,6 +155,7 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
         listener=listener,
         run_id=run_id,
         resume=resume,
+        identity_verifier=gate.verify_identity if gate is not None else None,
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(
@@ -162,7 +164,6 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
         options=grpc_options(config.chunk_size),
         maximum_concurrent_rpcs=config.max_workers,
     )
-    gate = PeerGate.from_config(config, tls) if tls is not None else None
     servicer = CoordinatorServicer(coordinator, gate)
     server.add_generic_rpc_handlers((generic_handler(servicer),))
     health_servicer = serve_health(server)

@@ -45,6 +45,7 @@ from fedhive.common.errors import (
     InvalidUpdateError,
     LimitExceededError,
     NotSelectedError,
+    PkiError,
     RequestRefused,
     StaleRoundError,
     UnknownNodeError,
@@ -117,6 +118,7 @@ class NodeRecord:
     finished: bool = False
     peer_id: str | None = None
     identity_key: bytes = b""  # Ed25519 public key, for secure aggregation
+    identity_cert: bytes = b""  # its CA certificate (DER), verified at join (mutual TLS)
 
 
 @dataclass
@@ -231,6 +233,7 @@ class Coordinator:
         listener: RoundListener | None = None,
         run_id: str | None = None,
         resume: ResumePoint | None = None,
+        identity_verifier: Callable[[bytes, str], bytes] | None = None,
     ) -> None:
         custom = aggregator is not None and type(aggregator) is not FedAvg
         if config.secure_aggregation != "none" and custom:
@@ -245,6 +248,8 @@ class Coordinator:
         self.evaluator = evaluator
         self.listener = listener
         self.resume = resume
+        # (identity certificate DER, node id) -> its raw Ed25519 key; raises PkiError
+        self.identity_verifier = identity_verifier
         self.run_id = resume.run_id if resume else (run_id or secrets.token_hex(8))
         self.model_bytes = payload_bytes(self.specs)
         budget = config.spool_memory_bytes
@@ -315,6 +320,7 @@ class Coordinator:
             raise InvalidUpdateError(
                 f"protocol version {req.protocol_version} is not supported (1)"
             )
+        identity_key, identity_cert = self._identity(req, peer_id)
         with self._cv:
             self._next_node += 1
             node_id = peer_id if peer_id is not None else f"{req.name}-{self._next_node}"
@@ -330,7 +336,8 @@ class Coordinator:
                 digest,
                 time.monotonic(),
                 peer_id=peer_id,
-                identity_key=req.identity_key,
+                identity_key=identity_key,
+                identity_cert=identity_cert,
             )
             self._cv.notify_all()
         log.info(
@@ -342,6 +349,35 @@ class Coordinator:
             ", identity from its certificate" if peer_id is not None else "",
         )
         return JoinReply(NodeAuth(node_id, token), self.run_id, self.config.heartbeat_interval_s)
+
+    def _identity(self, req: JoinRequest, peer_id: str | None) -> tuple[bytes, bytes]:
+        """The node's secure-aggregation identity key (and certificate) as it may be relayed.
+
+        Under mutual TLS only a key certified by the consortium CA for this very node counts:
+        a bad certificate refuses the join; none leaves the node out of secure rounds. Without
+        TLS the key is taken as sent (trust on first use)."""
+        if peer_id is None or self.identity_verifier is None:
+            return req.identity_key, b""
+        if not req.identity_cert:
+            if req.identity_key:
+                log.warning(
+                    "node %s sent an identity key without its certificate: it cannot take part "
+                    "in secure aggregation (issue one with `fedhive certs node`)",
+                    peer_id,
+                )
+            return b"", b""
+        try:
+            key = self.identity_verifier(req.identity_cert, peer_id)
+        except PkiError as exc:
+            log.warning("refused node %s: %s", peer_id, exc)
+            raise AccessDeniedError(f"secure-aggregation identity refused: {exc}") from exc
+        if req.identity_key and not hmac.compare_digest(key, req.identity_key):
+            log.warning("refused node %s: identity key and certificate differ", peer_id)
+            raise AccessDeniedError(
+                "secure-aggregation identity refused: the identity key is not the one its "
+                "certificate names"
+            )
+        return key, req.identity_cert
 
     def _auth(self, auth: NodeAuth, peer_id: str | None = None) -> NodeRecord:
         node = self._nodes.get(auth.node_id)
@@ -720,10 +756,13 @@ class Coordinator:
                 else {n.node_id for n in alive}
             )
             keys = {u: self._nodes[u].identity_key for u in selected}
+            certs = {
+                u: self._nodes[u].identity_cert for u in selected if self._nodes[u].identity_cert
+            }
         secure: SecureRound | None = None
         if secure_mode:  # parameters differ per attempt: encode the broadcast each time
             try:
-                secure = open_secure_round(cfg, self.specs, number, attempt, keys)
+                secure = open_secure_round(cfg, self.specs, number, attempt, keys, certs)
             except ConfigError as exc:
                 raise RunAborted(f"round {number}: secure aggregation cannot run: {exc}") from exc
             self._broadcast = None

@@ -21,7 +21,15 @@ from cryptography import x509
 
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import AccessDeniedError, ConfigError, PkiError
-from fedhive.common.pki import NODE_UNIT, CertInfo, load_cert, load_key, read_bytes, read_crl
+from fedhive.common.pki import (
+    NODE_UNIT,
+    CertInfo,
+    load_cert,
+    load_key,
+    read_bytes,
+    read_crl,
+    verify_identity_cert,
+)
 
 log = logging.getLogger("fedhive.server.identity")
 
@@ -108,9 +116,15 @@ class RevocationList:
 class PeerGate:
     """Turns a call's TLS peer into a node id, or refuses it (PERMISSION_DENIED)."""
 
-    def __init__(self, crl: RevocationList | None, allowed: frozenset[str] | None) -> None:
+    def __init__(
+        self,
+        crl: RevocationList | None,
+        allowed: frozenset[str] | None,
+        ca: x509.Certificate | None = None,
+    ) -> None:
         self.crl = crl
         self.allowed = allowed
+        self.ca = ca
         self._certs: dict[bytes, CertInfo] = {}
 
     @classmethod
@@ -118,7 +132,16 @@ class PeerGate:
         ca = load_cert(tls.ca, "CA certificate")
         crl = RevocationList(tls.crl, ca) if tls.crl is not None else None
         allowed = frozenset(config.allowed_nodes) if config.allowed_nodes is not None else None
-        return cls(crl, allowed)
+        return cls(crl, allowed, ca)
+
+    def verify_identity(self, der: bytes, node_id: str) -> bytes:
+        """A node's secure-aggregation identity certificate -> its raw Ed25519 key (the CA, the
+        live revocation list, the node id); raises PkiError naming the problem."""
+        if self.ca is None:
+            raise PkiError("no CA certificate to check identity certificates against")
+        revoked = self.crl.serials() if self.crl is not None else frozenset()
+        key = verify_identity_cert(der, self.ca, node_id, revoked=revoked)
+        return key.public_bytes_raw()
 
     def _info(self, pem: bytes) -> CertInfo:
         digest = hashlib.sha256(pem).digest()

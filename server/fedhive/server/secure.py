@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,7 @@ class SecureRound:
     specs: list[TensorSpec]
     identities: dict[str, bytes]
     task_config: dict[str, Any]
+    certificates: dict[str, bytes] = field(default_factory=dict)  # identity certs (mTLS runs)
     examples: int = 0  # the unmasked summed example count, once finalized
 
     @property
@@ -81,7 +82,10 @@ class SecureRound:
             if isinstance(adverts, Pending):
                 return SecAggReply(self.id, adverts)
             ids = {a.node: self.identities[a.node] for a in adverts}
-            return SecAggReply(self.id, Adverts(tuple(adverts), ids))
+            certs = {
+                a.node: self.certificates[a.node] for a in adverts if a.node in self.certificates
+            }
+            return SecAggReply(self.id, Adverts(tuple(adverts), ids, certs))
         if isinstance(body, ShareKeys):
             if any(s.sender != node for s in body.shares):
                 raise InvalidUpdateError(f"secagg shares from {node} name another sender")
@@ -154,6 +158,7 @@ def open_secure_round(
     number: int,
     attempt: int,
     identities: Mapping[str, bytes],
+    certificates: Mapping[str, bytes] | None = None,
 ) -> SecureRound:
     """Plan one secure round over ``identities`` (the selected nodes and their Ed25519 keys).
 
@@ -190,7 +195,9 @@ def open_secure_round(
         "secagg_bits": quant.bits,
         "secagg_max_weight": quant.max_weight,
     }
-    return SecureRound(rnd, quant, list(specs), dict(identities), task_config)
+    return SecureRound(
+        rnd, quant, list(specs), dict(identities), task_config, dict(certificates or {})
+    )
 
 
 def word_blocks(pieces: Iterable[memoryview | bytes]) -> Iterator[Block]:

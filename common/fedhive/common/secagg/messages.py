@@ -84,6 +84,7 @@ class UnmaskReply:
 class Adverts:
     adverts: tuple[KeyAdvert, ...]
     identities: dict[str, bytes] = field(default_factory=dict)  # node -> Ed25519 public key
+    certificates: dict[str, bytes] = field(default_factory=dict)  # node -> identity cert (DER)
 
 
 @dataclass(frozen=True)

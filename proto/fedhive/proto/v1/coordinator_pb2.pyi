@@ -60,18 +60,20 @@ class ConfigValue(_message.Message):
     def __init__(self, bool_value: _Optional[bool] = ..., int_value: _Optional[int] = ..., float_value: _Optional[float] = ..., string_value: _Optional[str] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("name", "device", "num_examples", "protocol_version", "identity_key")
+    __slots__ = ("name", "device", "num_examples", "protocol_version", "identity_key", "identity_cert")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_KEY_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_CERT_FIELD_NUMBER: _ClassVar[int]
     name: str
     device: str
     num_examples: int
     protocol_version: int
     identity_key: bytes
-    def __init__(self, name: _Optional[str] = ..., device: _Optional[str] = ..., num_examples: _Optional[int] = ..., protocol_version: _Optional[int] = ..., identity_key: _Optional[bytes] = ...) -> None: ...
+    identity_cert: bytes
+    def __init__(self, name: _Optional[str] = ..., device: _Optional[str] = ..., num_examples: _Optional[int] = ..., protocol_version: _Optional[int] = ..., identity_key: _Optional[bytes] = ..., identity_cert: _Optional[bytes] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("auth", "run_id", "heartbeat_interval_s")
@@ -246,7 +248,7 @@ class Ack(_message.Message):
     def __init__(self) -> None: ...
 
 class SecAggKeyAdvert(_message.Message):
-    __slots__ = ("node_id", "round", "c_pk", "s_pk", "seed_commitment", "signature", "identity_key")
+    __slots__ = ("node_id", "round", "c_pk", "s_pk", "seed_commitment", "signature", "identity_key", "identity_cert")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     C_PK_FIELD_NUMBER: _ClassVar[int]
@@ -254,6 +256,7 @@ class SecAggKeyAdvert(_message.Message):
     SEED_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_KEY_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_CERT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     round: int
     c_pk: bytes
@@ -261,7 +264,8 @@ class SecAggKeyAdvert(_message.Message):
     seed_commitment: bytes
     signature: bytes
     identity_key: bytes
-    def __init__(self, node_id: _Optional[str] = ..., round: _Optional[int] = ..., c_pk: _Optional[bytes] = ..., s_pk: _Optional[bytes] = ..., seed_commitment: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., identity_key: _Optional[bytes] = ...) -> None: ...
+    identity_cert: bytes
+    def __init__(self, node_id: _Optional[str] = ..., round: _Optional[int] = ..., c_pk: _Optional[bytes] = ..., s_pk: _Optional[bytes] = ..., seed_commitment: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., identity_key: _Optional[bytes] = ..., identity_cert: _Optional[bytes] = ...) -> None: ...
 
 class SecAggSealedShares(_message.Message):
     __slots__ = ("sender", "receiver", "round", "sealed")
