@@ -191,3 +191,30 @@ def test_fewer_than_t_survivors_leave_the_model_untouched(tmp_path: Path) -> Non
     for k, arr in enumerate(current):
         values = np.frombuffer(arr.tobytes(), dtype="<f4")
         assert np.array_equal(values, np.full(SIZES[k], float(k), dtype=np.float32))
+
+
+def test_a_node_that_fails_locally_declines_and_the_round_does_not_wait(tmp_path: Path) -> None:
+    # Prepare: max_weight 102, so n3 (103 examples) cannot quantize its update; it has already
+    # advertised and shared, so it is a dropout after the share step. Steps wait up to 120 s.
+    settings = {**SECURE, "secagg_max_weight": 102, "secagg_step_timeout_s": 120.0}
+    coord = start_coordinator(tmp_path, rounds=1, min_nodes=4, round_timeout_s=120.0, **settings)
+    logs = [tmp_path / f"n{i}.log" for i in range(4)]
+    procs = [
+        start_node(coord.address, f"n{i}", seed=i, task_args=ARGS, log=logs[i]) for i in range(4)
+    ]
+
+    # Execute
+    history = coord.join(timeout=120)
+    codes = wait_all(procs)
+
+    # Assert: committed from the three others long before any step deadline; n3 said why
+    assert codes == [0, 0, 0, 0], [p.read_text() for p in logs]
+    (event,) = [e for e in history if e["event"] == "round"]
+    assert event["committed"] and sorted(seed_of(u) for u in event["reported"]) == [0, 1, 2]
+    (declined,) = [u for u in event["refused"] if seed_of(u) == 3]
+    assert "declined: secure aggregation failed" in event["refused"][declined]
+    assert "max_weight=102" in event["refused"][declined]
+    assert event["duration_s"] < 60
+    expected, bound = expected_model([event])
+    for got, want in zip(final_model(tmp_path, 1), expected, strict=True):
+        assert np.max(np.abs(got.astype(np.float64) - want)) <= bound

@@ -287,6 +287,15 @@ class Node:
             self._leave()
         return self.stats
 
+    def _decline(self, joined: JoinReply, round_: int, reason: str) -> None:
+        """Tell the coordinator this node cannot do the round (best effort: if the call fails,
+        the round still drops the node at its deadline or heartbeat timeout)."""
+        try:
+            self.transport.decline(joined.auth, round_, reason[:500])
+            log.warning("round %d: declined (%s)", round_, reason)
+        except FedhiveError as exc:
+            log.warning("round %d: could not decline (%s)", round_, exc)
+
     def _leave(self) -> None:
         if self._join is None:
             return
@@ -356,10 +365,14 @@ class Node:
             ev = self.task.evaluate(self.model, config)
             if ev is not None:
                 eval_n, eval_metrics = ev.num_examples, dict(ev.metrics)
-        fit = self.task.fit(self.model, config)
+        try:
+            fit = self.task.fit(self.model, config)
+            if fit.num_examples <= 0:
+                raise TaskError("fit() must report a positive number of examples")
+        except Exception as exc:  # the coordinator stops waiting for this node, then it stops
+            self._decline(joined, header.round, f"training failed: {type(exc).__name__}: {exc}")
+            raise
         train_s = time.perf_counter() - started
-        if fit.num_examples <= 0:
-            raise TaskError("fit() must report a positive number of examples")
         buffers = [tensor_bytes(t) for t in self.state.values()]
         trailer = (dict(fit.metrics), eval_metrics, eval_n)
         secure = SecureTask.from_config(config)
@@ -368,6 +381,7 @@ class Node:
                 sent = self._secure_push(joined, header, secure, fit.num_examples, trailer)
             except (SecAggError, ConfigError) as exc:
                 log.error("round %d: secure aggregation failed: %s", header.round, exc)
+                self._decline(joined, header.round, f"secure aggregation failed: {exc}")
                 return
         else:
             sent = self.transport.push(

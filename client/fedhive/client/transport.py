@@ -131,6 +131,7 @@ class Transport(Protocol):
     def report_evaluation(self, report: EvaluationReport) -> None: ...
     def heartbeat(self, auth: NodeAuth) -> tuple[int, float]: ...
     def leave(self, auth: NodeAuth, reason: str) -> None: ...
+    def decline(self, auth: NodeAuth, round_: int, reason: str) -> None: ...
     def secagg_step(self, request: SecAggRequest) -> SecAggReply: ...
     def cancel(self) -> None: ...
     def close(self) -> None: ...
@@ -191,6 +192,9 @@ class GrpcTransport:
         self._leave = self._channel.unary_unary(
             SERVICE + "Leave", request_serializer=ser, response_deserializer=pb.Ack.FromString
         )
+        self._decline = self._channel.unary_unary(
+            SERVICE + "DeclineTask", request_serializer=ser, response_deserializer=pb.Ack.FromString
+        )
         self._secagg = self._channel.unary_unary(
             SERVICE + "SecAggStep",
             request_serializer=ser,
@@ -240,6 +244,13 @@ class GrpcTransport:
         except grpc.RpcError as exc:
             raise map_rpc_error(exc, "heartbeat", self.tls) from exc
         return int(reply.round), float(reply.heartbeat_interval_s)
+
+    def decline(self, auth: NodeAuth, round_: int, reason: str) -> None:
+        request = pb.DeclineRequest(auth=serde.auth_to_proto(auth), round=round_, reason=reason)
+        try:
+            self._decline(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise map_rpc_error(exc, "decline", self.tls) from exc
 
     def leave(self, auth: NodeAuth, reason: str) -> None:
         try:

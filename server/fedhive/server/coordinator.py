@@ -432,6 +432,29 @@ class Coordinator:
             self._cv.notify_all()
         log.info("node %s left%s", node.node_id, f" ({reason})" if reason else "")
 
+    def decline(
+        self, auth: NodeAuth, round_: int, reason: str = "", peer_id: str | None = None
+    ) -> None:
+        """A selected node cannot do the training round it pulled: stop waiting for it (a secure
+        round treats it as a dropout at whatever step it reached)."""
+        reason = reason.strip()[:500] or "no reason given"
+        with self._cv:
+            node = self._auth(auth, peer_id)
+            st = self._round
+            if st is None or st.closed or st.kind != TaskKind.TRAIN or st.number != round_:
+                raise StaleRoundError(
+                    f"decline from {node.node_id} for round {round_}: no such round is open"
+                )
+            if node.node_id not in st.selected:
+                raise NotSelectedError(f"node {node.node_id} was not selected for round {round_}")
+            if node.node_id in st.reported:
+                raise DuplicateUpdateError(
+                    f"node {node.node_id} already reported its update for round {round_}"
+                )
+            st.refused[node.node_id] = f"declined: {reason}"
+            self._cv.notify_all()
+        log.warning("node %s declined round %d: %s", node.node_id, round_, reason)
+
     def pull(self, auth: NodeAuth, wait_s: float, peer_id: str | None = None) -> Iterable[bytes]:
         """The node's next task as encoded TaskMessages; long-polls up to ``wait_s`` seconds."""
         wait_s = min(max(wait_s, 0.0), MAX_PULL_WAIT_S)

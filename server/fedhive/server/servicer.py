@@ -26,7 +26,7 @@ from fedhive.common.errors import (
     InvalidUpdateError,
     RequestRefused,
 )
-from fedhive.common.messages import UpdateHeader, UpdateMessage, UpdateTrailer
+from fedhive.common.messages import NodeAuth, UpdateHeader, UpdateMessage, UpdateTrailer
 from fedhive.proto.v1 import coordinator_pb2 as pb
 from fedhive.server.coordinator import Coordinator, UpdateSession
 from fedhive.server.identity import PeerGate
@@ -182,6 +182,14 @@ class CoordinatorServicer:
             return serde_secagg.reply_to_proto(reply)
         raise AssertionError("unreachable")
 
+    def decline_task(self, request: Any, context: grpc.ServicerContext) -> pb.Ack:
+        with _status(context, "DeclineTask"):
+            peer = self._peer(context, "DeclineTask")
+            auth, round_, reason = _checked(request)
+            self.coord.decline(auth, round_, reason, peer_id=peer)
+            return pb.Ack()
+        raise AssertionError("unreachable")
+
     def leave(self, request: Any, context: grpc.ServicerContext) -> pb.Ack:
         with _status(context, "Leave"):
             peer = self._peer(context, "Leave")
@@ -189,6 +197,10 @@ class CoordinatorServicer:
             self.coord.leave(auth, reason, peer_id=peer)
             return pb.Ack()
         raise AssertionError("unreachable")
+
+
+def _decline_args(m: pb.DeclineRequest) -> tuple[NodeAuth, int, str]:
+    return serde.auth_from_proto(m.auth), m.round, m.reason
 
 
 def generic_handler(servicer: CoordinatorServicer) -> grpc.GenericRpcHandler:
@@ -227,6 +239,11 @@ def generic_handler(servicer: CoordinatorServicer) -> grpc.GenericRpcHandler:
         "Leave": grpc.unary_unary_rpc_method_handler(
             servicer.leave,
             request_deserializer=_proto(pb.LeaveRequest, lambda m: (auth_of(m.auth), m.reason)),
+            response_serializer=_serialize,
+        ),
+        "DeclineTask": grpc.unary_unary_rpc_method_handler(
+            servicer.decline_task,
+            request_deserializer=_proto(pb.DeclineRequest, _decline_args),
             response_serializer=_serialize,
         ),
     }

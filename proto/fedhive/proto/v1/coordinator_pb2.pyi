@@ -59,6 +59,16 @@ class ConfigValue(_message.Message):
     string_value: str
     def __init__(self, bool_value: _Optional[bool] = ..., int_value: _Optional[int] = ..., float_value: _Optional[float] = ..., string_value: _Optional[str] = ...) -> None: ...
 
+class DeclineRequest(_message.Message):
+    __slots__ = ("auth", "round", "reason")
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    auth: NodeAuth
+    round: int
+    reason: str
+    def __init__(self, auth: _Optional[_Union[NodeAuth, _Mapping]] = ..., round: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class JoinRequest(_message.Message):
     __slots__ = ("name", "device", "num_examples", "protocol_version", "identity_key", "identity_cert")
     NAME_FIELD_NUMBER: _ClassVar[int]

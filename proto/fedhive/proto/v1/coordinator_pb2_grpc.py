@@ -64,6 +64,11 @@ class CoordinatorStub:
                 request_serializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.LeaveRequest.SerializeToString,
                 response_deserializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.Ack.FromString,
                 _registered_method=True)
+        self.DeclineTask = channel.unary_unary(
+                '/fedhive.proto.v1.Coordinator/DeclineTask',
+                request_serializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.DeclineRequest.SerializeToString,
+                response_deserializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.Ack.FromString,
+                _registered_method=True)
         self.SecAggStep = channel.unary_unary(
                 '/fedhive.proto.v1.Coordinator/SecAggStep',
                 request_serializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.SecAggRequest.SerializeToString,
@@ -115,6 +120,14 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeclineTask(self, request, context):
+        """A selected node that cannot do the round it pulled (its training or its side of secure
+        aggregation failed) says so at once: the round stops waiting for it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SecAggStep(self, request, context):
         """Secure aggregation (SecAgg+, when the run enables it): one call per step (advertise keys,
         share keys, await the unmask request, unmask). The call long-polls until the coordinator
@@ -156,6 +169,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
             'Leave': grpc.unary_unary_rpc_method_handler(
                     servicer.Leave,
                     request_deserializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.LeaveRequest.FromString,
+                    response_serializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.Ack.SerializeToString,
+            ),
+            'DeclineTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclineTask,
+                    request_deserializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.DeclineRequest.FromString,
                     response_serializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.Ack.SerializeToString,
             ),
             'SecAggStep': grpc.unary_unary_rpc_method_handler(
@@ -325,6 +343,33 @@ class Coordinator:
             target,
             '/fedhive.proto.v1.Coordinator/Leave',
             fedhive_dot_proto_dot_v1_dot_coordinator__pb2.LeaveRequest.SerializeToString,
+            fedhive_dot_proto_dot_v1_dot_coordinator__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclineTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedhive.proto.v1.Coordinator/DeclineTask',
+            fedhive_dot_proto_dot_v1_dot_coordinator__pb2.DeclineRequest.SerializeToString,
             fedhive_dot_proto_dot_v1_dot_coordinator__pb2.Ack.FromString,
             options,
             channel_credentials,
