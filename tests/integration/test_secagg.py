@@ -194,8 +194,8 @@ def test_fewer_than_t_survivors_leave_the_model_untouched(tmp_path: Path) -> Non
 
 
 def test_a_node_that_fails_locally_declines_and_the_round_does_not_wait(tmp_path: Path) -> None:
-    # Prepare: max_weight 102, so n3 (103 examples) cannot quantize its update; it has already
-    # advertised and shared, so it is a dropout after the share step. Steps wait up to 120 s.
+    # Prepare: max_weight 102, so n3 (103 examples) cannot quantize its update (before its first
+    # step: the others wait for its advert). Steps wait up to 120 s.
     settings = {**SECURE, "secagg_max_weight": 102, "secagg_step_timeout_s": 120.0}
     coord = start_coordinator(tmp_path, rounds=1, min_nodes=4, round_timeout_s=120.0, **settings)
     logs = [tmp_path / f"n{i}.log" for i in range(4)]

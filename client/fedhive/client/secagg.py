@@ -67,14 +67,28 @@ def secure_push(
     cfg: QuantConfig,
     rng: np.random.Generator,
 ) -> None:
-    """One node's whole SecAgg+ round; raises SecAggError (and stops) on any failure."""
+    """One node's whole SecAgg+ round; raises SecAggError (and stops) on any failure.
+
+    The update is clipped, weighted and quantized *before* the first step: that work then
+    overlaps with the other nodes' training instead of running in the synchronized phase after
+    the share step, when every node masks and uploads at once (it costs one uint32 copy of the
+    model until the upload). Only masking, which needs the peers' keys, is left for that phase.
+    """
+    quantize: list[Stage] = [ClipStage(cfg.clip), QuantizeStage(cfg, weight, rng)]
+    quantized = list(run(quantize, values))
     adverts = channel.advertise(machine.advertise())
     routed = channel.share_keys(machine.share_keys(adverts))
     machine.receive_shares(routed)
-    stages: list[Stage] = [ClipStage(cfg.clip), QuantizeStage(cfg, weight, rng), MaskStage(machine)]
-    channel.push_masked(run(stages, values))
+    channel.push_masked(run([MaskStage(machine)], _consume(quantized)))
     request = channel.await_unmask()
     channel.unmask(machine.unmask(request))
+
+
+def _consume(blocks: list[Block]) -> Iterator[Block]:
+    """Yield the blocks, dropping each from the list once handed on (freed after upload)."""
+    blocks.reverse()
+    while blocks:
+        yield blocks.pop()
 
 
 # ----------------------------------------------------------------------------- over a Transport
