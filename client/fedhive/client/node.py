@@ -11,7 +11,6 @@ refusing this node's identity (revoked certificate, not on its allow-list): stop
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import random
 import threading
@@ -30,7 +29,7 @@ from fedhive.client.secagg import (
     secure_push,
 )
 from fedhive.client.transport import Transport
-from fedhive.common.chunks import Chunk, StreamChecker, iter_chunks
+from fedhive.common.chunks import Chunk, StreamChecker, iter_chunks, payload_hash
 from fedhive.common.config import ClientConfig
 from fedhive.common.errors import (
     AccessDeniedError,
@@ -193,7 +192,7 @@ class Node:
         chunks: Iterable[Chunk],
         trailer: tuple[dict[str, float], dict[str, float], int],
     ) -> Iterator[UpdateMessage]:
-        digest = hashlib.sha256()
+        digest = payload_hash()
         yield UpdateHeader(joined.auth, header.round, num_examples, tuple(specs))
         for chunk in chunks:
             digest.update(chunk.data)
