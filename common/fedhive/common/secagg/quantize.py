@@ -14,10 +14,10 @@ refuses to send a weight above ``max_weight``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from fedhive.common.errors import ConfigError, InvalidUpdateError
 
@@ -74,33 +74,34 @@ def quantize(
     """Weighted stochastic quantization of float ``values`` into uint32 words in ``[0, w L]``.
 
     ``floor(y + u)`` with ``u`` uniform in ``[0, 1)`` rounds ``y`` up with probability
-    ``frac(y)``: unbiased. ``u`` is a float32 uniform (24 random bits), so the rounding
-    probability is off by at most ``2^-24`` (bias below ``2^-24`` grid steps); ``y + u`` is exact
-    in float64 for every ``y <= w L < 2^32``. The work runs over cache-sized sub-blocks.
+    ``frac(y)``: unbiased. ``u = r / 2^32`` for ``r`` the next 32-bit word of an AES-256-CTR
+    keystream keyed from ``rng`` (a fresh key per call; AES-NI makes it ~4x cheaper than numpy's
+    generators here): the rounding probability is off by at most ``2^-32``, and ``y + u`` is
+    exact in float64 for every ``y <= w L < 2^32``. The work, the finiteness check included, runs
+    over cache-sized sub-blocks.
     """
     cfg.check_weight(weight)
     flat = np.asarray(values).reshape(-1)
-    # one pass, no temporary: a float64 sum of finite float32/float64 values is finite unless
-    # a NaN or an infinity is present (float32 values cannot overflow a float64 sum)
-    narrow = flat.dtype in (np.float16, np.float32)
-    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is the NaN we look for
-        finite = math.isfinite(flat.sum(dtype=np.float64)) if narrow else np.isfinite(flat).all()
-    if not finite:
-        raise InvalidUpdateError("cannot quantize non-finite values (NaN or inf)")
     n = flat.size
     out = np.empty(n, dtype=np.uint32)
-    sub = min(n, SUB_BLOCK)
+    sub = max(min(n, SUB_BLOCK), 1)
     scratch = np.empty(sub, dtype=np.float64)
-    uniform = np.empty(sub, dtype=np.float32)
+    uniform = np.empty(sub, dtype=np.float64)
+    words = np.empty(sub + 4, dtype=np.uint32)  # update_into wants a block of slack
+    zeros = memoryview(bytes(4 * sub))
+    stream = Cipher(algorithms.AES(rng.bytes(32)), modes.CTR(bytes(16))).encryptor()
     scale = weight / cfg.step
     top = float(weight * cfg.levels)
     for i in range(0, n, sub):
         m = min(sub, n - i)
-        y, u = scratch[:m], uniform[:m]
-        np.clip(flat[i : i + m], -cfg.clip, cfg.clip, out=y)
+        x, y, u = flat[i : i + m], scratch[:m], uniform[:m]
+        if not np.isfinite(x).all():
+            raise InvalidUpdateError("cannot quantize non-finite values (NaN or inf)")
+        np.clip(x, -cfg.clip, cfg.clip, out=y)
         y += cfg.clip
         y *= scale
-        rng.random(out=u, dtype=np.float32)
+        stream.update_into(zeros[: 4 * m], words.view(np.uint8).data)
+        np.multiply(words[:m], 2.0**-32, out=u)
         y += u
         np.floor(y, out=y)
         np.minimum(y, top, out=y)  # float rounding of w (clip + clip) / step
