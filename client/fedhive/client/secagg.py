@@ -29,7 +29,7 @@ from fedhive.common.errors import (
     SecAggAbortedError,
     SecAggAuthError,
 )
-from fedhive.common.hooks import Block, Stage, blocks_of, run
+from fedhive.common.hooks import Block, Stage, blocks_of, contiguous, run
 from fedhive.common.messages import NodeAuth
 from fedhive.common.pki import load_cert, read_bytes, verify_identity_cert
 from fedhive.common.secagg.graph import Graph
@@ -283,19 +283,6 @@ class TransportChannel:
 
     def unmask(self, reply: UnmaskReply) -> None:
         self._call(reply)
-
-
-def contiguous(blocks: Iterable[Block], size: int) -> Iterator[Block]:
-    """Pass ``blocks`` through, checking that they tile ``[0, size)`` in order (the upload is
-    streamed block by block as the masks are applied, never assembled in one array)."""
-    expected = 0
-    for b in blocks:
-        if b.start != expected or b.stop > size:
-            raise ValueError(f"block [{b.start}, {b.stop}) out of order (expected {expected})")
-        expected = b.stop
-        yield b
-    if expected != size:
-        raise ValueError(f"stream ended at {expected} of {size} elements")
 
 
 def model_blocks(arrays: Iterable[np.ndarray], block: int = 1 << 20) -> Iterator[Block]:

@@ -67,15 +67,21 @@ def blocks_of(values: np.ndarray, block: int, *, start: int = 0) -> Iterator[Blo
         yield Block(start + offset, flat[offset : offset + block])
 
 
-def gather(blocks: Iterable[Block], size: int, dtype: np.dtype | type) -> np.ndarray:
-    """Assemble a contiguous stream of ``size`` elements (tests and small models)."""
-    out = np.empty(size, dtype=dtype)
+def contiguous(blocks: Iterable[Block], size: int) -> Iterator[Block]:
+    """Pass ``blocks`` through, checking that they tile ``[0, size)`` in order."""
     expected = 0
     for b in blocks:
         if b.start != expected or b.stop > size:
             raise ValueError(f"block [{b.start}, {b.stop}) out of order (expected {expected})")
-        out[b.start : b.stop] = b.values
         expected = b.stop
+        yield b
     if expected != size:
         raise ValueError(f"stream ended at {expected} of {size} elements")
+
+
+def gather(blocks: Iterable[Block], size: int, dtype: np.dtype | type) -> np.ndarray:
+    """Assemble a contiguous stream of ``size`` elements (tests and small models)."""
+    out = np.empty(size, dtype=dtype)
+    for b in contiguous(blocks, size):
+        out[b.start : b.stop] = b.values
     return out
