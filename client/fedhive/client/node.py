@@ -215,11 +215,9 @@ class Node:
         def upload(blocks: Iterator[Block]) -> int:
             chunk_size = header.chunk_size or (1 << 20)
             chunks = (
-                Chunk(0, 4 * b.start + offset, piece)
+                Chunk(0, 4 * b.start + c.offset, c.data)
                 for b in blocks
-                for offset, piece in _pieces(
-                    raw_view(b.values.astype("<u4", copy=False)), chunk_size
-                )
+                for c in iter_chunks([raw_view(b.values.astype("<u4", copy=False))], chunk_size)
             )
             return self.transport.push(
                 self._stream(joined, header, 1, upload_specs, chunks, trailer)
@@ -396,11 +394,6 @@ class Node:
             _fmt(fit.metrics),
             sent / 1e6,
         )
-
-
-def _pieces(view: memoryview, size: int) -> Iterator[tuple[int, memoryview]]:
-    for start in range(0, len(view), size):
-        yield start, view[start : start + size]
 
 
 def _tensor_view(buf: np.ndarray, spec: TensorSpec) -> torch.Tensor:
