@@ -69,6 +69,11 @@ def code_version() -> str:
     return out.stdout.strip() or "unknown"
 
 
+def default_threads(nodes: int) -> int:
+    """Each node's share of this machine's cores (what `fedhive simulate` gives its nodes)."""
+    return max(1, (os.cpu_count() or 1) // nodes)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -199,13 +204,16 @@ def run_once(
     profile: str | None = None,
     rss_trace: Path | None = None,
     insecure: bool = False,
+    server_settings: list[str] | None = None,
+    node_threads: int = 0,
 ) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix=f"fedhive-bench-P{params}-N{nodes}-", dir=tmp_root))
     run_dir = tmp / "run"
     log_dir = tmp / "logs"
     log_dir.mkdir()
     config_path = tmp / "server.toml"
-    config_path.write_text("federated_evaluation = false\n", encoding="utf-8")
+    settings = ["federated_evaluation = false", *(server_settings or [])]
+    config_path.write_text("\n".join(settings) + "\n", encoding="utf-8")
     port = free_port()
     address = f"127.0.0.1:{port}"
     task_args = ["--task-arg", f"params={params}", "--task-arg", "tensors=8"]
@@ -247,7 +255,10 @@ def run_once(
                 "--seed", str(i),
                 "--device", "cpu",
             ]  # fmt: skip
-            procs.append(_spawn(f"node-{i}", client_argv, log_dir, env))
+            node_env = dict(env)
+            if node_threads > 0:  # as `fedhive simulate`: N nodes share this machine's cores
+                node_env["OMP_NUM_THREADS"] = str(node_threads)
+            procs.append(_spawn(f"node-{i}", client_argv, log_dir, node_env))
 
         deadline = started + timeout_s
         timed_out = False
@@ -344,6 +355,8 @@ def run_once(
         "wall_s": round(wall_s, 2),
         # 1-min load average before and after: other work on the machine skews the timings.
         "loadavg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "node_threads": node_threads or None,
+        "server_settings": server_settings or [],
         "code": code_version(),
     }
     if profile:
@@ -392,6 +405,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--rss-trace", type=Path, help="write the coordinator's VmRSS over time (unix time, MB)"
     )
+    p.add_argument(
+        "--set",
+        dest="server_settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a line of the coordinator's TOML config (repeatable), e.g. --set spool_wait_s=0",
+    )
+    p.add_argument(
+        "--node-threads",
+        type=int,
+        default=None,
+        help="OMP_NUM_THREADS of each node process; default cpus // N as `fedhive simulate` "
+        "(N processes share the machine), 0 leaves the environment alone",
+    )
     ns = p.parse_args(argv)
 
     if ns.grid:
@@ -415,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
                 profile=ns.profile,
                 rss_trace=ns.rss_trace,
                 insecure=insecure,
+                server_settings=ns.server_settings,
+                node_threads=default_threads(N) if ns.node_threads is None else ns.node_threads,
             )
         except BenchmarkFailed as exc:
             print(f"benchmark failed: {exc}", file=sys.stderr)

@@ -15,16 +15,28 @@ from tests.integration.harness import start_coordinator, start_node, wait_all
 
 
 @pytest.mark.parametrize(
-    "broadcast_memory", [None, 0], ids=["model-in-memory", "model-streamed-from-checkpoint"]
+    "settings",
+    [
+        {},
+        {"broadcast_memory_bytes": 0},
+        {"spool_memory_bytes": 4000, "spool_wait_s": 60.0},
+        {"spool_memory_bytes": 0},
+    ],
+    ids=[
+        "defaults",
+        "model-streamed-from-checkpoint",
+        "uploads-queue-for-one-memory-spool",
+        "uploads-spooled-to-files",
+    ],
 )
 def test_three_nodes_three_rounds_match_independent_fedavg(
-    tmp_path: Path, broadcast_memory: int | None
+    tmp_path: Path, settings: dict[str, object]
 ) -> None:
     # Prepare: constant task, node i adds 1 + i and reports 100 + i examples; the global model
-    # is kept as encoded chunks, or (limit 0) read from its checkpoint file for every pull
-    coord = start_coordinator(
-        tmp_path, rounds=3, min_nodes=3, broadcast_memory_bytes=broadcast_memory
-    )
+    # is kept as encoded chunks, or (limit 0) read from its checkpoint file for every pull; the
+    # updates (4,000 bytes each) are staged in memory, one at a time (the others' streams wait for
+    # the buffer), or in files
+    coord = start_coordinator(tmp_path, rounds=3, min_nodes=3, **settings)
     procs = [
         start_node(coord.address, f"n{i}", seed=i, log=tmp_path / f"node{i}.log") for i in range(3)
     ]

@@ -92,6 +92,9 @@ def test_misspelled_key_names_the_field_as_unknown(tmp_path, model, text, field)
         ('on_failed_round = "ignore"', "on_failed_round"),
         ('rounds = "many"', "rounds"),
         ("spool_memory_bytes = -1", "spool_memory_bytes"),
+        ("spool_wait_s = -0.5", "spool_wait_s"),
+        ("receive_window_bytes = 1000", "receive_window_bytes"),
+        ("receive_window_bytes = 4294967296", "receive_window_bytes"),
     ],
 )
 def test_out_of_range_server_value_names_the_field(tmp_path, text, field):

@@ -51,6 +51,13 @@ class ServerConfig(_Config):
     device: str = "cpu"
     spool_dir: Path | None = None
     spool_memory_bytes: int | None = Field(default=None, ge=0)
+    # How long an upload waits for its share of spool_memory_bytes (its stream held back by flow
+    # control) before it is staged in a temporary file instead.
+    spool_wait_s: float = Field(default=5.0, ge=0)
+    # HTTP/2 receive window per upload stream: bounds what a held-back upload buffers in the
+    # coordinator; one upload's throughput is at most window / round-trip time (4 MiB at 50 ms:
+    # 80 MB/s). None: gRPC's auto-tuning (bandwidth-delay probes; windows of many MB).
+    receive_window_bytes: int | None = Field(default=4 << 20, ge=64 << 10, le=(1 << 31) - 1)
     # Largest model whose encoded broadcast stays in memory (shared by every node's pull); a
     # larger one is streamed to the nodes from its committed checkpoint file. None: 1 GiB.
     broadcast_memory_bytes: int | None = Field(default=None, ge=0)

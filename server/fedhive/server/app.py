@@ -38,15 +38,23 @@ log = logging.getLogger("fedhive.server")
 MESSAGE_OVERHEAD = 1 << 20
 
 
-def grpc_options(chunk_size: int) -> list[tuple[str, Any]]:
-    limit = max(chunk_size, 4 << 20) + MESSAGE_OVERHEAD
-    return [
+def grpc_options(config: ServerConfig) -> list[tuple[str, Any]]:
+    limit = max(config.chunk_size, 4 << 20) + MESSAGE_OVERHEAD
+    options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", MAX_CHUNK_SIZE + MESSAGE_OVERHEAD),
         ("grpc.so_reuseport", 0),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5000),
     ]
+    if config.receive_window_bytes is not None:
+        # A fixed per-stream window instead of gRPC's auto-tuning (BDP probes grow it to many MB
+        # on a fast link): what an upload held back by the spool buffers here stays bounded.
+        options += [
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", config.receive_window_bytes),
+        ]
+    return options
 
 
 def initial_model(task: Task) -> tuple[list[TensorSpec], list[np.ndarray]]:
@@ -161,7 +169,7 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
         futures.ThreadPoolExecutor(
             max_workers=config.max_workers, thread_name_prefix="fedhive-rpc"
         ),
-        options=grpc_options(config.chunk_size),
+        options=grpc_options(config),
         maximum_concurrent_rpcs=config.max_workers,
     )
     servicer = CoordinatorServicer(coordinator, gate)

@@ -189,7 +189,9 @@ class UpdateSession:
             what=f"update from {node.node_id} for round {state.number}",
         )
         self._offsets = np.cumsum([0] + [s.nbytes for s in specs]).tolist()
-        self.spool = Spool(self.checker.total, coord.spool_budget, cfg.spool_dir)
+        self.spool = Spool(
+            self.checker.total, coord.spool_budget, cfg.spool_dir, wait_s=cfg.spool_wait_s
+        )
         self.done = False
 
     # -- StagedUpdate

@@ -57,6 +57,9 @@ OPERATIONAL_FIELDS = frozenset(
         "max_workers",
         "spool_dir",
         "spool_memory_bytes",
+        "spool_wait_s",
+        "receive_window_bytes",
+        "broadcast_memory_bytes",
         "join_timeout_s",
     }
 )
