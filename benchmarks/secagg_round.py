@@ -56,10 +56,18 @@ def cpu_of(proc: subprocess.Popen[bytes], timeout: float | None = None) -> float
 
 
 def run_mode(
-    secure: bool, nodes: int, params: int, rounds: int, tensors: int, level: str = "WARNING"
+    secure: bool,
+    nodes: int,
+    params: int,
+    rounds: int,
+    tensors: int,
+    level: str = "WARNING",
+    node_threads: int = 0,
+    settings: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix=f"fedhive-secagg-{'secure' if secure else 'plain'}-"))
-    (tmp / "server.toml").write_text(COMMON + (SECURE if secure else ""))
+    extra = "".join(f"{line}\n" for line in settings)
+    (tmp / "server.toml").write_text(COMMON + (SECURE if secure else "") + extra)
     port = free_port()
     address = f"127.0.0.1:{port}"
     task_args = ["--task-arg", f"params={params}", "--task-arg", f"tensors={tensors}"]
@@ -73,6 +81,9 @@ def run_mode(
     with open(tmp / "coordinator.log", "wb") as log:
         coord = subprocess.Popen(server, stdout=log, stderr=log)
     procs = []
+    node_env = dict(os.environ)
+    if node_threads > 0:  # as `fedhive simulate`: N nodes share this machine's cores
+        node_env["OMP_NUM_THREADS"] = str(node_threads)
     for i in range(nodes):
         client = [
             sys.executable, "-m", "fedhive.common.cli", "client", "--server", address,
@@ -80,7 +91,7 @@ def run_mode(
             "--max-connect-attempts", "30", "--log-level", level, "--insecure",
         ]  # fmt: skip
         with open(tmp / f"node{i}.log", "wb") as log:
-            procs.append(subprocess.Popen(client, stdout=log, stderr=log))
+            procs.append(subprocess.Popen(client, stdout=log, stderr=log, env=node_env))
     coord_cpu = cpu_of(coord)
     node_cpu = 0.0
     for p in procs:
@@ -108,6 +119,7 @@ def run_mode(
         # CPU seconds of the whole run (joining and start-up included), per round
         "coordinator_cpu_s_per_round": round(coord_cpu / rounds, 3),
         "nodes_cpu_s_per_round": round(node_cpu / rounds, 3),
+        "node_threads": node_threads or None,
         "dir": str(tmp),
     }
 
@@ -119,9 +131,30 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--tensors", type=int, default=8)
     p.add_argument("--log-level", default="WARNING", help="of the coordinator and node processes")
+    p.add_argument(
+        "--node-threads",
+        type=int,
+        default=None,
+        help="OMP_NUM_THREADS of each node process; default cpus // N as `fedhive simulate` "
+        "(N processes share the machine), 0 leaves the environment alone",
+    )
+    p.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a line of the coordinator's TOML config for both modes (repeatable)",
+    )
     ns = p.parse_args()
+    threads = (
+        max(1, (os.cpu_count() or 1) // ns.nodes) if ns.node_threads is None else ns.node_threads
+    )
     results = [
-        run_mode(s, ns.nodes, ns.params, ns.rounds, ns.tensors, ns.log_level) for s in (False, True)
+        run_mode(
+            s, ns.nodes, ns.params, ns.rounds, ns.tensors, ns.log_level, threads, tuple(ns.settings)
+        )
+        for s in (False, True)
     ]
     for r in results:
         print(json.dumps(r))

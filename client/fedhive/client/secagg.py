@@ -46,7 +46,7 @@ from fedhive.common.secagg.messages import (
 )
 from fedhive.common.secagg.node import NodeSecAgg
 from fedhive.common.secagg.quantize import QuantConfig
-from fedhive.common.secagg.stages import ClipStage, MaskStage, QuantizeStage
+from fedhive.common.secagg.stages import MaskStage, QuantizeStage
 
 
 class SecAggChannel(Protocol):
@@ -74,7 +74,8 @@ def secure_push(
     the share step, when every node masks and uploads at once (it costs one uint32 copy of the
     model until the upload). Only masking, which needs the peers' keys, is left for that phase.
     """
-    quantize: list[Stage] = [ClipStage(cfg.clip), QuantizeStage(cfg, weight, rng)]
+    # QuantizeStage clips to [-clip, clip] itself (in its cache-sized passes): no ClipStage copy
+    quantize: list[Stage] = [QuantizeStage(cfg, weight, rng)]
     quantized = list(run(quantize, values))
     adverts = channel.advertise(machine.advertise())
     routed = channel.share_keys(machine.share_keys(adverts))

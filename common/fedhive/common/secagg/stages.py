@@ -1,9 +1,10 @@
 """SecAgg+ as hook stages (:mod:`fedhive.common.hooks`).
 
-Node: ``[ClipStage, QuantizeStage, MaskStage]`` turns float blocks over elements ``[0, P)`` into
-masked uint32 blocks over words ``[0, P + 1)``: word 0 is the example count, word ``i + 1`` is
-element ``i``. The count comes first so that the coordinator learns the summed weight before the
-first value. Coordinator: :func:`folded_blocks` (the folded, still masked sum) then
+Node: ``[QuantizeStage, MaskStage]`` turns float blocks over elements ``[0, P)`` into masked
+uint32 blocks over words ``[0, P + 1)``: word 0 is the example count, word ``i + 1`` is element
+``i``. Quantization clips to ``[-clip, clip]`` itself; :class:`ClipStage` is for pipelines that
+clip without quantizing. The count comes first so that the coordinator learns the summed weight
+before the first value. Coordinator: :func:`folded_blocks` (the folded, still masked sum) then
 ``[UnmaskStage, DequantizeStage]`` gives float64 blocks of the weighted mean over ``[0, P)``.
 """
 
