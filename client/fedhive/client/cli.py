@@ -8,10 +8,16 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from fedhive.common.config import ClientConfig, build_config, parse_assignments
 from fedhive.common.errors import FedhiveError
 from fedhive.common.logs import setup_logging
+from fedhive.common.memory import startup_gc
+
+if TYPE_CHECKING:
+    from fedhive.client.node import Node
+    from fedhive.client.transport import GrpcTransport
 
 log = logging.getLogger("fedhive.client")
 
@@ -45,6 +51,28 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_node(config: ClientConfig, name_flag: str | None) -> tuple[Node, GrpcTransport]:
+    """The node and its transport (task loaded, model built); under mutual TLS the node's id is
+    its certificate's name."""
+    from fedhive.client.node import Node
+    from fedhive.client.transport import ClientTls, GrpcTransport
+
+    tls = ClientTls.from_config(config)
+    if tls is not None:
+        node_id = tls.identity.common_name
+        if config.name != node_id and name_flag is not None:
+            log.warning("--name %s ignored: this node's identity is its certificate's", name_flag)
+        config = config.model_copy(update={"name": node_id})
+        log.info(
+            "identity %s (certificate from %s, valid until %s)",
+            node_id,
+            tls.identity.issuer,
+            f"{tls.identity.not_after:%Y-%m-%d}",
+        )
+    transport = GrpcTransport(config.server, tls=tls)
+    return Node(config, transport), transport
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = parser().parse_args(argv)
     setup_logging(ns.log_level)
@@ -71,23 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                 "insecure": ns.insecure,
             },
         )
-        from fedhive.client.node import Node
-        from fedhive.client.transport import ClientTls, GrpcTransport
-
-        tls = ClientTls.from_config(config)
-        if tls is not None:
-            node_id = tls.identity.common_name
-            if config.name != node_id and ns.name is not None:
-                log.warning("--name %s ignored: this node's identity is its certificate's", ns.name)
-            config = config.model_copy(update={"name": node_id})
-            log.info(
-                "identity %s (certificate from %s, valid until %s)",
-                node_id,
-                tls.identity.issuer,
-                f"{tls.identity.not_after:%Y-%m-%d}",
-            )
-        transport = GrpcTransport(config.server, tls=tls)
-        node = Node(config, transport)
+        with startup_gc():
+            node, transport = build_node(config, ns.name)
     except FedhiveError as exc:
         print(f"fedhive client: {exc}", file=sys.stderr)
         return 2

@@ -242,11 +242,14 @@ class Node:
             for spec, t in zip(self.specs, self.state.values(), strict=True)
         )
         rng = np.random.default_rng()
-        secure_push(channel, machine, values, num_examples, secure.quant, rng)
+        times = secure_push(channel, machine, values, num_examples, secure.quant, rng)
         log.info(
-            "round %d: secure aggregation: %.3fs in SecAggStep calls, %.3fs masking and upload",
+            "round %d: secure aggregation: %.3fs quantizing, %.3fs in SecAggStep calls, %.3fs "
+            "masking, %.3fs upload",
             header.round,
+            times.quantize_s,
             channel.waited_s,
+            times.mask_s,
             channel.upload_s,
         )
         return channel.sent

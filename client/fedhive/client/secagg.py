@@ -29,7 +29,7 @@ from fedhive.common.errors import (
     SecAggAbortedError,
     SecAggAuthError,
 )
-from fedhive.common.hooks import Block, Stage, blocks_of, contiguous, run
+from fedhive.common.hooks import Block, blocks_of, contiguous, run
 from fedhive.common.messages import NodeAuth
 from fedhive.common.pki import load_cert, read_bytes, verify_identity_cert
 from fedhive.common.secagg.graph import Graph
@@ -59,6 +59,14 @@ class SecAggChannel(Protocol):
     def unmask(self, reply: UnmaskReply) -> None: ...
 
 
+@dataclass
+class SecureTimes:
+    """Seconds of one node's secure round spent on its own work (the waits are the channel's)."""
+
+    quantize_s: float = 0.0
+    mask_s: float = 0.0
+
+
 def secure_push(
     channel: SecAggChannel,
     machine: NodeSecAgg,
@@ -66,23 +74,30 @@ def secure_push(
     weight: int,
     cfg: QuantConfig,
     rng: np.random.Generator,
-) -> None:
+) -> SecureTimes:
     """One node's whole SecAgg+ round; raises SecAggError (and stops) on any failure.
 
     The update is clipped, weighted and quantized *before* the first step: that work then
     overlaps with the other nodes' training instead of running in the synchronized phase after
     the share step, when every node masks and uploads at once (it costs one uint32 copy of the
-    model until the upload). Only masking, which needs the peers' keys, is left for that phase.
+    model until the upload). Every block is masked, in place, before the upload starts: the
+    coordinator stages a few uploads at a time and holds the other streams back, so masking
+    while streaming would queue each node's masking behind the others' uploads.
     """
-    # QuantizeStage clips to [-clip, clip] itself (in its cache-sized passes): no ClipStage copy
-    quantize: list[Stage] = [QuantizeStage(cfg, weight, rng)]
-    quantized = list(run(quantize, values))
+    times = SecureTimes()
+    started = time.perf_counter()
+    quantized = list(run([QuantizeStage(cfg, weight, rng)], values))  # quantizing clips
+    times.quantize_s = time.perf_counter() - started
     adverts = channel.advertise(machine.advertise())
     routed = channel.share_keys(machine.share_keys(adverts))
     machine.receive_shares(routed)
-    channel.push_masked(run([MaskStage(machine)], _consume(quantized)))
+    started = time.perf_counter()
+    masked = list(run([MaskStage(machine)], _consume(quantized)))
+    times.mask_s = time.perf_counter() - started
+    channel.push_masked(_consume(masked))
     request = channel.await_unmask()
     channel.unmask(machine.unmask(request))
+    return times
 
 
 def _consume(blocks: list[Block]) -> Iterator[Block]:
@@ -216,7 +231,7 @@ class TransportChannel:
         self.directory: dict[str, Ed25519PublicKey] = {}
         self.sent = 0
         self.waited_s = 0.0  # in SecAggStep calls (the other nodes' pace and the barriers)
-        self.upload_s = 0.0  # quantize, mask and PushUpdate
+        self.upload_s = 0.0  # PushUpdate of the masked blocks
 
     def _call(self, body: KeyAdvert | ShareKeys | AwaitUnmask | UnmaskReply) -> Any:
         while True:

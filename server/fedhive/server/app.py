@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import signal
@@ -19,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fedhive.common.chunks import MAX_CHUNK_SIZE
 from fedhive.common.config import ServerConfig
+from fedhive.common.memory import startup_gc
 from fedhive.common.safetensors_io import SafetensorsFile
 from fedhive.common.task import Task, TaskContext, exchanged_state, load_task
 from fedhive.common.tensors import (
@@ -199,9 +201,14 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
     return RunningServer(server, port, coordinator, health_servicer)
 
 
-def serve(config: ServerConfig, listener: RoundListener | None = None) -> list[dict[str, Any]]:
-    """Start, run every round, stop. SIGTERM/SIGINT stop the run cleanly."""
-    running = start_server(config, listener)
+def serve(
+    config: ServerConfig, listener: RoundListener | None = None, *, freeze_startup: bool = False
+) -> list[dict[str, Any]]:
+    """Start, run every round, stop. SIGTERM/SIGINT stop the run cleanly. ``freeze_startup``
+    (the ``fedhive server`` command): start up without cyclic GC, then freeze what start-up built
+    (:func:`fedhive.common.memory.startup_gc`; not for a process that serves repeatedly)."""
+    with startup_gc() if freeze_startup else contextlib.nullcontext():
+        running = start_server(config, listener)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.warning("signal %d: stopping", signum)

@@ -117,9 +117,9 @@ def run(config: ServerConfig) -> int:
     try:
         if config.progress:
             with progress:
-                history = serve(config, progress)
+                history = serve(config, progress, freeze_startup=True)
         else:
-            history = serve(config, progress)
+            history = serve(config, progress, freeze_startup=True)
     except RunAborted as exc:
         console.print(f"[red]run aborted:[/red] {exc}")
         return 1
