@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import ConfigError, InvalidUpdateError, SecAggError, StaleRoundError
-from fedhive.common.hooks import Block, gather, run
+from fedhive.common.hooks import Block, contiguous, run
 from fedhive.common.secagg.graph import Graph
 from fedhive.common.secagg.keys import KeyAdvert
 from fedhive.common.secagg.messages import (
@@ -115,12 +115,16 @@ class SecureRound:
         """
         elements = sum(s.numel for s in self.specs)
         dequantize = DequantizeStage(self.quant)
-        mean = gather(run([dequantize], self.rnd.result()), elements, np.float64)
-        out, offset = [], 0
-        for spec in self.specs:
-            values = mean[offset : offset + spec.numel]
-            out.append(np.ascontiguousarray(from_float(values, spec.dtype)).reshape(-1))
-            offset += spec.numel
+        # each dequantized block goes straight into the tensors' own dtype (no model-sized
+        # float64 copy of the mean)
+        out = [np.empty(s.numel, dtype=from_float(np.zeros(0), s.dtype).dtype) for s in self.specs]
+        bounds = np.cumsum([0] + [s.numel for s in self.specs]).tolist()
+        for b in contiguous(run([dequantize], self.rnd.result()), elements):
+            for i, spec in enumerate(self.specs):
+                lo, hi = max(b.start, bounds[i]), min(b.stop, bounds[i + 1])
+                if lo < hi:
+                    part = b.values[lo - b.start : hi - b.start]
+                    out[i][lo - bounds[i] : hi - bounds[i]] = from_float(part, spec.dtype)
         return out, dequantize.total_weight
 
 
