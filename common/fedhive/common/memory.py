@@ -11,9 +11,10 @@ uploading at once (measured: P=10M, N=8: peak RSS 734 MB with the default, 599 M
 Called once by the ``fedhive`` command before any thread starts; a no-op where glibc is absent.
 
 :func:`startup_gc` runs a process's start-up (imports, task, model) without cyclic garbage
-collection and then freezes what it built: torch's hundreds of thousands of long-lived objects
-are otherwise traversed by every full collection, during start-up (measured: ~0.8 CPU-s per
-process, a third of a node's start-up) and again whenever a round's allocations trigger one.
+collection (one full collection at its end instead of several during torch's import) and then
+freezes what is still alive: torch's hundreds of thousands of long-lived objects are otherwise
+traversed by every full collection, during start-up (measured: ~0.8 CPU-s per process) and again
+whenever a round's allocations trigger one.
 """
 
 from __future__ import annotations
@@ -51,15 +52,17 @@ def tune_malloc() -> bool:
 
 @contextlib.contextmanager
 def startup_gc() -> Iterator[None]:
-    """No cyclic GC inside the block; then :func:`gc.freeze` moves every object alive into the
-    permanent generation (later collections skip it) and GC resumes as it was. For a command's
-    one start-up, not for code that runs repeatedly in one process (frozen objects are never
-    collected)."""
+    """No cyclic GC inside the block; then one full collection (start-up's garbage cycles, e.g.
+    a task's model that was only needed to read the initial weights: frozen, it would never be
+    freed), :func:`gc.freeze` of everything still alive (later collections skip it), and GC
+    resumes as it was. For a command's one start-up, not for code that runs repeatedly in one
+    process (frozen objects are never collected)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        gc.collect()
         gc.freeze()
         if enabled:
             gc.enable()
