@@ -3,7 +3,9 @@ problem, and each round then completes with the honest nodes, their average unto
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -163,3 +165,74 @@ def test_malformed_bytes_get_invalid_argument(tmp_path: Path, payload: bytes) ->
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     coord.stop()
     ch.close()
+
+
+def test_a_stalled_upload_holding_the_staging_buffer_delays_others_by_the_wait_only(
+    tmp_path: Path,
+) -> None:
+    # Prepare: staging memory for exactly one update (3 x 1000 float32 = 12,000 bytes), waits of
+    # 0.5 s; mallory opens its upload, sends one chunk (taking the buffer) and stalls
+    args = {"params": 3000, "tensors": 3}
+    coord = start_coordinator(
+        tmp_path,
+        rounds=1,
+        min_nodes=2,
+        min_updates=1,
+        task_args=args,
+        chunk_size=1024,
+        spool_memory_bytes=12_000,
+        spool_wait_s=0.5,
+        round_timeout_s=20.0,
+    )
+    mallory = Adversary(channel(coord.address), "mallory")
+    alice = Adversary(channel(coord.address), "alice")
+    t_mallory, t_alice = mallory.pull(), alice.pull()
+    assert t_mallory is not None and t_alice is not None
+    release = threading.Event()
+    stalled = mallory.messages(t_mallory)
+
+    def stall() -> Iterator[pb.UpdateMessage]:
+        yield from stalled[:2]  # header and first chunk
+        release.wait(30)
+
+    mallory_result: list[object] = []
+    pusher = threading.Thread(
+        target=lambda: mallory_result.append(_push_stream(mallory, stall())), daemon=True
+    )
+    pusher.start()
+    budget = coord.running.coordinator.spool_budget
+    deadline = time.monotonic() + 10
+    while budget.used < 12_000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    held = budget.used
+
+    # Execute: alice's whole, valid update while mallory holds the buffer
+    started = time.monotonic()
+    reply = alice.push(alice.messages(t_alice, num_examples=7))
+    waited = time.monotonic() - started
+    release.set()
+    pusher.join(30)
+    history = coord.join(timeout=60)
+
+    # Assert: alice waited for the buffer, then was staged in a file and accepted; mallory's
+    # broken stream was refused; the round committed with alice's update alone
+    assert held == 12_000
+    assert isinstance(reply, pb.PushReply), reply
+    assert 0.45 <= waited < 15
+    assert isinstance(mallory_result[0], grpc.RpcError)
+    assert "truncated" in mallory_result[0].details()
+    (record,) = [e for e in history if e["event"] == "round"]
+    assert record["committed"]
+    assert [k.split("-")[0] for k in record["reported"]] == ["alice"]
+    assert record["examples"] == 7
+    final = load_file(str(tmp_path / "run" / "models" / "round-0001.safetensors"))
+    for k in range(3):
+        np.testing.assert_array_equal(final[f"weights.{k}"], t_alice.arrays[k])
+    assert budget.used == 0
+
+
+def _push_stream(a: Adversary, messages: Iterator[pb.UpdateMessage]) -> object:
+    try:
+        return a.stub.PushUpdate(messages)
+    except grpc.RpcError as exc:
+        return exc
