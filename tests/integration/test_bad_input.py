@@ -236,3 +236,61 @@ def _push_stream(a: Adversary, messages: Iterator[pb.UpdateMessage]) -> object:
         return a.stub.PushUpdate(messages)
     except grpc.RpcError as exc:
         return exc
+
+
+def test_an_upload_still_open_when_its_round_closes_is_cut_off_and_frees_its_buffer(
+    tmp_path: Path,
+) -> None:
+    # Prepare: mallory takes the only staging buffer with one chunk and then sends nothing, never
+    # hanging up; alice uploads in full; the round's deadline is 3 s
+    args = {"params": 3000, "tensors": 3}
+    coord = start_coordinator(
+        tmp_path,
+        rounds=1,
+        min_nodes=2,
+        min_updates=1,
+        task_args=args,
+        chunk_size=1024,
+        spool_memory_bytes=12_000,
+        spool_wait_s=0.2,
+        round_timeout_s=3.0,
+    )
+    mallory = Adversary(channel(coord.address), "mallory")
+    alice = Adversary(channel(coord.address), "alice")
+    t_mallory, t_alice = mallory.pull(), alice.pull()
+    assert t_mallory is not None and t_alice is not None
+    never = threading.Event()
+    stalled = mallory.messages(t_mallory)
+
+    def stall() -> Iterator[pb.UpdateMessage]:
+        yield from stalled[:2]
+        never.wait(60)
+
+    mallory_result: list[object] = []
+    pusher = threading.Thread(
+        target=lambda: mallory_result.append(_push_stream(mallory, stall())), daemon=True
+    )
+    pusher.start()
+    budget = coord.running.coordinator.spool_budget
+    deadline = time.monotonic() + 10
+    while budget.used < 12_000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    held = budget.used
+
+    # Execute: alice reports; the round then closes at its deadline with mallory still in flight
+    reply = alice.push(alice.messages(t_alice))
+    pusher.join(30)
+    history = coord.join(timeout=60)
+    never.set()
+
+    # Assert: mallory's stream was cancelled by the coordinator (not by mallory), its buffer is
+    # back, and the round committed with alice's update
+    assert held == 12_000
+    assert isinstance(reply, pb.PushReply), reply
+    assert not pusher.is_alive()
+    assert isinstance(mallory_result[0], grpc.RpcError)
+    assert mallory_result[0].code() == grpc.StatusCode.CANCELLED, mallory_result[0]
+    assert budget.used == 0
+    (record,) = [e for e in history if e["event"] == "round"]
+    assert record["committed"]
+    assert [k.split("-")[0] for k in record["reported"]] == ["alice"]

@@ -147,6 +147,7 @@ class RoundState:
     refused: dict[str, str] = field(default_factory=dict)
     dropped: set[str] = field(default_factory=set)
     in_flight: set[str] = field(default_factory=set)
+    uploads: dict[str, UpdateSession] = field(default_factory=dict)  # the in-flight ones
     folding: int = 0
     closed: bool = False
     bytes_in: int = 0
@@ -172,9 +173,17 @@ class UpdateSession:
     """One update stream: chunks are checked and staged; the trailer commits or nothing does."""
 
     def __init__(
-        self, coord: Coordinator, node: NodeRecord, state: RoundState, header: UpdateHeader
+        self,
+        coord: Coordinator,
+        node: NodeRecord,
+        state: RoundState,
+        header: UpdateHeader,
+        cancel: Callable[[], None] | None = None,
     ):
         self._coord = coord
+        # ends the stream from the coordinator's side (the transport's cancel): an upload still
+        # open when its round closes is cut off, so its handler and staging buffer are freed
+        self.cancel = cancel
         self.node = node
         self.state = state
         self.header = header
@@ -485,7 +494,12 @@ class Coordinator:
                 self._cv.wait(remaining)
                 node.last_seen = time.monotonic()
 
-    def open_update(self, header: UpdateHeader, peer_id: str | None = None) -> UpdateSession:
+    def open_update(
+        self,
+        header: UpdateHeader,
+        peer_id: str | None = None,
+        cancel: Callable[[], None] | None = None,
+    ) -> UpdateSession:
         with self._cv:
             node = self._auth(header.auth, peer_id)
             st = self._round
@@ -520,13 +534,14 @@ class Coordinator:
                 )
             try:
                 self._check_header(header, nid, st.upload_specs or self.specs)
-                session = UpdateSession(self, node, st, header)
+                session = UpdateSession(self, node, st, header, cancel)
             except RequestRefused as exc:
                 st.refused[nid] = str(exc)
                 self._cv.notify_all()
                 log.warning("refused update: %s", exc)
                 raise
             st.in_flight.add(nid)
+            st.uploads[nid] = session
             return session
 
     def _check_header(self, header: UpdateHeader, nid: str, want: list[TensorSpec]) -> None:
@@ -561,6 +576,7 @@ class Coordinator:
         nid = session.node.node_id
         with self._cv:
             st.in_flight.discard(nid)
+            st.uploads.pop(nid, None)
             if st.closed or self._round is not st:
                 self._cv.notify_all()
                 raise StaleRoundError(
@@ -604,6 +620,8 @@ class Coordinator:
         nid = session.node.node_id
         with self._cv:
             st.in_flight.discard(nid)
+            if st.uploads.get(nid) is session:
+                del st.uploads[nid]
             if nid not in st.reported:
                 st.refused[nid] = reason
             self._cv.notify_all()
@@ -840,10 +858,27 @@ class Coordinator:
             self._cv.notify_all()
             while st.folding:
                 self._cv.wait(0.1)
+            unfinished = list(st.uploads.values())
         duration = time.monotonic() - st.opened_at
-        if kind == TaskKind.EVALUATE:
-            return self._close_evaluation(st, duration)
-        return self._close_training(st, duration, reason)
+        try:
+            if kind == TaskKind.EVALUATE:
+                return self._close_evaluation(st, duration)
+            return self._close_training(st, duration, reason)
+        finally:  # after the round's record: their refusals cannot change it any more
+            self._cut_off(st.number, unfinished)
+
+    @staticmethod
+    def _cut_off(number: int, unfinished: list[UpdateSession]) -> None:
+        """Cancel uploads still open when their round closed (a stalled stream would otherwise
+        keep its handler thread and staging buffer until the node hangs up)."""
+        for session in unfinished:
+            if session.cancel is not None and not session.done:
+                log.warning(
+                    "round %d: cancelling the unfinished upload from %s",
+                    number,
+                    session.node.node_id,
+                )
+                session.cancel()
 
     def _broadcast_for(self, number: int, kind: TaskKind, config: dict[str, Any]) -> Broadcast:
         broadcast = self._broadcast

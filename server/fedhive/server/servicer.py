@@ -126,7 +126,7 @@ class CoordinatorServicer:
                 first = _checked(next(requests, None) or Malformed("empty update stream"))
                 if not isinstance(first, UpdateHeader):
                     raise InvalidUpdateError("an update stream must start with its header")
-                session = self.coord.open_update(first, peer_id=peer)
+                session = self.coord.open_update(first, peer_id=peer, cancel=context.cancel)
                 trailer = self._receive(session, requests)
                 contribution = session.finish(trailer)
                 return pb.PushReply(
