@@ -907,17 +907,18 @@ class Coordinator:
                     self._cv.notify_all()
 
     def _base_event(self, st: RoundState, duration: float) -> dict[str, Any]:
-        return {
-            "round": st.number,
-            "attempt": st.attempt,
-            "selected": sorted(st.selected),
-            "refused": dict(sorted(st.refused.items())),
-            "dropped": sorted(st.dropped),
-            "duration_s": round(duration, 6),
-            "bytes_in": st.bytes_in,
-            "bytes_out": st.bytes_out,
-            "time": time.time(),
-        }
+        with self._cv:  # a late refusal or pull may still touch the closed round's state
+            return {
+                "round": st.number,
+                "attempt": st.attempt,
+                "selected": sorted(st.selected),
+                "refused": dict(sorted(st.refused.items())),
+                "dropped": sorted(st.dropped),
+                "duration_s": round(duration, 6),
+                "bytes_in": st.bytes_in,
+                "bytes_out": st.bytes_out,
+                "time": time.time(),
+            }
 
     def _close_training(self, st: RoundState, duration: float, reason: str) -> dict[str, Any]:
         cfg = self.config
