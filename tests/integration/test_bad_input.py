@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -14,8 +15,15 @@ import pytest
 from safetensors.numpy import load_file
 
 from fedhive.proto.v1 import coordinator_pb2 as pb
+from fedhive.server.spool import SpoolBudget
 from tests.integration.adversary import Adversary, Task
-from tests.integration.harness import channel, start_coordinator, start_node, wait_all
+from tests.integration.harness import (
+    CoordinatorThread,
+    channel,
+    start_coordinator,
+    start_node,
+    wait_all,
+)
 
 Case = Callable[[Adversary, Task], list[pb.UpdateMessage]]
 
@@ -167,22 +175,35 @@ def test_malformed_bytes_get_invalid_argument(tmp_path: Path, payload: bytes) ->
     ch.close()
 
 
-def test_a_stalled_upload_holding_the_staging_buffer_delays_others_by_the_wait_only(
-    tmp_path: Path,
-) -> None:
-    # Prepare: staging memory for exactly one update (3 x 1000 float32 = 12,000 bytes), waits of
-    # 0.5 s; mallory opens its upload, sends one chunk (taking the buffer) and stalls
-    args = {"params": 3000, "tensors": 3}
+@dataclass
+class Stall:
+    """Mallory holds the coordinator's only staging buffer: its upload sent the header and one
+    chunk, then nothing until ``release`` is set; alice is an honest adversary with her task."""
+
+    coord: CoordinatorThread
+    alice: Adversary
+    task: Task
+    release: threading.Event
+    pusher: threading.Thread
+    mallory_result: list[object]
+    held: int
+
+    @property
+    def budget(self) -> SpoolBudget:
+        return self.coord.running.coordinator.spool_budget
+
+
+def stall_with_one_chunk(tmp_path: Path, **settings: object) -> Stall:
+    # staging memory for exactly one update: 3 x 1000 float32 = 12,000 bytes
     coord = start_coordinator(
         tmp_path,
         rounds=1,
         min_nodes=2,
         min_updates=1,
-        task_args=args,
+        task_args={"params": 3000, "tensors": 3},
         chunk_size=1024,
         spool_memory_bytes=12_000,
-        spool_wait_s=0.5,
-        round_timeout_s=20.0,
+        **settings,
     )
     mallory = Adversary(channel(coord.address), "mallory")
     alice = Adversary(channel(coord.address), "alice")
@@ -193,42 +214,18 @@ def test_a_stalled_upload_holding_the_staging_buffer_delays_others_by_the_wait_o
 
     def stall() -> Iterator[pb.UpdateMessage]:
         yield from stalled[:2]  # header and first chunk
-        release.wait(30)
+        release.wait(60)
 
-    mallory_result: list[object] = []
+    result: list[object] = []
     pusher = threading.Thread(
-        target=lambda: mallory_result.append(_push_stream(mallory, stall())), daemon=True
+        target=lambda: result.append(_push_stream(mallory, stall())), daemon=True
     )
     pusher.start()
     budget = coord.running.coordinator.spool_budget
     deadline = time.monotonic() + 10
     while budget.used < 12_000 and time.monotonic() < deadline:
         time.sleep(0.01)
-    held = budget.used
-
-    # Execute: alice's whole, valid update while mallory holds the buffer
-    started = time.monotonic()
-    reply = alice.push(alice.messages(t_alice, num_examples=7))
-    waited = time.monotonic() - started
-    release.set()
-    pusher.join(30)
-    history = coord.join(timeout=60)
-
-    # Assert: alice waited for the buffer, then was staged in a file and accepted; mallory's
-    # broken stream was refused; the round committed with alice's update alone
-    assert held == 12_000
-    assert isinstance(reply, pb.PushReply), reply
-    assert 0.45 <= waited < 15
-    assert isinstance(mallory_result[0], grpc.RpcError)
-    assert "truncated" in mallory_result[0].details()
-    (record,) = [e for e in history if e["event"] == "round"]
-    assert record["committed"]
-    assert [k.split("-")[0] for k in record["reported"]] == ["alice"]
-    assert record["examples"] == 7
-    final = load_file(str(tmp_path / "run" / "models" / "round-0001.safetensors"))
-    for k in range(3):
-        np.testing.assert_array_equal(final[f"weights.{k}"], t_alice.arrays[k])
-    assert budget.used == 0
+    return Stall(coord, alice, t_alice, release, pusher, result, budget.used)
 
 
 def _push_stream(a: Adversary, messages: Iterator[pb.UpdateMessage]) -> object:
@@ -238,59 +235,57 @@ def _push_stream(a: Adversary, messages: Iterator[pb.UpdateMessage]) -> object:
         return exc
 
 
+def test_a_stalled_upload_holding_the_staging_buffer_delays_others_by_the_wait_only(
+    tmp_path: Path,
+) -> None:
+    # Prepare: mallory holds the only staging buffer; uploads wait 0.5 s for it
+    s = stall_with_one_chunk(tmp_path, spool_wait_s=0.5, round_timeout_s=20.0)
+
+    # Execute: alice's whole, valid update while mallory holds the buffer
+    started = time.monotonic()
+    reply = s.alice.push(s.alice.messages(s.task, num_examples=7))
+    waited = time.monotonic() - started
+    s.release.set()
+    s.pusher.join(30)
+    history = s.coord.join(timeout=60)
+
+    # Assert: alice waited for the buffer, then was staged in a file and accepted; mallory's
+    # broken stream was refused; the round committed with alice's update alone
+    assert s.held == 12_000
+    assert isinstance(reply, pb.PushReply), reply
+    assert 0.45 <= waited < 15
+    assert isinstance(s.mallory_result[0], grpc.RpcError)
+    assert "truncated" in s.mallory_result[0].details()
+    (record,) = [e for e in history if e["event"] == "round"]
+    assert record["committed"]
+    assert [k.split("-")[0] for k in record["reported"]] == ["alice"]
+    assert record["examples"] == 7
+    final = load_file(str(tmp_path / "run" / "models" / "round-0001.safetensors"))
+    for k in range(3):
+        np.testing.assert_array_equal(final[f"weights.{k}"], s.task.arrays[k])
+    assert s.budget.used == 0
+
+
 def test_an_upload_still_open_when_its_round_closes_is_cut_off_and_frees_its_buffer(
     tmp_path: Path,
 ) -> None:
-    # Prepare: mallory takes the only staging buffer with one chunk and then sends nothing, never
-    # hanging up; alice uploads in full; the round's deadline is 3 s
-    args = {"params": 3000, "tensors": 3}
-    coord = start_coordinator(
-        tmp_path,
-        rounds=1,
-        min_nodes=2,
-        min_updates=1,
-        task_args=args,
-        chunk_size=1024,
-        spool_memory_bytes=12_000,
-        spool_wait_s=0.2,
-        round_timeout_s=3.0,
-    )
-    mallory = Adversary(channel(coord.address), "mallory")
-    alice = Adversary(channel(coord.address), "alice")
-    t_mallory, t_alice = mallory.pull(), alice.pull()
-    assert t_mallory is not None and t_alice is not None
-    never = threading.Event()
-    stalled = mallory.messages(t_mallory)
-
-    def stall() -> Iterator[pb.UpdateMessage]:
-        yield from stalled[:2]
-        never.wait(60)
-
-    mallory_result: list[object] = []
-    pusher = threading.Thread(
-        target=lambda: mallory_result.append(_push_stream(mallory, stall())), daemon=True
-    )
-    pusher.start()
-    budget = coord.running.coordinator.spool_budget
-    deadline = time.monotonic() + 10
-    while budget.used < 12_000 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    held = budget.used
+    # Prepare: mallory holds the only staging buffer and never hangs up; the deadline is 3 s
+    s = stall_with_one_chunk(tmp_path, spool_wait_s=0.2, round_timeout_s=3.0)
 
     # Execute: alice reports; the round then closes at its deadline with mallory still in flight
-    reply = alice.push(alice.messages(t_alice))
-    pusher.join(30)
-    history = coord.join(timeout=60)
-    never.set()
+    reply = s.alice.push(s.alice.messages(s.task))
+    s.pusher.join(30)
+    history = s.coord.join(timeout=60)
+    s.release.set()
 
     # Assert: mallory's stream was cancelled by the coordinator (not by mallory), its buffer is
     # back, and the round committed with alice's update
-    assert held == 12_000
+    assert s.held == 12_000
     assert isinstance(reply, pb.PushReply), reply
-    assert not pusher.is_alive()
-    assert isinstance(mallory_result[0], grpc.RpcError)
-    assert mallory_result[0].code() == grpc.StatusCode.CANCELLED, mallory_result[0]
-    assert budget.used == 0
+    assert not s.pusher.is_alive()
+    assert isinstance(s.mallory_result[0], grpc.RpcError)
+    assert s.mallory_result[0].code() == grpc.StatusCode.CANCELLED, s.mallory_result[0]
+    assert s.budget.used == 0
     (record,) = [e for e in history if e["event"] == "round"]
     assert record["committed"]
     assert [k.split("-")[0] for k in record["reported"]] == ["alice"]
