@@ -146,8 +146,7 @@ class RoundState:
     evaluations: dict[str, tuple[int, Mapping[str, float]]] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
     dropped: set[str] = field(default_factory=set)
-    in_flight: set[str] = field(default_factory=set)
-    uploads: dict[str, UpdateSession] = field(default_factory=dict)  # the in-flight ones
+    uploads: dict[str, UpdateSession] = field(default_factory=dict)  # in flight, by node id
     folding: int = 0
     closed: bool = False
     bytes_in: int = 0
@@ -482,7 +481,7 @@ class Coordinator:
                     st is not None
                     and not st.closed
                     and node.node_id in st.pending()
-                    and node.node_id not in st.in_flight
+                    and node.node_id not in st.uploads
                 ):
                     st.pulled.add(node.node_id)
                     st.bytes_out += st.broadcast.payload_bytes
@@ -521,7 +520,7 @@ class Coordinator:
                 raise DuplicateUpdateError(
                     f"node {nid} already sent its update for round {st.number}"
                 )
-            if nid in st.in_flight:
+            if nid in st.uploads:
                 raise DuplicateUpdateError(
                     f"node {nid} is already uploading an update for round {st.number}"
                 )
@@ -540,7 +539,6 @@ class Coordinator:
                 self._cv.notify_all()
                 log.warning("refused update: %s", exc)
                 raise
-            st.in_flight.add(nid)
             st.uploads[nid] = session
             return session
 
@@ -575,7 +573,6 @@ class Coordinator:
         st = session.state
         nid = session.node.node_id
         with self._cv:
-            st.in_flight.discard(nid)
             st.uploads.pop(nid, None)
             if st.closed or self._round is not st:
                 self._cv.notify_all()
@@ -619,7 +616,6 @@ class Coordinator:
         st = session.state
         nid = session.node.node_id
         with self._cv:
-            st.in_flight.discard(nid)
             if st.uploads.get(nid) is session:
                 del st.uploads[nid]
             if nid not in st.reported:
@@ -836,7 +832,7 @@ class Coordinator:
                 watched = st.pending() if secure is None else st.selected - st.dropped
                 for nid in list(watched):
                     node = self._nodes[nid]
-                    if nid not in st.in_flight and (
+                    if nid not in st.uploads and (
                         not node.alive or now - node.last_seen > cfg.heartbeat_timeout_s
                     ):
                         node.alive = False
@@ -845,7 +841,7 @@ class Coordinator:
                 if secure is not None:
                     if watch_secure(st, secure):
                         break
-                elif not st.pending() and not st.in_flight and st.folding == 0:
+                elif not st.pending() and not st.uploads and st.folding == 0:
                     break
                 if now >= st.deadline:
                     reason = f"deadline of {cfg.round_timeout_s:g}s passed"

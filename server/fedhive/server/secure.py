@@ -139,7 +139,7 @@ def watch_secure(st: Any, secure: SecureRound) -> bool:
         st.gone.add(nid)
         secure.drop(nid)
     secure.rnd.poll()
-    return secure.rnd.finished and not st.in_flight and st.folding == 0
+    return secure.rnd.finished and not st.uploads and st.folding == 0
 
 
 def finalize_secure(secure: SecureRound, reason: str) -> tuple[list[np.ndarray], str]:

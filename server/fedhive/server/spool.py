@@ -9,8 +9,8 @@ not grow with the number of nodes uploading at once.
 In memory, a spool copies each chunk into one buffer of the update's size, taken from the budget's
 pool and given back to it when the spool closes: the same buffers serve every round, and the
 received chunks are freed at once. (Keeping the received chunk objects instead costs no copy, but
-their scattered 1 MiB blocks fragmented the heap: measured at P=10M, N=8, the coordinator's RSS
-grew by ~300 MB over ten rounds.)
+leaves the allocator scattered 1 MiB blocks of every upload; one copy into a pooled buffer costs
+a few ms per 40 MB.)
 
 A spool chooses its mode at its first write. When the budget is taken by other uploads it waits up
 to ``wait_s`` for one of them to be folded and give its buffer back: meanwhile its stream is not
