@@ -69,9 +69,20 @@ def code_version() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def default_threads(nodes: int) -> int:
-    """Each node's share of this machine's cores (what `fedhive simulate` gives its nodes)."""
-    return max(1, (os.cpu_count() or 1) // nodes)
+def add_node_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--node-threads",
+        type=int,
+        default=None,
+        help="OMP_NUM_THREADS of each node process; default cpus // N as `fedhive simulate` "
+        "(N processes share the machine), 0 leaves the environment alone",
+    )
+
+
+def node_threads(requested: int | None, nodes: int) -> int:
+    """``--node-threads``, or each node's share of this machine's cores (what `fedhive simulate`
+    gives its nodes); 0 means: leave OMP_NUM_THREADS alone."""
+    return max(1, (os.cpu_count() or 1) // nodes) if requested is None else requested
 
 
 def free_port() -> int:
@@ -413,13 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="a line of the coordinator's TOML config (repeatable), e.g. --set spool_wait_s=0",
     )
-    p.add_argument(
-        "--node-threads",
-        type=int,
-        default=None,
-        help="OMP_NUM_THREADS of each node process; default cpus // N as `fedhive simulate` "
-        "(N processes share the machine), 0 leaves the environment alone",
-    )
+    add_node_threads_arg(p)
     ns = p.parse_args(argv)
 
     if ns.grid:
@@ -444,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                 rss_trace=ns.rss_trace,
                 insecure=insecure,
                 server_settings=ns.server_settings,
-                node_threads=default_threads(N) if ns.node_threads is None else ns.node_threads,
+                node_threads=node_threads(ns.node_threads, N),
             )
         except BenchmarkFailed as exc:
             print(f"benchmark failed: {exc}", file=sys.stderr)

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from round_overhead import add_node_threads_arg, node_threads  # same folder: run as a script
+
 TASK = "fedhive.common.tasks.constant:make_task"
 COMMON = (
     "federated_evaluation = false\nheartbeat_interval_s = 2.0\nheartbeat_timeout_s = 120.0\n"
@@ -131,13 +133,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--tensors", type=int, default=8)
     p.add_argument("--log-level", default="WARNING", help="of the coordinator and node processes")
-    p.add_argument(
-        "--node-threads",
-        type=int,
-        default=None,
-        help="OMP_NUM_THREADS of each node process; default cpus // N as `fedhive simulate` "
-        "(N processes share the machine), 0 leaves the environment alone",
-    )
+    add_node_threads_arg(p)
     p.add_argument(
         "--set",
         dest="settings",
@@ -147,9 +143,7 @@ def main() -> int:
         help="a line of the coordinator's TOML config for both modes (repeatable)",
     )
     ns = p.parse_args()
-    threads = (
-        max(1, (os.cpu_count() or 1) // ns.nodes) if ns.node_threads is None else ns.node_threads
-    )
+    threads = node_threads(ns.node_threads, ns.nodes)
     results = [
         run_mode(
             s, ns.nodes, ns.params, ns.rounds, ns.tensors, ns.log_level, threads, tuple(ns.settings)

@@ -40,7 +40,7 @@ from fedhive.common.secagg.messages import (
 )
 from fedhive.common.secagg.quantize import QuantConfig
 from fedhive.common.secagg.stages import DequantizeStage, masked_spec, masked_words
-from fedhive.common.tensors import TensorSpec, from_float
+from fedhive.common.tensors import DTYPES, TensorSpec, from_float
 from fedhive.server.secagg_round import SecAggRound
 
 MAX_STEP_WAIT_S = 30.0
@@ -117,7 +117,7 @@ class SecureRound:
         dequantize = DequantizeStage(self.quant)
         # each dequantized block goes straight into the tensors' own dtype (no model-sized
         # float64 copy of the mean)
-        out = [np.empty(s.numel, dtype=from_float(np.zeros(0), s.dtype).dtype) for s in self.specs]
+        out = [np.empty(s.numel, dtype=DTYPES[s.dtype].storage) for s in self.specs]
         bounds = np.cumsum([0] + [s.numel for s in self.specs]).tolist()
         for b in contiguous(run([dequantize], self.rnd.result()), elements):
             for i, spec in enumerate(self.specs):
