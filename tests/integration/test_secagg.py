@@ -160,6 +160,35 @@ def test_secure_rounds_without_dropouts_equal_plain_fedavg(tmp_path: Path) -> No
     assert all(e["bytes_in"] == 3 * 4 * 1001 for e in rounds)
 
 
+def test_keys_are_exchanged_while_nodes_train_longer_than_a_step_timeout(
+    tmp_path: Path,
+) -> None:
+    # Prepare: training takes 3 s, a secagg step may take 1 s: the key exchange must run while
+    # the nodes train (before, nodes advertised after training and the round was abandoned)
+    settings = {**SECURE, "secagg_step_timeout_s": 1.0}
+    coord = start_coordinator(tmp_path, rounds=1, min_nodes=3, round_timeout_s=60.0, **settings)
+    logs = [tmp_path / f"n{i}.log" for i in range(3)]
+    procs = [
+        start_node(coord.address, f"n{i}", seed=i, task_args={**ARGS, "train_s": 3.0}, log=logs[i])
+        for i in range(3)
+    ]
+
+    # Execute
+    history = coord.join(timeout=120)
+    codes = wait_all(procs)
+
+    # Assert: committed with all three, each within the quantization bound of plain FedAvg
+    texts = [p.read_text() for p in logs]
+    assert codes == [0, 0, 0], texts
+    (event,) = [e for e in history if e["event"] == "round"]
+    assert event["committed"] and len(event["reported"]) == 3, event
+    assert event["duration_s"] >= 3.0
+    expected, bound = expected_model([event])
+    for got, want in zip(final_model(tmp_path, 1), expected, strict=True):
+        assert np.max(np.abs(got.astype(np.float64) - want)) <= bound
+    assert all("waited 0.0" in text for text in texts), texts  # the mask was ready in time
+
+
 def test_fewer_than_t_survivors_leave_the_model_untouched(tmp_path: Path) -> None:
     # Prepare: 3 nodes and t = 3; one is killed as round 1 opens
     killer = Killer(1, "opened", victim_prefix="n0-")
@@ -194,8 +223,9 @@ def test_fewer_than_t_survivors_leave_the_model_untouched(tmp_path: Path) -> Non
 
 
 def test_a_node_that_fails_locally_declines_and_the_round_does_not_wait(tmp_path: Path) -> None:
-    # Prepare: max_weight 102, so n3 (103 examples) cannot quantize its update (before its first
-    # step: the others wait for its advert). Steps wait up to 120 s.
+    # Prepare: max_weight 102, so n3 (103 examples) cannot quantize its update (after the key
+    # exchange, which runs while it trains: it declines, its masks are recovered from its
+    # shares). Steps wait up to 120 s.
     settings = {**SECURE, "secagg_max_weight": 102, "secagg_step_timeout_s": 120.0}
     coord = start_coordinator(tmp_path, rounds=1, min_nodes=4, round_timeout_s=120.0, **settings)
     logs = [tmp_path / f"n{i}.log" for i in range(4)]

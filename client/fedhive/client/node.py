@@ -22,11 +22,12 @@ import numpy as np
 import torch
 
 from fedhive.client.secagg import (
+    KeyExchange,
     SecureTask,
     TransportChannel,
     load_node_identity,
     model_blocks,
-    secure_push,
+    push_update,
 )
 from fedhive.client.transport import Transport
 from fedhive.common.chunks import Chunk, StreamChecker, iter_chunks, payload_hash
@@ -117,6 +118,7 @@ class Node:
         self._join: JoinReply | None = None
         self._rejoin = threading.Event()
         self._attempt = 0
+        self._keys: KeyExchange | None = None  # the secure round under way, if any
 
     # ------------------------------------------------------------------ plumbing
 
@@ -199,18 +201,52 @@ class Node:
             yield chunk
         yield UpdateTrailer(digest.digest(), *trailer)
 
+    def _start_keys(self, joined: JoinReply, secure: SecureTask) -> KeyExchange:
+        """Start the round's key exchange (and mask) in the background as soon as the task
+        arrives: it then runs while the model downloads and the node trains. The same round's
+        task pulled again keeps the exchange under way (and its keys)."""
+        keys = self._keys
+        if keys is not None and keys.round == secure.round and not keys.failed:
+            return keys
+        if keys is not None:
+            keys.cancel()
+        words = masked_words(sum(s.numel for s in self.specs))
+        cancelled = threading.Event()
+        channel = TransportChannel(
+            self.transport,
+            joined.auth,
+            secure.round,
+            self.identity,
+            None,
+            words,
+            wait_s=self.config.poll_wait_s,
+            stopped=lambda: self.stop_event.is_set() or cancelled.is_set(),
+        )
+        node_id = joined.auth.node_id
+
+        def machine() -> NodeSecAgg:
+            return NodeSecAgg(
+                node_id, self.identity.key, channel.directory, secure.graph, secure.round, words
+            )
+
+        self._keys = KeyExchange(secure.round, channel, machine, cancelled)
+        return self._keys.start()
+
     def _secure_push(
         self,
         joined: JoinReply,
         header: TaskHeader,
         secure: SecureTask,
+        keys: KeyExchange,
         num_examples: int,
         trailer: tuple[dict[str, float], dict[str, float], int],
     ) -> int:
         """SecAgg+: the example count travels masked (the header says 1), the update as one
         int32 tensor of masked words through PushUpdate."""
-        words = masked_words(sum(s.numel for s in self.specs))
-        upload_specs = [masked_spec(words - COUNT_WORDS)]
+        channel = keys.channel
+        if not isinstance(channel, TransportChannel):  # pragma: no cover - _start_keys made it
+            raise TypeError("a node's key exchange runs over its transport")
+        upload_specs = [masked_spec(channel.words - COUNT_WORDS)]
 
         def upload(blocks: Iterator[Block]) -> int:
             chunk_size = header.chunk_size or (1 << 20)
@@ -223,34 +259,28 @@ class Node:
                 self._stream(joined, header, 1, upload_specs, chunks, trailer)
             )
 
-        channel = TransportChannel(
-            self.transport,
-            joined.auth,
-            secure.round,
-            self.identity,
-            upload,
-            words,
-            wait_s=self.config.poll_wait_s,
-            stopped=self.stop_event.is_set,
-        )
-        node_id = joined.auth.node_id
-        machine = NodeSecAgg(
-            node_id, self.identity.key, channel.directory, secure.graph, secure.round, words
-        )
+        channel.upload = upload
+        started = time.perf_counter()
+        machine, pad = keys.pad()
+        behind_s = time.perf_counter() - started
         values = model_blocks(
             to_float(tensor_bytes(t), spec.dtype)
             for spec, t in zip(self.specs, self.state.values(), strict=True)
         )
+        times = keys.times
         rng = np.random.default_rng()
-        times = secure_push(channel, machine, values, num_examples, secure.quant, rng)
+        push_update(channel, machine, pad, values, num_examples, secure.quant, rng, times)
         log.info(
-            "round %d: secure aggregation: %.3fs quantizing, %.3fs in SecAggStep calls, %.3fs "
-            "masking, %.3fs upload",
+            "round %d: secure aggregation: key exchange %.3fs (%.3fs of it masking; waited "
+            "%.3fs for it after training), %.3fs quantizing into the mask, %.3fs upload, %.3fs "
+            "in SecAggStep calls",
             header.round,
-            times.quantize_s,
-            channel.waited_s,
+            times.keys_s,
             times.mask_s,
+            behind_s,
+            times.quantize_s,
             channel.upload_s,
+            channel.waited_s,
         )
         return channel.sent
 
@@ -287,6 +317,12 @@ class Node:
             self._leave()
         return self.stats
 
+    def _end_keys(self) -> None:
+        """This node is done with the secure round under way (pushed, or gave up on it)."""
+        if self._keys is not None:
+            self._keys.cancel()
+            self._keys = None
+
     def _decline(self, joined: JoinReply, round_: int, reason: str) -> None:
         """Tell the coordinator this node cannot do the round (best effort: if the call fails,
         the round still drops the node at its deadline or heartbeat timeout)."""
@@ -315,8 +351,12 @@ class Node:
         if header.kind == TaskKind.FINISH:
             log.info("run finished after round %d", header.round)
             return True
-        self._receive(header, stream)
         config = dict(header.config)
+        keys = None
+        if header.kind == TaskKind.TRAIN:
+            secure = SecureTask.from_config(config)
+            keys = self._start_keys(joined, secure) if secure is not None else None
+        self._receive(header, stream)
         if header.kind == TaskKind.EVALUATE:
             result = self.task.evaluate(self.model, config)
             n, metrics = (result.num_examples, dict(result.metrics)) if result else (0, {})
@@ -326,7 +366,7 @@ class Node:
             self.stats.evaluations += 1
             log.info("round %d: evaluated %s", header.round, _fmt(metrics))
             return False
-        self._train_and_push(joined, header, config)
+        self._train_and_push(joined, header, config, keys)
         return False
 
     def _receive(self, header: TaskHeader, stream: Iterator[object]) -> None:
@@ -358,7 +398,9 @@ class Node:
                 else:
                     target.copy_(_tensor_view(buf, spec), non_blocking=False)
 
-    def _train_and_push(self, joined: JoinReply, header: TaskHeader, config: dict) -> None:
+    def _train_and_push(
+        self, joined: JoinReply, header: TaskHeader, config: dict, keys: KeyExchange | None
+    ) -> None:
         started = time.perf_counter()
         eval_n, eval_metrics = 0, {}
         if config.get("evaluate", False):
@@ -370,19 +412,22 @@ class Node:
             if fit.num_examples <= 0:
                 raise TaskError("fit() must report a positive number of examples")
         except Exception as exc:  # the coordinator stops waiting for this node, then it stops
+            self._end_keys()
             self._decline(joined, header.round, f"training failed: {type(exc).__name__}: {exc}")
             raise
         train_s = time.perf_counter() - started
         buffers = [tensor_bytes(t) for t in self.state.values()]
         trailer = (dict(fit.metrics), eval_metrics, eval_n)
         secure = SecureTask.from_config(config)
-        if secure is not None:
+        if secure is not None and keys is not None:
             try:
-                sent = self._secure_push(joined, header, secure, fit.num_examples, trailer)
+                sent = self._secure_push(joined, header, secure, keys, fit.num_examples, trailer)
             except (SecAggError, ConfigError) as exc:
+                self._end_keys()
                 log.error("round %d: secure aggregation failed: %s", header.round, exc)
                 self._decline(joined, header.round, f"secure aggregation failed: {exc}")
                 return
+            self._end_keys()
         else:
             sent = self.transport.push(
                 self._messages(joined, header, fit.num_examples, self.specs, buffers, trailer)

@@ -1,8 +1,11 @@
 """The node's side of a SecAgg+ round over any channel to the coordinator.
 
-:func:`secure_push` runs the four steps: advertise keys, deal shares, stream the clipped,
-weighted, quantized and masked update, reveal shares for the survivors. The channel is a small
-Protocol, so the same code runs over gRPC and, in tests, against the coordinator's
+A round has two parts. :func:`exchange_keys` advertises keys, deals and receives shares, and
+computes the node's whole mask (:meth:`NodeSecAgg.pad`); none of it needs the update, so the node
+runs it in a :class:`KeyExchange` thread from the moment the task arrives, while it downloads the
+model and trains. :func:`push_update` then clips, weights and quantizes the update into the mask,
+streams it and reveals shares for the survivors. :func:`secure_push` is both in a row. The channel
+is a small Protocol, so the same code runs over gRPC and, in tests, against the coordinator's
 :class:`~fedhive.server.secagg_round.SecAggRound` in one process.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -46,7 +50,9 @@ from fedhive.common.secagg.messages import (
 )
 from fedhive.common.secagg.node import NodeSecAgg
 from fedhive.common.secagg.quantize import QuantConfig
-from fedhive.common.secagg.stages import MaskStage, QuantizeStage
+from fedhive.common.secagg.stages import PadStage, QuantizeStage
+
+UPLOAD_BLOCK = 1 << 20  # words per block of the masked upload
 
 
 class SecAggChannel(Protocol):
@@ -63,8 +69,47 @@ class SecAggChannel(Protocol):
 class SecureTimes:
     """Seconds of one node's secure round spent on its own work (the waits are the channel's)."""
 
-    quantize_s: float = 0.0
-    mask_s: float = 0.0
+    keys_s: float = 0.0  # key exchange, whole (its waits included; off the critical path)
+    mask_s: float = 0.0  # computing the whole mask (in the key exchange)
+    quantize_s: float = 0.0  # quantizing into the mask (after training)
+
+
+def exchange_keys(channel: SecAggChannel, machine: NodeSecAgg, times: SecureTimes) -> np.ndarray:
+    """Steps 1 and 2 (advertise, shares) and the node's whole mask; raises SecAggError."""
+    started = time.perf_counter()
+    adverts = channel.advertise(machine.advertise())
+    routed = channel.share_keys(machine.share_keys(adverts))
+    machine.receive_shares(routed)
+    masking = time.perf_counter()
+    pad = machine.pad()
+    times.mask_s = time.perf_counter() - masking
+    times.keys_s = time.perf_counter() - started
+    return pad
+
+
+def push_update(
+    channel: SecAggChannel,
+    machine: NodeSecAgg,
+    pad: np.ndarray,
+    values: Iterable[Block],
+    weight: int,
+    cfg: QuantConfig,
+    rng: np.random.Generator,
+    times: SecureTimes,
+) -> None:
+    """Steps 3 and 4: quantize ``values`` into ``pad`` (consumed), upload, reveal shares.
+
+    Quantization clips. Every block is quantized and masked before the upload starts: the
+    coordinator stages a few uploads at a time and holds the other streams back, so work done
+    while streaming would queue behind the other nodes' uploads.
+    """
+    started = time.perf_counter()
+    for _ in run([QuantizeStage(cfg, weight, rng), PadStage(pad)], values):
+        pass
+    times.quantize_s = time.perf_counter() - started
+    channel.push_masked(blocks_of(pad, UPLOAD_BLOCK))
+    request = channel.await_unmask()
+    channel.unmask(machine.unmask(request))
 
 
 def secure_push(
@@ -75,36 +120,72 @@ def secure_push(
     cfg: QuantConfig,
     rng: np.random.Generator,
 ) -> SecureTimes:
-    """One node's whole SecAgg+ round; raises SecAggError (and stops) on any failure.
-
-    The update is clipped, weighted and quantized *before* the first step: that work then
-    overlaps with the other nodes' training instead of running in the synchronized phase after
-    the share step, when every node masks and uploads at once (it costs one uint32 copy of the
-    model until the upload). Every block is masked, in place, before the upload starts: the
-    coordinator stages a few uploads at a time and holds the other streams back, so masking
-    while streaming would queue each node's masking behind the others' uploads.
-    """
+    """One node's whole SecAgg+ round in a row; raises SecAggError (and stops) on any failure."""
     times = SecureTimes()
-    started = time.perf_counter()
-    quantized = list(run([QuantizeStage(cfg, weight, rng)], values))  # quantizing clips
-    times.quantize_s = time.perf_counter() - started
-    adverts = channel.advertise(machine.advertise())
-    routed = channel.share_keys(machine.share_keys(adverts))
-    machine.receive_shares(routed)
-    started = time.perf_counter()
-    masked = list(run([MaskStage(machine)], _consume(quantized)))
-    times.mask_s = time.perf_counter() - started
-    channel.push_masked(_consume(masked))
-    request = channel.await_unmask()
-    channel.unmask(machine.unmask(request))
+    pad = exchange_keys(channel, machine, times)
+    push_update(channel, machine, pad, values, weight, cfg, rng, times)
     return times
 
 
-def _consume(blocks: list[Block]) -> Iterator[Block]:
-    """Yield the blocks, dropping each from the list once handed on (freed after upload)."""
-    blocks.reverse()
-    while blocks:
-        yield blocks.pop()
+class KeyExchange:
+    """:func:`exchange_keys` in a background thread, started when a secure task arrives.
+
+    ``make_machine`` builds the round's :class:`NodeSecAgg` in that thread; :meth:`pad` waits for
+    the exchange and re-raises its error. The machine (the round's keys) lives as long as this
+    object: a node that pulls the same round's task again (after a broken download or upload)
+    must go on with the keys it advertised, not with fresh ones. :meth:`cancel` makes the
+    channel's next call raise (the channel's ``stopped`` should check :attr:`cancelled`).
+    """
+
+    def __init__(
+        self,
+        round_: int,
+        channel: SecAggChannel,
+        make_machine: Callable[[], NodeSecAgg],
+        cancelled: threading.Event | None = None,
+    ) -> None:
+        self.round = round_
+        self.channel = channel
+        self.times = SecureTimes()
+        self.cancelled = cancelled or threading.Event()
+        self.machine: NodeSecAgg | None = None
+        self._make_machine = make_machine
+        self._pad: np.ndarray | None = None
+        self._error: BaseException | None = None
+        self._used = False
+        self._thread = threading.Thread(target=self._run, name="fedhive-secagg-keys", daemon=True)
+
+    def start(self) -> KeyExchange:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            self.machine = self._make_machine()
+            self._pad = exchange_keys(self.channel, self.machine, self.times)
+        except BaseException as exc:  # handed to the caller of pad()
+            self._error = exc
+
+    @property
+    def failed(self) -> bool:
+        return not self._thread.is_alive() and self._error is not None
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def pad(self) -> tuple[NodeSecAgg, np.ndarray]:
+        """The machine and the whole mask, once the exchange is done; the mask is computed again
+        for a repeated push (the first push consumed it)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        machine, pad = self.machine, self._pad
+        if machine is None:  # pragma: no cover - _run sets a machine or an error
+            raise SecAggAbortedError("the key exchange ended without its state")
+        if self._used or pad is None:
+            return machine, machine.pad()
+        self._pad, self._used = None, True  # the caller owns it now
+        return machine, pad
 
 
 # ----------------------------------------------------------------------------- over a Transport
@@ -202,7 +283,8 @@ class SecureTask:
 
 class TransportChannel:
     """A :class:`SecAggChannel` over the node's transport: ``SecAggStep`` calls, repeated while
-    the coordinator answers ``Pending``, and the masked upload through ``PushUpdate``.
+    the coordinator answers ``Pending``, and the masked upload through ``PushUpdate`` (``upload``,
+    which may be set after the key exchange started).
 
     Peers' identity keys arrive with their adverts and fill ``directory``; the node's own key,
     as relayed by the coordinator, must be the one this node holds.
@@ -214,7 +296,7 @@ class TransportChannel:
         auth: NodeAuth,
         round_: int,
         identity: NodeIdentity,
-        upload: Callable[[Iterator[Block]], int],
+        upload: Callable[[Iterator[Block]], int] | None,
         words: int,
         *,
         wait_s: float,
@@ -287,6 +369,8 @@ class TransportChannel:
         return list(body.shares)
 
     def push_masked(self, blocks: Iterable[Block]) -> None:
+        if self.upload is None:  # set once the update's metadata (the trailer) exists
+            raise SecAggAbortedError("no upload set for the masked update")
         started = time.perf_counter()
         self.sent = self.upload(contiguous(blocks, self.words))
         self.upload_s += time.perf_counter() - started

@@ -799,9 +799,12 @@ class Coordinator:
                 u: self._nodes[u].identity_cert for u in selected if self._nodes[u].identity_cert
             }
         secure: SecureRound | None = None
+        deadline = time.monotonic() + cfg.round_timeout_s
         if secure_mode:  # parameters differ per attempt: encode the broadcast each time
             try:
-                secure = open_secure_round(cfg, self.specs, number, attempt, keys, certs)
+                secure = open_secure_round(
+                    cfg, self.specs, number, attempt, keys, certs, masked_deadline=deadline
+                )
             except ConfigError as exc:
                 raise RunAborted(f"round {number}: secure aggregation cannot run: {exc}") from exc
             self._broadcast = None
@@ -810,9 +813,7 @@ class Coordinator:
             broadcast = self._broadcast_for(number, kind, train_config)
         with self._cv:
             now = time.monotonic()
-            st = RoundState(
-                number, attempt, kind, selected, now + cfg.round_timeout_s, now, broadcast
-            )
+            st = RoundState(number, attempt, kind, selected, deadline, now, broadcast)
             st.secure = secure
             self._round = st
             self._cv.notify_all()
@@ -843,13 +844,15 @@ class Coordinator:
                         break
                 elif not st.pending() and not st.uploads and st.folding == 0:
                     break
-                if now >= st.deadline:
+                # a secure round's masked step closes at the deadline; the unmask step after
+                # it has its own (secagg_step_timeout_s)
+                if now >= st.deadline and (secure is None or secure.rnd.step != "unmask"):
                     reason = f"deadline of {cfg.round_timeout_s:g}s passed"
                     break
                 if self._stop.is_set():
                     reason = "stopped"
                     break
-                self._cv.wait(min(0.25, st.deadline - now))
+                self._cv.wait(min(0.25, st.deadline - now) if now < st.deadline else 0.25)
             st.closed = True
             self._cv.notify_all()
             while st.folding:

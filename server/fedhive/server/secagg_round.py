@@ -3,7 +3,10 @@
 Transport-agnostic (no grpc): the servicer (or a test) calls the node-facing methods from its
 worker threads. Each step has an *expected* set (the previous step's participants) and closes
 when every expected node either arrived or was dropped (the round engine calls :meth:`drop`
-when a node misses its heartbeats or leaves), or when the step's deadline passes. A node call
+when a node misses its heartbeats or leaves), or when the step's deadline passes: for the
+masked step the round's collection deadline (``masked_deadline``: nodes exchange keys when the
+task arrives and train afterwards, so that step spans their training), for the others
+``step_timeout_s`` after the previous step closed. A node call
 waits until its step closes and returns that node's input for the next step; given ``wait_s``
 it returns ``PENDING`` when that passes first, and the node calls again (a repeated call delivers
 nothing twice, it only waits)::
@@ -51,11 +54,13 @@ class SecAggRound:
         directory: Mapping[str, Ed25519PublicKey],
         *,
         step_timeout_s: float,
+        masked_deadline: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.machine = ServerSecAgg(graph, round_, words, directory)
         self.round = round_
         self.step_timeout_s = step_timeout_s
+        self.masked_deadline = masked_deadline  # on ``clock``; None: step_timeout_s
         self._clock = clock
         self._cv = threading.Condition()
         self._step = 0
@@ -96,6 +101,8 @@ class SecAggRound:
         self._expected = set(self._arrived) - self.dropped
         self._arrived = set()
         self._deadline = self._clock() + self.step_timeout_s
+        if STEPS[min(self._step, len(STEPS) - 1)] == "masked" and self.masked_deadline is not None:
+            self._deadline = max(self.masked_deadline, self._clock())
         self._cv.notify_all()
 
     def _close(self, step: str) -> Any:
@@ -147,6 +154,13 @@ class SecAggRound:
     ) -> list[KeyAdvert] | Pending:
         with self._cv:
             index, repeat = self._enter("adverts", node)
+            if repeat and self.machine.adverts.get(node) != advert:
+                # a node that lost track of its keys (a restart within the round) would mask
+                # with keys its peers never saw: the sum would be garbage, so it is out
+                raise SecAggAbortedError(
+                    f"node {node!r} advertised other keys than before in round {self.round}",
+                    node=node,
+                )
             if not repeat:
                 if advert.node != node:
                     raise SecAggAbortedError(f"node {node!r} sent another node's advert", node=node)

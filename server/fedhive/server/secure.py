@@ -163,8 +163,11 @@ def open_secure_round(
     attempt: int,
     identities: Mapping[str, bytes],
     certificates: Mapping[str, bytes] | None = None,
+    *,
+    masked_deadline: float | None = None,
 ) -> SecureRound:
-    """Plan one secure round over ``identities`` (the selected nodes and their Ed25519 keys).
+    """Plan one secure round over ``identities`` (the selected nodes and their Ed25519 keys);
+    its masked step closes at ``masked_deadline`` (``time.monotonic``; the round's deadline).
 
     Raises :class:`ConfigError` when the round cannot run safely: fewer than two nodes, a graph
     or threshold that does not fit, or a configuration whose unmasked sum could overflow.
@@ -186,7 +189,12 @@ def open_secure_round(
     rid = round_id(number, attempt)
     elements = sum(s.numel for s in specs)
     rnd = SecAggRound(
-        graph, rid, masked_words(elements), directory, step_timeout_s=config.secagg_step_timeout_s
+        graph,
+        rid,
+        masked_words(elements),
+        directory,
+        step_timeout_s=config.secagg_step_timeout_s,
+        masked_deadline=masked_deadline,
     )
     task_config = {
         "secagg": "secagg+",

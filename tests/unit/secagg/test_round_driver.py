@@ -182,3 +182,59 @@ def test_a_silent_node_is_waited_for_until_the_step_deadline() -> None:
     # Assert
     assert open_before == "adverts" and rnd.step == "shares"
     assert [a.node for a in replies[ids[0]]] == [ids[1]]
+
+
+def test_the_masked_step_waits_until_the_rounds_deadline_not_the_step_timeout() -> None:
+    # Prepare: a manual clock; steps time out after 10 s, the masked step (the nodes train in
+    # it) at 100 s; three nodes exchange keys, then two upload.
+    now = [0.0]
+    ids = node_ids(3)
+    identities = {u: fixed_identity(i) for i, u in enumerate(ids)}
+    directory = {u: k.public_key() for u, k in identities.items()}
+    graph = Graph.build(ids, seed=0, threshold=2)
+    words = masked_words(ELEMENTS)
+    rnd = SecAggRound(
+        graph, 1, words, directory, step_timeout_s=10.0, masked_deadline=100.0,
+        clock=lambda: now[0],
+    )  # fmt: skip
+    machines = {u: NodeSecAgg(u, identities[u], directory, graph, 1, words) for u in ids}
+    pads: dict[str, np.ndarray] = {}
+
+    def exchange(u: str) -> None:
+        adverts = rnd.advertise(u, machines[u].advertise())
+        machines[u].receive_shares(rnd.share_keys(u, machines[u].share_keys(adverts)))
+        pads[u] = machines[u].pad()
+
+    threads = [threading.Thread(target=exchange, args=(u,)) for u in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    for u in ids[:2]:
+        rnd.fold_masked(u, [Block(0, pads[u])])
+    # Execute: past the step timeout the masked step is still open; past the deadline it closes
+    now[0] = 50.0
+    rnd.poll()
+    open_at_50 = rnd.step
+    now[0] = 100.0
+    rnd.poll()
+    # Assert
+    assert open_at_50 == "masked" and rnd.step == "unmask"
+    assert set(rnd.await_unmask(ids[0]).survivors) == set(ids[:2])
+
+
+def test_a_node_advertising_other_keys_in_a_repeated_call_is_refused() -> None:
+    # Prepare: node-00 advertised; a restarted node would come back with fresh keys
+    ids = node_ids(3)
+    identities = {u: fixed_identity(i) for i, u in enumerate(ids)}
+    directory = {u: k.public_key() for u, k in identities.items()}
+    graph = Graph.build(ids, seed=0, threshold=2)
+    rnd = SecAggRound(graph, 1, 5, directory, step_timeout_s=10.0)
+    first = NodeSecAgg(ids[0], identities[ids[0]], directory, graph, 1, 5)
+    again = NodeSecAgg(ids[0], identities[ids[0]], directory, graph, 1, 5)
+    advert = first.advertise()
+    assert rnd.advertise(ids[0], advert, wait_s=0.0) is not None
+    # Execute / Assert: the same advert again only waits; other keys are refused
+    assert rnd.advertise(ids[0], advert, wait_s=0.0) is not None
+    with pytest.raises(SecAggAbortedError, match="other keys than before"):
+        rnd.advertise(ids[0], again.advertise(), wait_s=0.0)

@@ -12,6 +12,7 @@ from fedhive.common.secagg.stages import (
     ClipStage,
     DequantizeStage,
     MaskStage,
+    PadStage,
     QuantizeStage,
     UnmaskStage,
     folded_blocks,
@@ -106,6 +107,32 @@ def test_unmasked_sum_equals_the_plain_quantized_sum() -> None:
     # Assert
     assert np.array_equal(total, plain.astype(np.uint32))
     assert total[0] == sum(7 + i for i in range(n))
+
+
+def test_a_precomputed_pad_masks_exactly_as_block_by_block_masking() -> None:
+    # Prepare: one node; the same quantized words masked both ways (blocks cut unevenly)
+    n, elements = 3, 1000
+    fed = federation(n, masked_words(elements), deterministic=True)
+    advance_to_masking(fed)
+    node = fed.nodes[node_ids(n)[0]]
+    values = np.linspace(-3, 3, elements)
+
+    def quantized():
+        return run([QuantizeStage(CFG, 9, np.random.default_rng(5))], blocks_of(values, 77))
+
+    # Execute
+    by_block = gather(run([MaskStage(node)], quantized()), masked_words(elements), np.uint32)
+    pad = node.pad()
+    out = list(run([PadStage(pad)], quantized()))
+    # Assert: same words; the pad's own memory holds them (no further copy)
+    assert np.array_equal(pad, by_block)
+    assert all(np.shares_memory(b.values, pad) for b in out)
+
+
+def test_pad_stage_refuses_blocks_outside_the_pad() -> None:
+    stage = PadStage(np.zeros(10, dtype=np.uint32))
+    with pytest.raises(ValueError, match="outside the 10 words"):
+        list(stage.transform([Block(8, np.zeros(3, dtype=np.uint32))]))
 
 
 def chi_square_bytes(words: np.ndarray) -> float:

@@ -9,6 +9,10 @@ Drive it with the coordinator's messages, in order::
     for start, words in chunks: machine.mask(start, words)   # in place; stream each chunk out
     reply = machine.unmask(request)                      # -> coordinator
 
+Instead of masking chunk by chunk, a node may take its whole mask at once with ``machine.pad()``
+as soon as the shares are in (before its update exists: while it trains) and add the quantized
+words to it; the masked words are the same.
+
 ``directory`` maps node ids to their pinned Ed25519 identity keys. Every crypto failure raises
 :class:`~fedhive.common.errors.SecAggAuthError` naming the node whose data failed; a step out of
 order or too few peers raises :class:`~fedhive.common.errors.SecAggAbortedError`. Either way the
@@ -208,8 +212,23 @@ class NodeSecAgg:
             raise ValueError(
                 f"chunk [{start}, {start + words.size}) outside the {self.words} words"
             )
-        add_masks(words, [(self._keys.seed, False), *self._pairwise], start)
+        add_masks(words, self._masks(), start)
         return words
+
+    def pad(self) -> np.ndarray:
+        """This node's whole mask, words ``[0, words)``, as a new uint32 array: the self mask
+        plus the pairwise masks of every neighbour that shared keys. Adding the quantized words
+        to it, mod 2^32, gives exactly what :meth:`mask` gives block by block. The masks depend
+        only on the keys and on who shared, not on the update: a node can compute them while it
+        still trains."""
+        if self._stage != "mask":
+            raise SecAggAbortedError(f"node {self.node!r}: masking out of order", node=self.node)
+        out = np.zeros(self.words, dtype=np.uint32)
+        add_masks(out, self._masks(), 0)
+        return out
+
+    def _masks(self) -> list[tuple[bytes, bool]]:
+        return [(self._keys.seed, False), *self._pairwise]
 
     # ------------------------------------------------------------------ 4. unmask
     def unmask(self, request: UnmaskRequest) -> UnmaskReply:

@@ -2,10 +2,12 @@
 
 Node: ``[QuantizeStage, MaskStage]`` turns float blocks over elements ``[0, P)`` into masked
 uint32 blocks over words ``[0, P + 1)``: word 0 is the example count, word ``i + 1`` is element
-``i``. Quantization clips to ``[-clip, clip]`` itself; :class:`ClipStage` is for pipelines that
-clip without quantizing. The count comes first so that the coordinator learns the summed weight
-before the first value. Coordinator: :func:`folded_blocks` (the folded, still masked sum) then
-``[UnmaskStage, DequantizeStage]`` gives float64 blocks of the weighted mean over ``[0, P)``.
+``i``. ``[QuantizeStage, PadStage]`` gives the same words from a mask computed beforehand
+(:meth:`NodeSecAgg.pad`, while the node trains). Quantization clips to ``[-clip, clip]``
+itself; :class:`ClipStage` is for pipelines that clip without quantizing. The count comes first
+so that the coordinator learns the summed weight before the first value. Coordinator:
+:func:`folded_blocks` (the folded, still masked sum) then ``[UnmaskStage, DequantizeStage]``
+gives float64 blocks of the weighted mean over ``[0, P)``.
 """
 
 from __future__ import annotations
@@ -76,6 +78,26 @@ class MaskStage:
     def transform(self, blocks: Iterable[Block]) -> Iterator[Block]:
         for b in blocks:
             yield Block(b.start, self.machine.mask(b.start, b.values))
+
+
+class PadStage:
+    """Add uint32 blocks into a precomputed whole mask (:meth:`NodeSecAgg.pad`), mod 2^32: the
+    masked words land in the pad's own memory (no further copy of the update)."""
+
+    name = "pad"
+
+    def __init__(self, pad: np.ndarray) -> None:
+        if pad.dtype != np.uint32 or pad.ndim != 1:
+            raise ValueError("a pad is a flat uint32 array")
+        self.pad = pad
+
+    def transform(self, blocks: Iterable[Block]) -> Iterator[Block]:
+        for b in blocks:
+            if b.start < 0 or b.stop > self.pad.size:
+                raise ValueError(f"block [{b.start}, {b.stop}) outside the {self.pad.size} words")
+            part = self.pad[b.start : b.stop]
+            np.add(part, b.values, out=part)
+            yield Block(b.start, part)
 
 
 def folded_blocks(machine: ServerSecAgg) -> Iterator[Block]:

@@ -2,13 +2,15 @@
 "training" adds a per-node constant. No data, no gradient: it measures the framework itself.
 
 Args (``task_args``): ``params`` (default 1,000,000), ``tensors`` (8), ``dtype`` (float32),
-``delta`` (what fit adds; default 1.0), ``examples`` (reported example count; default 100).
+``delta`` (what fit adds; default 1.0), ``examples`` (reported example count; default 100),
+``train_s`` (seconds fit() takes, a stand-in for real training; default 0).
 The node's ``seed`` is added to ``delta`` and ``examples`` so nodes differ in a known way:
 ``delta_i = delta + seed_i`` and ``examples_i = examples + seed_i``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 import torch
@@ -34,6 +36,7 @@ class ConstantTask:
         self.dtype = getattr(torch, str(ctx.args.get("dtype", "float32")))
         self.delta = float(ctx.args.get("delta", 1.0)) + ctx.seed
         self.examples = int(ctx.args.get("examples", 100)) + ctx.seed
+        self.train_s = float(ctx.args.get("train_s", 0.0))
 
     def build_model(self) -> nn.Module:
         model = Flat(self.params, self.tensors, self.dtype)
@@ -49,6 +52,8 @@ class ConstantTask:
     def fit(self, model: nn.Module, config: Mapping[str, Scalar]) -> FitResult:
         for p in model.parameters():
             p.add_(self.delta)
+        if self.train_s > 0:
+            time.sleep(self.train_s)
         return FitResult(num_examples=self.examples, metrics={"delta": self.delta})
 
     def evaluate(self, model: nn.Module, config: Mapping[str, Scalar]) -> EvalResult | None:
