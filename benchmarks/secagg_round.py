@@ -66,6 +66,7 @@ def run_mode(
     level: str = "WARNING",
     node_threads: int = 0,
     settings: tuple[str, ...] = (),
+    extra_task_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix=f"fedhive-secagg-{'secure' if secure else 'plain'}-"))
     extra = "".join(f"{line}\n" for line in settings)
@@ -73,6 +74,8 @@ def run_mode(
     port = free_port()
     address = f"127.0.0.1:{port}"
     task_args = ["--task-arg", f"params={params}", "--task-arg", f"tensors={tensors}"]
+    for arg in extra_task_args:
+        task_args += ["--task-arg", arg]
     server = [
         sys.executable, "-m", "fedhive.common.cli", "server", "--config", str(tmp / "server.toml"),
         "--address", address, "--run-dir", str(tmp / "run"), "--task", TASK, *task_args,
@@ -142,11 +145,28 @@ def main() -> int:
         metavar="KEY=VALUE",
         help="a line of the coordinator's TOML config for both modes (repeatable)",
     )
+    p.add_argument(
+        "--task-arg",
+        dest="task_args",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an argument of the constant task for both modes, e.g. train_s=1.0 (seconds each "
+        "node's fit() takes, a stand-in for real training; default 0)",
+    )
     ns = p.parse_args()
     threads = node_threads(ns.node_threads, ns.nodes)
     results = [
         run_mode(
-            s, ns.nodes, ns.params, ns.rounds, ns.tensors, ns.log_level, threads, tuple(ns.settings)
+            s,
+            ns.nodes,
+            ns.params,
+            ns.rounds,
+            ns.tensors,
+            ns.log_level,
+            threads,
+            tuple(ns.settings),
+            tuple(ns.task_args),
         )
         for s in (False, True)
     ]
@@ -159,13 +179,20 @@ def main() -> int:
         else float("nan")
     )
     upload = secure["upload_bytes_per_node"] / (4 * ns.params) if ns.params else float("nan")
-    print(
-        "| N | P | plain s/round | SecAgg+ s/round | ratio | node CPU-s/round plain | "
-        "SecAgg+ | coordinator CPU-s/round plain | SecAgg+ | masked upload / float32 |"
+    added = (
+        secure["s_per_round"] - plain["s_per_round"]
+        if plain["s_per_round"] and secure["s_per_round"]
+        else float("nan")
     )
     print(
-        f"| {ns.nodes} | {ns.params:,} | {plain['s_per_round']} | {secure['s_per_round']} | "
-        f"{ratio:.2f} | {plain['nodes_cpu_s_per_round']} | {secure['nodes_cpu_s_per_round']} | "
+        "| N | P | task args | plain s/round | SecAgg+ s/round | ratio | SecAgg+ adds s | node "
+        "CPU-s/round plain | SecAgg+ | coordinator CPU-s/round plain | SecAgg+ | masked upload / "
+        "float32 |"
+    )
+    print(
+        f"| {ns.nodes} | {ns.params:,} | {' '.join(ns.task_args) or '-'} | {plain['s_per_round']} "
+        f"| {secure['s_per_round']} | {ratio:.2f} | {added:.3f} | "
+        f"{plain['nodes_cpu_s_per_round']} | {secure['nodes_cpu_s_per_round']} | "
         f"{plain['coordinator_cpu_s_per_round']} | {secure['coordinator_cpu_s_per_round']} | "
         f"{upload:.5f} |"
     )

@@ -202,9 +202,10 @@ class Node:
         yield UpdateTrailer(digest.digest(), *trailer)
 
     def _start_keys(self, joined: JoinReply, secure: SecureTask) -> KeyExchange:
-        """Start the round's key exchange (and mask) in the background as soon as the task
-        arrives: it then runs while the model downloads and the node trains. The same round's
-        task pulled again keeps the exchange under way (and its keys)."""
+        """Start the round's key exchange in the background as soon as the task arrives: it
+        then runs while the model downloads (the mask once it is downloaded) and the node
+        trains. The same round's task pulled again keeps the exchange under way (and its
+        keys)."""
         keys = self._keys
         if keys is not None and keys.round == secure.round and not keys.failed:
             return keys
@@ -357,6 +358,8 @@ class Node:
             secure = SecureTask.from_config(config)
             keys = self._start_keys(joined, secure) if secure is not None else None
         self._receive(header, stream)
+        if keys is not None:
+            keys.allow_masking()
         if header.kind == TaskKind.EVALUATE:
             result = self.task.evaluate(self.model, config)
             n, metrics = (result.num_examples, dict(result.metrics)) if result else (0, {})

@@ -1,12 +1,13 @@
 """The node's side of a SecAgg+ round over any channel to the coordinator.
 
-A round has two parts. :func:`exchange_keys` advertises keys, deals and receives shares, and
-computes the node's whole mask (:meth:`NodeSecAgg.pad`); none of it needs the update, so the node
-runs it in a :class:`KeyExchange` thread from the moment the task arrives, while it downloads the
-model and trains. :func:`push_update` then clips, weights and quantizes the update into the mask,
-streams it and reveals shares for the survivors. :func:`secure_push` is both in a row. The channel
-is a small Protocol, so the same code runs over gRPC and, in tests, against the coordinator's
-:class:`~fedhive.server.secagg_round.SecAggRound` in one process.
+A round has two parts. :func:`exchange_keys` advertises keys, deals and receives shares, then
+:func:`make_pad` computes the node's whole mask (:meth:`NodeSecAgg.pad`); none of it needs the
+update, so the node runs them in a :class:`KeyExchange` thread: the exchange from the moment the
+task arrives, the mask once the model is downloaded (its CPU work would slow the download), both
+while the node trains. :func:`push_update` then clips, weights and quantizes the update into the
+mask, streams it and reveals shares for the survivors. :func:`secure_push` is all in a row.
+The channel is a small Protocol, so the same code runs over gRPC and, in tests, against the
+coordinator's :class:`~fedhive.server.secagg_round.SecAggRound` in one process.
 """
 
 from __future__ import annotations
@@ -69,21 +70,25 @@ class SecAggChannel(Protocol):
 class SecureTimes:
     """Seconds of one node's secure round spent on its own work (the waits are the channel's)."""
 
-    keys_s: float = 0.0  # key exchange, whole (its waits included; off the critical path)
-    mask_s: float = 0.0  # computing the whole mask (in the key exchange)
+    keys_s: float = 0.0  # the key exchange, its waits included
+    mask_s: float = 0.0  # computing the whole mask
     quantize_s: float = 0.0  # quantizing into the mask (after training)
 
 
-def exchange_keys(channel: SecAggChannel, machine: NodeSecAgg, times: SecureTimes) -> np.ndarray:
-    """Steps 1 and 2 (advertise, shares) and the node's whole mask; raises SecAggError."""
+def exchange_keys(channel: SecAggChannel, machine: NodeSecAgg, times: SecureTimes) -> None:
+    """Steps 1 and 2: advertise keys, deal shares, open the shares dealt to this node."""
     started = time.perf_counter()
     adverts = channel.advertise(machine.advertise())
     routed = channel.share_keys(machine.share_keys(adverts))
     machine.receive_shares(routed)
-    masking = time.perf_counter()
-    pad = machine.pad()
-    times.mask_s = time.perf_counter() - masking
     times.keys_s = time.perf_counter() - started
+
+
+def make_pad(machine: NodeSecAgg, times: SecureTimes) -> np.ndarray:
+    """The node's whole mask (after :func:`exchange_keys`)."""
+    started = time.perf_counter()
+    pad = machine.pad()
+    times.mask_s = time.perf_counter() - started
     return pad
 
 
@@ -122,16 +127,18 @@ def secure_push(
 ) -> SecureTimes:
     """One node's whole SecAgg+ round in a row; raises SecAggError (and stops) on any failure."""
     times = SecureTimes()
-    pad = exchange_keys(channel, machine, times)
+    exchange_keys(channel, machine, times)
+    pad = make_pad(machine, times)
     push_update(channel, machine, pad, values, weight, cfg, rng, times)
     return times
 
 
 class KeyExchange:
-    """:func:`exchange_keys` in a background thread, started when a secure task arrives.
+    """:func:`exchange_keys`, then :func:`make_pad` once :meth:`allow_masking` was called (the
+    model is downloaded), in a background thread started when a secure task arrives.
 
     ``make_machine`` builds the round's :class:`NodeSecAgg` in that thread; :meth:`pad` waits for
-    the exchange and re-raises its error. The machine (the round's keys) lives as long as this
+    the mask and re-raises the thread's error. The machine (the round's keys) lives as long as this
     object: a node that pulls the same round's task again (after a broken download or upload)
     must go on with the keys it advertised, not with fresh ones. :meth:`cancel` makes the
     channel's next call raise (the channel's ``stopped`` should check :attr:`cancelled`).
@@ -153,6 +160,7 @@ class KeyExchange:
         self._pad: np.ndarray | None = None
         self._error: BaseException | None = None
         self._used = False
+        self._may_mask = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fedhive-secagg-keys", daemon=True)
 
     def start(self) -> KeyExchange:
@@ -162,9 +170,17 @@ class KeyExchange:
     def _run(self) -> None:
         try:
             self.machine = self._make_machine()
-            self._pad = exchange_keys(self.channel, self.machine, self.times)
+            exchange_keys(self.channel, self.machine, self.times)
+            while not self._may_mask.wait(0.5):
+                if self.cancelled.is_set():
+                    raise SecAggAbortedError("the secure round was given up")
+            self._pad = make_pad(self.machine, self.times)
         except BaseException as exc:  # handed to the caller of pad()
             self._error = exc
+
+    def allow_masking(self) -> None:
+        """The mask may be computed now (the node no longer downloads)."""
+        self._may_mask.set()
 
     @property
     def failed(self) -> bool:
@@ -176,6 +192,7 @@ class KeyExchange:
     def pad(self) -> tuple[NodeSecAgg, np.ndarray]:
         """The machine and the whole mask, once the exchange is done; the mask is computed again
         for a repeated push (the first push consumed it)."""
+        self._may_mask.set()
         self._thread.join()
         if self._error is not None:
             raise self._error

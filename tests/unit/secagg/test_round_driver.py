@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 
 import numpy as np
 import pytest
 
-from fedhive.client.secagg import secure_push
+from fedhive.client.secagg import KeyExchange, push_update, secure_push
 from fedhive.common.errors import SecAggAbortedError, SecAggAuthError
 from fedhive.common.hooks import Block, blocks_of, gather, run
 from fedhive.common.secagg.graph import Graph
@@ -238,3 +239,72 @@ def test_a_node_advertising_other_keys_in_a_repeated_call_is_refused() -> None:
     assert rnd.advertise(ids[0], advert, wait_s=0.0) is not None
     with pytest.raises(SecAggAbortedError, match="other keys than before"):
         rnd.advertise(ids[0], again.advertise(), wait_s=0.0)
+
+
+def test_key_exchange_runs_ahead_and_masks_only_once_allowed() -> None:
+    # Prepare: three nodes exchange keys in background threads, as a node does while it trains
+    ids = node_ids(3)
+    graph = Graph.build(ids, seed=ROUND)
+    identities = {u: fixed_identity(i) for i, u in enumerate(ids)}
+    directory = {u: k.public_key() for u, k in identities.items()}
+    words = masked_words(ELEMENTS)
+    rnd = SecAggRound(graph, ROUND, words, directory, step_timeout_s=30.0)
+    exchanges = {
+        u: KeyExchange(
+            ROUND,
+            LocalChannel(rnd, u),
+            lambda u=u: NodeSecAgg(u, identities[u], directory, graph, ROUND, words),
+        ).start()
+        for u in ids
+    }
+    values = {u: np.full(ELEMENTS, 0.5 * (i + 1)) for i, u in enumerate(ids)}
+    # Execute: the exchange completes without the update; masking waits for allow_masking
+    deadline = time.monotonic() + 20
+    while rnd.step != "masked" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # time enough to mask 300 words, were it allowed
+    masked_early = [x.times.mask_s for x in exchanges.values()]
+    for x in exchanges.values():
+        x.allow_masking()
+    pads = {u: x.pad() for u, x in exchanges.items()}
+    again = exchanges[ids[0]].pad()[1]  # a repeated push gets the same mask, computed again
+    errors: list[BaseException] = []
+
+    def push(u: str) -> None:
+        machine, pad = pads[u]
+        try:
+            push_update(
+                LocalChannel(rnd, u), machine, pad, blocks_of(values[u], 64), 10, CFG,
+                np.random.default_rng(3), exchanges[u].times,
+            )  # fmt: skip
+        except BaseException as exc:  # recorded for the asserts
+            errors.append(exc)
+
+    snapshot = pads[ids[0]][1].copy()
+    threads = [threading.Thread(target=push, args=(u,)) for u in ids]
+    for t in threads:
+        t.start()
+    mean = gather(run([DequantizeStage(CFG)], rnd.result()), ELEMENTS, np.float64)
+    for t in threads:
+        t.join(20)
+    # Assert
+    assert masked_early == [0.0, 0.0, 0.0]
+    assert np.array_equal(again, snapshot) and again is not pads[ids[0]][1]
+    assert not errors
+    assert np.max(np.abs(mean - 1.0)) <= 3 * CFG.step / 30
+
+
+def test_key_exchange_hands_its_error_to_the_pusher() -> None:
+    # Prepare: the node is not part of the round's graph
+    graph = Graph.build(node_ids(3), seed=ROUND)
+    rnd = SecAggRound(graph, ROUND, 5, {}, step_timeout_s=5.0)
+
+    def machine() -> NodeSecAgg:
+        return NodeSecAgg("stranger", fixed_identity(0), {}, graph, ROUND, 5)
+
+    # Execute
+    exchange = KeyExchange(ROUND, LocalChannel(rnd, "stranger"), machine).start()
+    # Assert
+    with pytest.raises(SecAggAbortedError, match="not part of round"):
+        exchange.pad()
+    assert exchange.failed
