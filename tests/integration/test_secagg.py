@@ -248,3 +248,34 @@ def test_a_node_that_fails_locally_declines_and_the_round_does_not_wait(tmp_path
     expected, bound = expected_model([event])
     for got, want in zip(final_model(tmp_path, 1), expected, strict=True):
         assert np.max(np.abs(got.astype(np.float64) - want)) <= bound
+
+
+def test_a_node_whose_update_is_not_finite_declines_and_the_round_commits(tmp_path: Path) -> None:
+    # Prepare: n3's training yields NaN (delta = nan); it finds out while quantizing, after the
+    # key exchange (before, the node crashed and the others waited for it until the deadline)
+    coord = start_coordinator(tmp_path, rounds=1, min_nodes=4, round_timeout_s=120.0, **SECURE)
+    logs = [tmp_path / f"n{i}.log" for i in range(4)]
+    procs = [
+        start_node(
+            coord.address,
+            f"n{i}",
+            seed=i,
+            task_args={**ARGS, "delta": "nan"} if i == 3 else ARGS,
+            log=logs[i],
+        )
+        for i in range(4)
+    ]
+
+    # Execute
+    history = coord.join(timeout=120)
+    codes = wait_all(procs)
+
+    # Assert: committed from the three others; n3 declined and said why; the model is finite
+    assert codes == [0, 0, 0, 0], [p.read_text() for p in logs]
+    (event,) = [e for e in history if e["event"] == "round"]
+    assert event["committed"] and sorted(seed_of(u) for u in event["reported"]) == [0, 1, 2]
+    (declined,) = [u for u in event["refused"] if seed_of(u) == 3]
+    assert "non-finite" in event["refused"][declined]
+    expected, bound = expected_model([event])
+    for got, want in zip(final_model(tmp_path, 1), expected, strict=True):
+        assert np.max(np.abs(got.astype(np.float64) - want)) <= bound

@@ -425,7 +425,7 @@ class Node:
         if secure is not None and keys is not None:
             try:
                 sent = self._secure_push(joined, header, secure, keys, fit.num_examples, trailer)
-            except (SecAggError, ConfigError) as exc:
+            except (SecAggError, ConfigError, InvalidUpdateError) as exc:  # e.g. NaN
                 self._end_keys()
                 log.error("round %d: secure aggregation failed: %s", header.round, exc)
                 self._decline(joined, header.round, f"secure aggregation failed: {exc}")

@@ -104,9 +104,11 @@ def push_update(
 ) -> None:
     """Steps 3 and 4: quantize ``values`` into ``pad`` (consumed), upload, reveal shares.
 
-    Quantization clips. Every block is quantized and masked before the upload starts: the
-    coordinator stages a few uploads at a time and holds the other streams back, so work done
-    while streaming would queue behind the other nodes' uploads.
+    Quantization clips. Every block is quantized before the upload starts (a NaN stops the
+    round for this node before it sent anything): the coordinator stages a few uploads at a
+    time and holds the other streams back, so work done inside the upload's stream would queue
+    behind the other nodes' uploads. (Quantizing in a thread ahead of the upload measured no
+    faster with 10 nodes on 2 cores.)
     """
     started = time.perf_counter()
     for _ in run([QuantizeStage(cfg, weight, rng), PadStage(pad)], values):
