@@ -231,12 +231,13 @@ class SecAggRound:
             self._cv.notify_all()
 
     # ------------------------------------------------------------------ round engine
-    def result(self) -> Iterator[Block]:
-        """Block until the unmask step closed; then the unmasked sum, block by block."""
+    def result(self, workers: int = 1) -> Iterator[Block]:
+        """Block until the unmask step closed; then the unmasked sum, block by block, in order
+        (``workers`` threads unmask blocks ahead of the caller)."""
         with self._cv:
             self._await(STEPS.index("unmask"))
-        for start, words in self.machine.masked_sum_blocks():
-            yield Block(start, self.machine.unmask_block(start, words))
+        for start, words in self.machine.unmasked_blocks(workers):
+            yield Block(start, words)
 
     def abandon(self, reason: str) -> None:
         """Stop the round (the round engine gave up on it): every caller gets the error."""

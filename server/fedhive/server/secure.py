@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,7 @@ from fedhive.common.tensors import DTYPES, TensorSpec, from_float
 from fedhive.server.secagg_round import SecAggRound
 
 MAX_STEP_WAIT_S = 30.0
+UNMASK_WORKERS = max(1, min(4, os.cpu_count() or 1))  # the nodes wait for the unmask: use cores
 
 
 def round_id(number: int, attempt: int) -> int:
@@ -119,7 +121,8 @@ class SecureRound:
         # float64 copy of the mean)
         out = [np.empty(s.numel, dtype=DTYPES[s.dtype].storage) for s in self.specs]
         bounds = np.cumsum([0] + [s.numel for s in self.specs]).tolist()
-        for b in contiguous(run([dequantize], self.rnd.result()), elements):
+        blocks = self.rnd.result(UNMASK_WORKERS)
+        for b in contiguous(run([dequantize], blocks), elements):
             for i, spec in enumerate(self.specs):
                 lo, hi = max(b.start, bounds[i]), min(b.stop, bounds[i + 1])
                 if lo < hi:

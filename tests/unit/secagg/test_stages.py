@@ -83,8 +83,10 @@ def test_pipeline_gives_the_weighted_mean_of_the_survivors(drop: str | None) -> 
     assert np.max(np.abs(mean - exact)) <= len(survivors) * CFG.step / total
 
 
-def test_unmasked_sum_equals_the_plain_quantized_sum() -> None:
-    # Prepare: the same quantization (same rng seeds) with and without masking.
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_unmasked_sum_equals_the_plain_quantized_sum(workers: int) -> None:
+    # Prepare: the same quantization (same rng seeds) with and without masking; workers=0 is
+    # finish(), else unmasked_blocks with that many threads (64-word blocks: several).
     n, elements = 4, 100
     fed = federation(n, masked_words(elements))
     advance_to_masking(fed)
@@ -103,7 +105,12 @@ def test_unmasked_sum_equals_the_plain_quantized_sum() -> None:
     request = fed.server.close_masked()
     for u in node_ids(n):
         fed.server.receive_unmask(fed.nodes[u].unmask(request))
-    total = fed.server.finish()
+    if workers:
+        fed.server.prepare_unmask()
+        blocks = [Block(start, words) for start, words in fed.server.unmasked_blocks(workers)]
+        total = gather(blocks, masked_words(elements), np.uint32)
+    else:
+        total = fed.server.finish()
     # Assert
     assert np.array_equal(total, plain.astype(np.uint32))
     assert total[0] == sum(7 + i for i in range(n))

@@ -76,8 +76,10 @@ def quantize(
     ``floor(y + u)`` with ``u`` uniform in ``[0, 1)`` rounds ``y`` up with probability
     ``frac(y)``: unbiased. ``u = r / 2^32`` for ``r`` the next 32-bit word of an AES-256-CTR
     keystream keyed from ``rng`` (a fresh key per call; AES-NI makes it ~4x cheaper than numpy's
-    generators here): the rounding probability is off by at most ``2^-32``, and ``y + u`` is
-    exact in float64 for every ``y <= w L < 2^32``. The work, the finiteness check included, runs
+    generators here). The probability of rounding up is ``frac(y)`` up to the resolution of
+    ``u`` (``2^-32``) and the float64 rounding of ``y + u`` (half an ulp of ``y``: at most
+    ``2^-22`` for ``y <= w L < 2^32``, ``2^-28`` at the defaults' ``w L < 2^26``), a bias far
+    below the rounding noise of one grid step. The work, the finiteness check included, runs
     over cache-sized sub-blocks.
     """
     cfg.check_weight(weight)

@@ -22,6 +22,7 @@ secrets, chunk by chunk. A message that fails verification raises
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -256,6 +257,30 @@ class ServerSecAgg:
         total = self._sum if self._sum is not None else np.zeros(self.words, dtype=np.uint32)
         for start in range(0, self.words, self.chunk_words):
             yield start, total[start : start + self.chunk_words]
+        self._sum = None
+        self._stage = "done"
+
+    def unmasked_blocks(self, workers: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+        """The unmasked sum, in order, in views of ``chunk_words`` (unmasked in place); with
+        ``workers > 1`` that many threads unmask ahead of the consumer (AES-CTR and numpy
+        release the GIL), so the consumer's own work on a block overlaps the next ones'.
+        Released at the end."""
+        self._expect("unmasking")
+        total = self._sum if self._sum is not None else np.zeros(self.words, dtype=np.uint32)
+        keys = self._unmask_keys
+        starts = range(0, self.words, self.chunk_words)
+
+        def unmask(start: int) -> np.ndarray:
+            words = total[start : start + self.chunk_words]
+            add_masks(words, keys, start)
+            return words
+
+        if workers <= 1:
+            for start in starts:
+                yield start, unmask(start)
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="fedhive-unmask") as pool:
+                yield from zip(starts, pool.map(unmask, starts), strict=True)
         self._sum = None
         self._stage = "done"
 
