@@ -51,7 +51,7 @@ from fedhive.common.secagg.messages import (
 )
 from fedhive.common.secagg.node import NodeSecAgg
 from fedhive.common.secagg.quantize import QuantConfig
-from fedhive.common.secagg.stages import PadStage, QuantizeStage
+from fedhive.common.secagg.stages import QuantizeStage
 
 UPLOAD_BLOCK = 1 << 20  # words per block of the masked upload
 
@@ -111,7 +111,7 @@ def push_update(
     faster with 10 nodes on 2 cores.)
     """
     started = time.perf_counter()
-    for _ in run([QuantizeStage(cfg, weight, rng), PadStage(pad)], values):
+    for _ in run([QuantizeStage(cfg, weight, rng, pad)], values):  # into the mask
         pass
     times.quantize_s = time.perf_counter() - started
     channel.push_masked(blocks_of(pad, UPLOAD_BLOCK))

@@ -100,3 +100,29 @@ def test_rounding_is_unbiased_at_the_largest_weight_over_many_sub_blocks() -> No
     assert set(np.unique(q)) == {np.floor(exact), np.floor(exact) + 1}
     frac = exact - np.floor(exact)
     assert abs((q.mean() - np.floor(exact)) - frac) < 5 * np.sqrt(frac * (1 - frac) / q.size)
+
+
+@given(
+    n=st.integers(1, 3 * SUB_BLOCK // 2),
+    weight=st.integers(1, 1024),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_quantizing_into_a_mask_adds_exactly_the_quantized_words(
+    n: int, weight: int, seed: int
+) -> None:
+    # Prepare: the same values and rounding randomness; a random uint32 "mask" to add to
+    cfg = QuantConfig(clip=4.0, bits=16, max_weight=1024)
+    rng = np.random.default_rng(seed)
+    values = rng.normal(0, 3, n).astype(np.float32)
+    mask = rng.integers(0, 2**32, n, dtype=np.uint32)
+    # Execute
+    words = quantize(values, weight, cfg, np.random.default_rng(seed))
+    into = quantize(values, weight, cfg, np.random.default_rng(seed), add_to=mask.copy())
+    # Assert: mod 2^32, bit for bit
+    assert np.array_equal(into, mask + words)
+
+
+def test_quantizing_into_an_array_of_the_wrong_shape_is_refused() -> None:
+    cfg = QuantConfig()
+    with pytest.raises(ValueError, match="flat uint32 array of 3 words"):
+        quantize(np.zeros(3), 1, cfg, np.random.default_rng(0), add_to=np.zeros(4, np.uint32))

@@ -131,9 +131,14 @@ def test_a_precomputed_pad_masks_exactly_as_block_by_block_masking() -> None:
     by_block = gather(run([MaskStage(node)], quantized()), masked_words(elements), np.uint32)
     pad = node.pad()
     out = list(run([PadStage(pad)], quantized()))
-    # Assert: same words; the pad's own memory holds them (no further copy)
-    assert np.array_equal(pad, by_block)
+    fused_pad = node.pad()
+    fused = list(
+        run([QuantizeStage(CFG, 9, np.random.default_rng(5), fused_pad)], blocks_of(values, 77))
+    )
+    # Assert: same words three ways; the pad's own memory holds them (no further copy)
+    assert np.array_equal(pad, by_block) and np.array_equal(fused_pad, by_block)
     assert all(np.shares_memory(b.values, pad) for b in out)
+    assert all(np.shares_memory(b.values, fused_pad) for b in fused)
 
 
 def test_pad_stage_refuses_blocks_outside_the_pad() -> None:

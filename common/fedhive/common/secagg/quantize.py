@@ -69,9 +69,16 @@ SUB_BLOCK = 1 << 15  # elements per pass: the float64 scratch stays in the CPU c
 
 
 def quantize(
-    values: np.ndarray, weight: int, cfg: QuantConfig, rng: np.random.Generator
+    values: np.ndarray,
+    weight: int,
+    cfg: QuantConfig,
+    rng: np.random.Generator,
+    *,
+    add_to: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Weighted stochastic quantization of float ``values`` into uint32 words in ``[0, w L]``.
+    """Weighted stochastic quantization of float ``values`` into uint32 words in ``[0, w L]``;
+    with ``add_to`` (uint32, as long as ``values``) the words are added to it, mod 2^32, in
+    place (a node's precomputed mask: no array of quantized words is made) and it is returned.
 
     ``floor(y + u)`` with ``u`` uniform in ``[0, 1)`` rounds ``y`` up with probability
     ``frac(y)``: unbiased. ``u = r / 2^32`` for ``r`` the next 32-bit word of an AES-256-CTR
@@ -85,15 +92,20 @@ def quantize(
     cfg.check_weight(weight)
     flat = np.asarray(values).reshape(-1)
     n = flat.size
-    out = np.empty(n, dtype=np.uint32)
+    if add_to is not None and (
+        add_to.dtype != np.uint32 or add_to.shape != (n,) or not add_to.flags.writeable
+    ):
+        raise ValueError(f"add_to must be a writable flat uint32 array of {n} words")
+    out = np.empty(n, dtype=np.uint32) if add_to is None else add_to
     sub = max(min(n, SUB_BLOCK), 1)
     scratch = np.empty(sub, dtype=np.float64)
     uniform = np.empty(sub, dtype=np.float64)
     words = np.empty(sub + 4, dtype=np.uint32)  # update_into wants a block of slack
+    quantized = np.empty(sub, dtype=np.uint32) if add_to is not None else None
     zeros = memoryview(bytes(4 * sub))
     stream = Cipher(algorithms.AES(rng.bytes(32)), modes.CTR(bytes(16))).encryptor()
     scale = weight / cfg.step
-    top = float(weight * cfg.levels)
+    top = np.uint32(weight * cfg.levels)
     for i in range(0, n, sub):
         m = min(sub, n - i)
         x, y, u = flat[i : i + m], scratch[:m], uniform[:m]
@@ -106,8 +118,11 @@ def quantize(
         np.multiply(words[:m], 2.0**-32, out=u)
         y += u
         np.floor(y, out=y)
-        np.minimum(y, top, out=y)  # float rounding of w (clip + clip) / step
-        out[i : i + m] = y
+        target = out[i : i + m] if quantized is None else quantized[:m]
+        target[...] = y  # integers below 2^32 + 1: exact
+        np.minimum(target, top, out=target)  # float rounding of w (clip + clip) / step
+        if quantized is not None:
+            np.add(out[i : i + m], target, out=out[i : i + m])
     return out
 
 

@@ -51,20 +51,46 @@ class ClipStage:
 
 
 class QuantizeStage:
-    """Weighted stochastic quantization; emits the weight as word 0, element i as word i + 1."""
+    """Weighted stochastic quantization; emits the weight as word 0, element i as word i + 1.
+
+    With ``pad`` (a node's precomputed whole mask, :meth:`NodeSecAgg.pad`) the words are added
+    into it in the same pass, and the blocks are masked words, views of the pad: the same as
+    ``[QuantizeStage(cfg, weight, rng), PadStage(pad)]``, without an array of quantized words.
+    """
 
     name = "quantize"
 
-    def __init__(self, cfg: QuantConfig, weight: int, rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        cfg: QuantConfig,
+        weight: int,
+        rng: np.random.Generator,
+        pad: np.ndarray | None = None,
+    ) -> None:
         cfg.check_weight(weight)
+        if pad is not None and (pad.dtype != np.uint32 or pad.ndim != 1):
+            raise ValueError("a pad is a flat uint32 array")
         self.cfg = cfg
         self.weight = weight
         self.rng = rng
+        self.pad = pad
 
     def transform(self, blocks: Iterable[Block]) -> Iterator[Block]:
-        yield Block(0, np.array([self.weight], dtype=np.uint32))
+        pad = self.pad
+        if pad is None:
+            yield Block(0, np.array([self.weight], dtype=np.uint32))
+            for b in blocks:
+                words = quantize(b.values, self.weight, self.cfg, self.rng)
+                yield Block(b.start + COUNT_WORDS, words)
+            return
+        pad[:COUNT_WORDS] += np.uint32(self.weight)
+        yield Block(0, pad[:COUNT_WORDS])
         for b in blocks:
-            yield Block(b.start + COUNT_WORDS, quantize(b.values, self.weight, self.cfg, self.rng))
+            start = b.start + COUNT_WORDS
+            if b.start < 0 or start + b.values.size > pad.size:
+                raise ValueError(f"block [{b.start}, {b.stop}) outside the pad's elements")
+            part = pad[start : start + b.values.size]
+            yield Block(start, quantize(b.values, self.weight, self.cfg, self.rng, add_to=part))
 
 
 class MaskStage:
