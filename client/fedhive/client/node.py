@@ -353,13 +353,13 @@ class Node:
             log.info("run finished after round %d", header.round)
             return True
         config = dict(header.config)
-        keys = None
+        secure: tuple[SecureTask, KeyExchange] | None = None
         if header.kind == TaskKind.TRAIN:
-            secure = SecureTask.from_config(config)
-            keys = self._start_keys(joined, secure) if secure is not None else None
+            task = SecureTask.from_config(config)
+            secure = (task, self._start_keys(joined, task)) if task is not None else None
         self._receive(header, stream)
-        if keys is not None:
-            keys.allow_masking()
+        if secure is not None:
+            secure[1].allow_masking()
         if header.kind == TaskKind.EVALUATE:
             result = self.task.evaluate(self.model, config)
             n, metrics = (result.num_examples, dict(result.metrics)) if result else (0, {})
@@ -369,7 +369,7 @@ class Node:
             self.stats.evaluations += 1
             log.info("round %d: evaluated %s", header.round, _fmt(metrics))
             return False
-        self._train_and_push(joined, header, config, keys)
+        self._train_and_push(joined, header, config, secure)
         return False
 
     def _receive(self, header: TaskHeader, stream: Iterator[object]) -> None:
@@ -402,7 +402,11 @@ class Node:
                     target.copy_(_tensor_view(buf, spec), non_blocking=False)
 
     def _train_and_push(
-        self, joined: JoinReply, header: TaskHeader, config: dict, keys: KeyExchange | None
+        self,
+        joined: JoinReply,
+        header: TaskHeader,
+        config: dict,
+        secure: tuple[SecureTask, KeyExchange] | None,
     ) -> None:
         started = time.perf_counter()
         eval_n, eval_metrics = 0, {}
@@ -421,10 +425,9 @@ class Node:
         train_s = time.perf_counter() - started
         buffers = [tensor_bytes(t) for t in self.state.values()]
         trailer = (dict(fit.metrics), eval_metrics, eval_n)
-        secure = SecureTask.from_config(config)
-        if secure is not None and keys is not None:
+        if secure is not None:
             try:
-                sent = self._secure_push(joined, header, secure, keys, fit.num_examples, trailer)
+                sent = self._secure_push(joined, header, *secure, fit.num_examples, trailer)
             except (SecAggError, ConfigError, InvalidUpdateError) as exc:  # e.g. NaN
                 self._end_keys()
                 log.error("round %d: secure aggregation failed: %s", header.round, exc)
