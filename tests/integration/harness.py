@@ -83,6 +83,7 @@ def start_node(
     log: Path | None = None,
     tls_dir: Path | None = None,
     max_connect_attempts: int = 10,
+    device: str = "cpu",
 ) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
@@ -98,7 +99,7 @@ def start_node(
         "--seed",
         str(seed),
         "--device",
-        "cpu",
+        device,
         "--max-connect-attempts",
         str(max_connect_attempts),
     ]

@@ -75,6 +75,23 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def describe_device(name: str) -> str:
+    """The device and, for a GPU, its model and memory (what a log reader needs to know)."""
+    dev = torch.device(name)
+    if dev.type != "cuda":
+        return name
+    props = torch.cuda.get_device_properties(dev)
+    return f"{name}: {props.name}, {props.total_memory / 2**30:.0f} GiB"
+
+
+def gpu_peak(device: str) -> str:
+    """The peak GPU memory allocated so far by this process, for the round's log line."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return ""
+    return f", peak GPU memory {torch.cuda.max_memory_allocated(dev) / 2**20:.0f} MiB"
+
+
 @dataclass
 class NodeStats:
     rounds_trained: int = 0
@@ -148,7 +165,12 @@ class Node:
                 )
                 self._rejoin.clear()
                 self._attempt = 0
-                log.info("joined run %s as %s", self._join.run_id, self._join.auth.node_id)
+                log.info(
+                    "joined run %s as %s (device %s)",
+                    self._join.run_id,
+                    self._join.auth.node_id,
+                    describe_device(self.device),
+                )
             except TransportError as exc:
                 log.warning("cannot reach the coordinator (%s); retrying", exc)
                 self._backoff()
@@ -344,6 +366,7 @@ class Node:
         joined = self._ensure_joined()
         stream = self.transport.pull(joined.auth, self.config.poll_wait_s)
         header = next(stream, None)
+        header_at = time.perf_counter()
         if not isinstance(header, TaskHeader):
             raise InvalidUpdateError("task stream did not start with a header")
         self._attempt = 0
@@ -369,7 +392,7 @@ class Node:
             self.stats.evaluations += 1
             log.info("round %d: evaluated %s", header.round, _fmt(metrics))
             return False
-        self._train_and_push(joined, header, config, secure)
+        self._train_and_push(joined, header, config, secure, time.perf_counter() - header_at)
         return False
 
     def _receive(self, header: TaskHeader, stream: Iterator[object]) -> None:
@@ -407,6 +430,7 @@ class Node:
         header: TaskHeader,
         config: dict,
         secure: tuple[SecureTask, KeyExchange] | None,
+        download_s: float,
     ) -> None:
         started = time.perf_counter()
         eval_n, eval_metrics = 0, {}
@@ -422,7 +446,8 @@ class Node:
             self._end_keys()
             self._decline(joined, header.round, f"training failed: {type(exc).__name__}: {exc}")
             raise
-        train_s = time.perf_counter() - started
+        trained_at = time.perf_counter()
+        train_s = trained_at - started
         buffers = [tensor_bytes(t) for t in self.state.values()]
         trailer = (dict(fit.metrics), eval_metrics, eval_n)
         if secure is not None:
@@ -438,15 +463,21 @@ class Node:
             sent = self.transport.push(
                 self._messages(joined, header, fit.num_examples, self.specs, buffers, trailer)
             )
+        upload_s = time.perf_counter() - trained_at
         self.stats.bytes_up += sent
         self.stats.rounds_trained += 1
         log.info(
-            "round %d: trained on %d examples in %.2fs %s; sent %.1f MB",
+            "round %d: trained on %d examples in %.2fs %s; sent %.1f MB "
+            "(download %.3fs, train %.3fs, upload %.3fs%s)",
             header.round,
             fit.num_examples,
             train_s,
             _fmt(fit.metrics),
             sent / 1e6,
+            download_s,
+            train_s,
+            upload_s,
+            gpu_peak(self.device),
         )
 
 

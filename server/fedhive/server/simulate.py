@@ -63,6 +63,7 @@ def node_command(
     seed: int,
     task_args: list[str],
     tls_dir: Path | None = None,
+    device: str = "cpu",
 ) -> list[str]:
     cmd = [
         sys.executable,
@@ -78,7 +79,7 @@ def node_command(
         "--seed",
         str(seed),
         "--device",
-        "cpu",
+        device,
         "--max-connect-attempts",
         "20",
     ]
@@ -103,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         help="pathological split instead: K label-sorted shards per node",
     )
     p.add_argument("--workdir", type=Path, help="where data, logs and the run go")
+    p.add_argument(
+        "--node-device",
+        default="cpu",
+        help="device every node trains on: cpu (default), cuda, cuda:1, auto (the nodes share it)",
+    )
     ns = p.parse_args(argv)
     setup_logging(ns.log_level)
     if ns.nodes < 1:
@@ -157,7 +163,14 @@ def main(argv: list[str] | None = None) -> int:
         out = open(logs / f"node-{i}.log", "wb")  # noqa: SIM115 - lives as long as the process
         tls_dir = pki.node_dir(names[i]) if pki is not None else None
         cmd = node_command(
-            address, config.task, node_data[i], names[i], base.seed + i, ns.task_arg, tls_dir
+            address,
+            config.task,
+            node_data[i],
+            names[i],
+            base.seed + i,
+            ns.task_arg,
+            tls_dir,
+            ns.node_device,
         )
         procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env))
     console.print(f"coordinator on {address}; {ns.nodes} node processes (logs in {logs})")

@@ -47,6 +47,9 @@ class TrainConfig(BaseModel):
     mu: float = Field(default=0.0, ge=0, description="FedProx proximal term; 0 = FedAvg")
     max_grad_norm: float | None = Field(default=None, gt=0)
     amp: bool = True
+    amp_dtype: Literal["auto", "bfloat16", "float16"] = Field(
+        default="auto", description="auto: bf16 where the GPU supports it, else fp16"
+    )
     # set by the coordinator every round
     round: int = Field(default=0, ge=0)
     evaluate: bool = False
@@ -134,7 +137,7 @@ class Trainer:
         self.cuda = self.device.type == "cuda"
         self.amp_dtype: torch.dtype | None = None
         if self.cuda:
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            self.amp_dtype = self.resolve_amp_dtype("auto")
         self.scaler: torch.amp.GradScaler | None = None
         self._opt: torch.optim.Optimizer | None = None
         self._opt_key: tuple[int, str] | None = None
@@ -161,6 +164,16 @@ class Trainer:
             if cfg.optimizer == "sgd":
                 group["momentum"] = cfg.momentum
         return self._opt
+
+    @staticmethod
+    def resolve_amp_dtype(name: str) -> torch.dtype:
+        """The autocast dtype for a ``TrainConfig.amp_dtype``; bf16 only where the GPU has it."""
+        if name == "float16":
+            return torch.float16
+        supported = torch.cuda.is_bf16_supported()
+        if name == "bfloat16" and not supported:
+            raise TaskError("amp_dtype=bfloat16 requested but this GPU does not support bf16")
+        return torch.bfloat16 if supported else torch.float16
 
     def autocast(self, cfg: TrainConfig | None = None) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is None or (cfg is not None and not cfg.amp):
@@ -202,6 +215,8 @@ class Trainer:
         if len(data[-1]) == 0:
             raise TaskError("no training examples on this node")
         opt = self.optimizer(model, cfg)
+        if self.cuda:
+            self.amp_dtype = self.resolve_amp_dtype(cfg.amp_dtype)
         use_scaler = self.cuda and cfg.amp and self.amp_dtype == torch.float16
         if use_scaler and self.scaler is None:
             self.scaler = torch.amp.GradScaler("cuda")
