@@ -104,6 +104,6 @@ def test_lora_text_task_trains_on_the_gpu(tmp_path: Path) -> None:
     ev = task.evaluate(model, {})
 
     # Assert: what travels lives on the GPU, changed, and stayed float32
-    assert fit.num_examples == 32 and ev is not None
+    assert fit.metrics["steps"] == 4 and ev is not None and ev.num_examples > 0
     assert all(t.is_cuda and t.dtype == torch.float32 for t in state.values())
     assert any(not torch.equal(sent[n], state[n]) for n in state)
