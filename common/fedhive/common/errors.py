@@ -6,6 +6,8 @@
     ├── ConfigError                 a bad or misspelled setting (names the field)
     ├── PkiError                    a certificate, key or CRL is missing, damaged or wrong
     ├── TaskError                   a task factory could not be loaded or misbehaved
+    ├── AggregationError            a strategy cannot aggregate this round (e.g. too few
+    │                               updates for its robust rule); the round fails, model untouched
     ├── TransportError              the coordinator could not be reached / the call broke
     │   └── CoordinatorGone         the run is over or the coordinator forgot this node
     ├── SecAggError                 secure aggregation could not go on (``node``: who, if known)
@@ -46,6 +48,10 @@ class PkiError(FedhiveError):
 
 class TaskError(FedhiveError):
     """A task (model + data + training code) could not be loaded or failed."""
+
+
+class AggregationError(FedhiveError):
+    """A strategy cannot aggregate this round (its preconditions are not met)."""
 
 
 class TransportError(FedhiveError):

@@ -38,3 +38,39 @@ class Aggregator(Protocol):
         ...
 
     def restore(self, state: dict[str, object]) -> None: ...
+
+
+class UpdateBlocks(Protocol):
+    """The round's updates as a robust rule reads them: the same slice of one tensor in every
+    update (:class:`fedhive.server.strategy.blocks.RetainedUpdates` keeps them on disk)."""
+
+    @property
+    def specs(self) -> Sequence[TensorSpec]: ...
+
+    @property
+    def examples(self) -> Sequence[int]:
+        """Each update's example count, in arrival order."""
+        ...
+
+    def block(self, tensor: int, start: int, stop: int) -> np.ndarray:
+        """Values ``start:stop`` (flat) of tensor ``tensor`` of every update: (N, stop - start),
+        float32 (float64 for 64-bit tensors)."""
+        ...
+
+    def spans(self, tensor: int) -> Iterator[tuple[int, int]]:
+        """``(start, stop)`` blocks covering tensor ``tensor``, sized for N updates."""
+        ...
+
+
+class RobustRule(Protocol):
+    """A rule that must see every update of the round together (median, Krum ...).
+
+    It reads them block by block (:class:`UpdateBlocks`) and returns the new model as float
+    arrays (float32; float64 for 64-bit tensors), one per spec, shaped like it."""
+
+    def check(self, count: int) -> None:
+        """Raise :class:`~fedhive.common.errors.AggregationError` if ``count`` updates are too
+        few for this rule."""
+        ...
+
+    def aggregate(self, blocks: UpdateBlocks) -> list[np.ndarray]: ...

@@ -1,0 +1,40 @@
+"""FedAdam (Reddi et al., 2021, "Adaptive federated optimization"), with Flower's bias correction.
+
+``d = mean - global``; ``m = b1 m + (1 - b1) d``; ``v = b2 v + (1 - b2) d^2``;
+``global <- global + eta * sqrt(1 - b2^(t+1)) / (1 - b1^(t+1)) * m / (sqrt(v) + tau)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedhive.server.strategy.fedopt import Moments
+
+
+class FedAdamArgs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    eta: float = Field(default=0.1, gt=0, description="server learning rate")
+    beta_1: float = Field(default=0.9, ge=0, lt=1)
+    beta_2: float = Field(default=0.99, ge=0, lt=1)
+    tau: float = Field(default=1e-9, gt=0, description="adaptivity (epsilon)")
+
+
+class FedAdam(Moments):
+    def __init__(self, **args: float) -> None:
+        super().__init__("m", "v")
+        self.args = FedAdamArgs(**args)
+
+    def step(self, index: int, current: np.ndarray, average: np.ndarray, t: int) -> np.ndarray:
+        a = self.args
+        delta = average - current
+        m = self.get("m", index)
+        v = self.get("v", index)
+        m = (1 - a.beta_1) * delta if m is None else a.beta_1 * m + (1 - a.beta_1) * delta
+        sq = delta * delta
+        v = (1 - a.beta_2) * sq if v is None else a.beta_2 * v + (1 - a.beta_2) * sq
+        self.put("m", index, m)
+        self.put("v", index, v)
+        eta = a.eta * np.sqrt(1 - np.power(a.beta_2, t + 1.0)) / (1 - np.power(a.beta_1, t + 1.0))
+        return current + eta * m / (np.sqrt(v) + a.tau)

@@ -1,0 +1,46 @@
+"""FedTrimmedAvg (Yin et al., 2018): the coordinate-wise beta-trimmed mean, unweighted.
+
+For each coordinate the ``floor(beta * N)`` smallest and largest values are dropped and the rest
+averaged (Flower's and scipy's ``trim_mean``). Example counts are ignored, as in the paper and in
+Flower. Read block by block from disk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedhive.common.errors import AggregationError
+from fedhive.server.strategy.base import UpdateBlocks
+
+
+class FedTrimmedAvgArgs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    beta: float = Field(default=0.2, ge=0.0, lt=0.5, description="share cut at each end")
+
+
+class FedTrimmedAvg:
+    def __init__(self, beta: float = 0.2) -> None:
+        self.beta = FedTrimmedAvgArgs(beta=beta).beta
+
+    def check(self, count: int) -> None:
+        if count < 1:
+            raise AggregationError("FedTrimmedAvg needs at least one update")
+
+    def aggregate(self, blocks: UpdateBlocks) -> list[np.ndarray]:
+        n = len(blocks.examples)
+        self.check(n)
+        low = int(self.beta * n)
+        high = n - low
+        out = []
+        for index, spec in enumerate(blocks.specs):
+            result: np.ndarray | None = None
+            for start, stop in blocks.spans(index):
+                block = np.partition(blocks.block(index, start, stop), (low, high - 1), axis=0)
+                if result is None:
+                    result = np.empty(spec.numel, dtype=block.dtype)
+                result[start:stop] = np.mean(block[low:high], axis=0)
+            assert result is not None
+            out.append(result.reshape(spec.shape))
+        return out

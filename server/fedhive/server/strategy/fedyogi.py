@@ -1,0 +1,41 @@
+"""FedYogi (Reddi et al., 2021, "Adaptive federated optimization").
+
+``d = mean - global``; ``m = b1 m + (1 - b1) d``; ``v = v - (1 - b2) d^2 sign(v - d^2)``;
+``global <- global + eta * m / (sqrt(v) + tau)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedhive.server.strategy.fedopt import Moments
+
+
+class FedYogiArgs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    eta: float = Field(default=0.01, gt=0, description="server learning rate")
+    beta_1: float = Field(default=0.9, ge=0, lt=1)
+    beta_2: float = Field(default=0.99, ge=0, lt=1)
+    tau: float = Field(default=1e-3, gt=0, description="adaptivity (epsilon)")
+
+
+class FedYogi(Moments):
+    def __init__(self, **args: float) -> None:
+        super().__init__("m", "v")
+        self.args = FedYogiArgs(**args)
+
+    def step(self, index: int, current: np.ndarray, average: np.ndarray, t: int) -> np.ndarray:
+        a = self.args
+        delta = average - current
+        m = self.get("m", index)
+        v = self.get("v", index)
+        m = (1 - a.beta_1) * delta if m is None else a.beta_1 * m + (1 - a.beta_1) * delta
+        sq = delta * delta
+        if v is None:
+            v = np.zeros_like(delta)
+        v = v - (1.0 - a.beta_2) * sq * np.sign(v - sq)
+        self.put("m", index, m)
+        self.put("v", index, v)
+        return current + a.eta * m / (np.sqrt(v) + a.tau)
