@@ -50,7 +50,7 @@ def entries(text: str) -> dict[str, str]:
 
 def required(text: str) -> set[str]:
     usage = text.split("\n\n", 1)[0]
-    return {flag for flag in re.findall(r"(?<!\[)(--[\w-]+) \S", usage)}
+    return set(re.findall(r"(?<!\[)(--[\w-]+)\s+[A-Z]", usage))
 
 
 @pytest.mark.parametrize("argv", ALL, ids=" ".join)
