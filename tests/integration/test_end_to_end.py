@@ -110,13 +110,17 @@ def test_simulate_command_runs_digits_quickstart(tmp_path: Path) -> None:
             str(tmp_path),
             "--no-progress",
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # one stream, as in a log file: the order of lines shows
         text=True,
         timeout=300,
     )
 
     # Assert
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout
+    summary = proc.stdout.index("fedhive run summary")
+    assert "left" not in proc.stdout[summary:]  # the nodes' leaving is logged before the summary
+    assert proc.stdout[:summary].count("left (node stopping)") == 2
     events = [json.loads(x) for x in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     rounds = [e for e in events if e["event"] == "round"]
     assert len(rounds) == 2 and all(e["committed"] for e in rounds)

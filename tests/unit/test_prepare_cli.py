@@ -35,3 +35,20 @@ def test_partition_refuses_node_ids_that_are_not_distinct(
     assert code == 2
     assert "--nodes needs distinct ids" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_prepare_labels_rows_with_the_node_ids_and_prints_the_final_folders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute
+    code = prepare_main(["--out", str(tmp_path), "--nodes", "site-a,hospital-b", "--shards", "2"])
+
+    # Assert
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = [line.split()[0] for line in out.splitlines()[2:4]]
+    assert rows == ["site-a", "hospital-b"]
+    assert "node-0" not in out and ".staging" not in out
+    assert f"in {tmp_path / 'server'}" in out
+    header, *table = out.splitlines()[1:4]
+    assert all(len(row) == len(header) for row in table)  # the columns stay aligned

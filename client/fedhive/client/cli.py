@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from fedhive.common.config import ClientConfig, build_config, parse_assignments
 from fedhive.common.errors import FedhiveError
+from fedhive.common.helptext import dflt, plain, toml_only
 from fedhive.common.logs import setup_logging
 from fedhive.common.memory import startup_gc
 
@@ -22,40 +23,107 @@ if TYPE_CHECKING:
 log = logging.getLogger("fedhive.client")
 
 
+# config fields that a flag sets (every other field: TOML only, listed in --help)
+FLAGGED = (
+    "server", "task", "data_dir", "name", "device", "threads", "seed", "task_args",
+    "max_connect_attempts", "identity_key", "backoff_max_s", "tls_dir", "tls_cert", "tls_key",
+    "tls_ca", "tls_server_name", "insecure",
+)  # fmt: skip
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedhive client", description=__doc__)
-    p.add_argument("--config", type=Path, help="TOML file with client settings")
-    p.add_argument("--server", help="coordinator address host:port")
-    p.add_argument("--task", help="task factory, package.module:factory")
-    p.add_argument("--data", dest="data_dir", type=Path, help="this node's private data folder")
-    p.add_argument("--name", help="node name (default: host name)")
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--max-connect-attempts", type=int)
-    p.add_argument("--identity-key", type=Path, help="Ed25519 key file (secure aggregation)")
-    p.add_argument("--backoff-max", type=float, help="longest wait between reconnects (s)")
+    def d(field: str) -> str:
+        return dflt(ClientConfig, field)
+
+    p = argparse.ArgumentParser(
+        prog="fedhive client",
+        description=plain(__doc__),
+        epilog=toml_only(ClientConfig, FLAGGED),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", type=Path, help="TOML file with client settings (default none)")
+    p.add_argument("--server", help=f"coordinator address host:port {d('server')}")
+    p.add_argument(
+        "--task",
+        help=f"task factory, package.module:factory: the coordinator's {d('task')}",
+    )
+    p.add_argument(
+        "--data",
+        dest="data_dir",
+        type=Path,
+        help="this node's private data folder (default none)",
+    )
+    p.add_argument(
+        "--name",
+        help="node name (default: the host name); under mutual TLS the certificate's name",
+    )
+    p.add_argument("--device", help=f"auto, cpu, cuda, cuda:1 ... {d('device')}")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads (default: OMP_NUM_THREADS if set, else the CPUs this "
+        "process may use divided by the fedhive nodes on this machine; logged)",
+    )
+    p.add_argument("--seed", type=int, help=f"seed of this node's training {d('seed')}")
+    p.add_argument(
+        "--task-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="argument of the task factory (repeat; default none)",
+    )
+    p.add_argument(
+        "--max-connect-attempts",
+        type=int,
+        help="give up after this many failed attempts to reach the coordinator (default none: "
+        "never)",
+    )
+    p.add_argument(
+        "--identity-key",
+        type=Path,
+        help="Ed25519 key file for secure aggregation (default TLS_DIR/identity.key if "
+        "present, else a fresh key per process)",
+    )
+    p.add_argument(
+        "--backoff-max",
+        type=float,
+        metavar="SECONDS",
+        help=f"longest wait between reconnects {d('backoff_max_s')}",
+    )
     p.add_argument(
         "--tls-dir",
         type=Path,
-        help="this node's bundle: ca.crt, node.crt, node.key (from `fedhive certs node`)",
+        help="this node's bundle: ca.crt, node.crt, node.key (from `fedhive certs node`: "
+        "PKI/nodes/ID) (default none)",
     )
-    p.add_argument("--tls-cert", type=Path)
-    p.add_argument("--tls-key", type=Path)
-    p.add_argument("--tls-ca", type=Path)
-    p.add_argument("--tls-server-name", help="name in the coordinator's certificate to expect")
+    p.add_argument("--tls-cert", type=Path, help="certificate (default TLS_DIR/node.crt)")
+    p.add_argument("--tls-key", type=Path, help="its key (default TLS_DIR/node.key)")
     p.add_argument(
-        "--insecure", action="store_true", default=None, help="plain text, no TLS (tests only)"
+        "--tls-ca", type=Path, help="the consortium CA certificate (default TLS_DIR/ca.crt)"
     )
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--tls-server-name",
+        help="name in the coordinator's certificate to expect (default: the host of --server)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="plain text, no TLS (tests only)",
+    )
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING ... (default INFO)")
     return p
 
 
 def build_node(config: ClientConfig, name_flag: str | None) -> tuple[Node, GrpcTransport]:
-    """The node and its transport (task loaded, model built); under mutual TLS the node's id is
-    its certificate's name."""
+    """The node and its transport (threads chosen, task loaded, model built); under mutual TLS
+    the node's id is its certificate's name."""
     from fedhive.client.node import Node
+    from fedhive.client.threads import ThreadChoice
     from fedhive.client.transport import ClientTls, GrpcTransport
+
+    threads = ThreadChoice(config.threads)
+    threads.apply()
 
     tls = ClientTls.from_config(config)
     if tls is not None:
@@ -70,7 +138,7 @@ def build_node(config: ClientConfig, name_flag: str | None) -> tuple[Node, GrpcT
             f"{tls.identity.not_after:%Y-%m-%d}",
         )
     transport = GrpcTransport(config.server, tls=tls)
-    return Node(config, transport), transport
+    return Node(config, transport, before_task=threads.apply), transport
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 "data_dir": ns.data_dir,
                 "name": ns.name,
                 "device": ns.device,
+                "threads": ns.threads,
                 "seed": ns.seed,
                 "task_args": parse_assignments(ns.task_arg, "--task-arg"),
                 "max_connect_attempts": ns.max_connect_attempts,

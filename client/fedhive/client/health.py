@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedhive.common.errors import FedhiveError, PkiError
+from fedhive.common.helptext import plain
 from fedhive.common.pki import read_bytes
 
 
@@ -57,13 +58,26 @@ def probe(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fedhive health", description=__doc__)
-    p.add_argument("--server", default="127.0.0.1:8765")
-    p.add_argument("--tls-dir", type=Path, help="a bundle folder (server or node)")
-    p.add_argument("--tls-server-name", help="name in the coordinator's certificate to expect")
+    p = argparse.ArgumentParser(
+        prog="fedhive health",
+        description=plain(__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--server", default="127.0.0.1:8765", help="coordinator host:port (default 127.0.0.1:8765)"
+    )
+    p.add_argument(
+        "--tls-dir",
+        type=Path,
+        help="a bundle folder, server or node (default none: give this or --insecure)",
+    )
+    p.add_argument(
+        "--tls-server-name",
+        help="name in the coordinator's certificate to expect (default: the host of --server)",
+    )
     p.add_argument("--insecure", action="store_true", help="plain text (coordinator --insecure)")
-    p.add_argument("--service", default="", help="service name ('' = the whole server)")
-    p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--service", default="", help="service name (default '': the whole server)")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="(default 5.0)")
     ns = p.parse_args(argv)
     if ns.insecure == (ns.tls_dir is not None):
         print("fedhive health: give exactly one of --tls-dir or --insecure", file=sys.stderr)

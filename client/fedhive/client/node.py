@@ -15,7 +15,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,9 +103,14 @@ class NodeStats:
 
 class Node:
     def __init__(
-        self, config: ClientConfig, transport: Transport, task: Task | None = None
+        self,
+        config: ClientConfig,
+        transport: Transport,
+        task: Task | None = None,
+        before_task: Callable[[], object] | None = None,  # e.g. re-choose the thread count
     ) -> None:
         self.config = config
+        self.before_task = before_task
         self.transport = transport
         self.device = resolve_device(config.device)
         self.task = task or load_task(
@@ -375,6 +380,8 @@ class Node:
         if header.kind == TaskKind.FINISH:
             log.info("run finished after round %d", header.round)
             return True
+        if self.before_task is not None:
+            self.before_task()
         config = dict(header.config)
         secure: tuple[SecureTask, KeyExchange] | None = None
         if header.kind == TaskKind.TRAIN:

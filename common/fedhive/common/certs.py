@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedhive.common.errors import PkiError
+from fedhive.common.helptext import plain
 from fedhive.common.pki import (
     CA_DAYS,
     LEAF_DAYS,
@@ -239,6 +240,19 @@ class Authority:
         return done
 
 
+def format_entries(entries: Sequence[IndexEntry]) -> str:
+    """`certs list`: one row per certificate, columns as wide as their widest cell."""
+    rows = [("NAME", "KIND", "SERIAL", "EXPIRES", "STATUS")]
+    for e in entries:
+        status = f"revoked {e.revoked_at[:10]}" if e.revoked_at else "valid"
+        rows.append((e.name, e.kind, e.serial[:16], e.not_after[:10], status))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[4]])
+        for row in rows
+    )
+
+
 def _split(values: Sequence[str]) -> list[str]:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
@@ -246,38 +260,66 @@ def _split(values: Sequence[str]) -> list[str]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fedhive certs",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="action", required=True)
 
     def cmd(name: str, help_: str) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help_)
-        c.add_argument("--dir", type=Path, default=Path("pki"), help="PKI folder (default: pki)")
+        c = sub.add_parser(name, help=help_, description=help_)
+        c.add_argument("--dir", type=Path, default=Path("pki"), help="PKI folder (default pki)")
         return c
+
+    def days(c: argparse.ArgumentParser, default: int) -> None:
+        c.add_argument(
+            "--days", type=int, default=default, help=f"validity in days (default {default})"
+        )
+
+    def force(c: argparse.ArgumentParser, what: str) -> None:
+        c.add_argument("--force", action="store_true", help=f"replace an existing {what}")
+
+    def names(c: argparse.ArgumentParser) -> None:
+        c.add_argument(
+            "--dns",
+            action="append",
+            default=[],
+            help="DNS name the coordinator is dialled by (repeat or comma-separate; default "
+            "localhost)",
+        )
+        c.add_argument(
+            "--ip",
+            action="append",
+            default=[],
+            help="IP address it is dialled by (repeat or comma-separate; default 127.0.0.1)",
+        )
 
     c = cmd("init-ca", "create the consortium CA")
     c.add_argument("--name", required=True, help="consortium name (the CA's organization)")
-    c.add_argument("--days", type=int, default=CA_DAYS)
-    c.add_argument("--force", action="store_true", help="replace an existing CA")
+    days(c, CA_DAYS)
+    force(c, "CA")
     c = cmd("server", "issue the coordinator's certificate (bundle in DIR/server)")
-    c.add_argument("--cn", default="coordinator", help="common name (also a DNS name)")
-    c.add_argument("--dns", action="append", default=[], help="DNS name it serves on (repeat)")
-    c.add_argument("--ip", action="append", default=[], help="IP address it serves on (repeat)")
-    c.add_argument("--days", type=int, default=LEAF_DAYS)
-    c.add_argument("--force", action="store_true")
+    c.add_argument(
+        "--cn", default="coordinator", help="common name, also a DNS name (default coordinator)"
+    )
+    names(c)
+    days(c, LEAF_DAYS)
+    force(c, "certificate and key")
     c = cmd("node", "issue a node's certificate (bundle in DIR/nodes/ID)")
     c.add_argument("--id", required=True, dest="node_id", help="node id (the certificate's CN)")
-    c.add_argument("--days", type=int, default=LEAF_DAYS)
-    c.add_argument("--force", action="store_true")
+    days(c, LEAF_DAYS)
+    force(c, "certificate and key")
     cmd("list", "list issued certificates")
     c = cmd("revoke", "revoke a node's (or the coordinator's) certificates")
-    c.add_argument("--id", required=True, dest="node_id")
+    c.add_argument("--id", required=True, dest="node_id", help="node id (or coordinator's CN)")
     c = cmd("bootstrap", "create whatever is missing: CA, coordinator and node certificates")
-    c.add_argument("--name", required=True)
-    c.add_argument("--nodes", action="append", default=[], help="node ids, comma-separated")
-    c.add_argument("--dns", action="append", default=[])
-    c.add_argument("--ip", action="append", default=[])
+    c.add_argument("--name", required=True, help="consortium name, if a CA is created")
+    c.add_argument(
+        "--nodes",
+        action="append",
+        default=[],
+        help="node ids (repeat or comma-separate; default none)",
+    )
+    names(c)
     return p
 
 
@@ -290,19 +332,15 @@ def main(argv: list[str] | None = None) -> int:
             until = f"{info.not_after:%Y-%m-%d}"
             print(f"CA {info.common_name!r} in {ca.ca_cert} (valid until {until})")
         elif ns.action == "server":
-            dns = [*ns.dns] or list(DEFAULT_DNS)
-            ips = [*ns.ip] or list(DEFAULT_IPS)
+            dns = _split(ns.dns) or list(DEFAULT_DNS)
+            ips = _split(ns.ip) or list(DEFAULT_IPS)
             info = ca.issue_server(ns.cn, dns=dns, ips=ips, days=ns.days, force=ns.force)
             print(f"coordinator certificate {info.common_name!r} in {ca.server_dir}")
         elif ns.action == "node":
             info = ca.issue_node(ns.node_id, days=ns.days, force=ns.force)
             print(f"node bundle for {info.common_name!r} in {ca.node_dir(ns.node_id)}")
         elif ns.action == "list":
-            print(f"{'NAME':<24} {'KIND':<7} {'SERIAL':<16} {'EXPIRES':<11} STATUS")
-            for e in ca.entries():
-                status = f"revoked {e.revoked_at[:10]}" if e.revoked_at else "valid"
-                expires = e.not_after[:10]
-                print(f"{e.name:<24} {e.kind:<7} {e.serial[:16]:<16} {expires:<11} {status}")
+            print(format_entries(ca.entries()))
         elif ns.action == "revoke":
             hit = ca.revoke(ns.node_id)
             print(f"revoked {len(hit)} certificate(s) of {ns.node_id!r}; CRL: {ca.crl}")

@@ -126,6 +126,9 @@ class ClientConfig(_Config):
     data_dir: Path | None = None
     name: str = Field(default_factory=socket.gethostname, min_length=1)
     device: str = "auto"
+    # torch intra-op threads; None: OMP_NUM_THREADS, else the usable CPUs shared among the
+    # fedhive nodes on this machine (fedhive.client.threads)
+    threads: int | None = Field(default=None, ge=1)
     seed: int = 0
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)

@@ -18,6 +18,7 @@ import numpy as np
 
 from fedhive.common.datasets import Labelled, load_labelled
 from fedhive.common.errors import FedhiveError
+from fedhive.common.helptext import plain
 from fedhive.common.partition import (
     class_histogram,
     format_histogram,
@@ -93,15 +94,36 @@ def partition_dataset(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fedhive partition", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="fedhive partition",
+        description=plain(__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("source", type=Path, help=".npz, .csv or .jsonl file, or an image folder")
     p.add_argument("out", type=Path, help="folder that receives node-0 ... node-N-1")
-    p.add_argument("--nodes", type=int, required=True)
-    p.add_argument("--scheme", choices=("iid", "dirichlet", "shards"), default="dirichlet")
-    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration")
-    p.add_argument("--shards-per-node", type=int, default=2)
-    p.add_argument("--holdout", type=float, default=0.0, help="share written to OUT/server")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nodes", type=int, required=True, help="number of node folders")
+    p.add_argument(
+        "--scheme",
+        choices=("iid", "dirichlet", "shards"),
+        default="dirichlet",
+        help="how labels are spread across nodes (default dirichlet)",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=0.5,
+        help="Dirichlet concentration: smaller is more skewed (default 0.5)",
+    )
+    p.add_argument(
+        "--shards-per-node",
+        type=int,
+        default=2,
+        help="label-sorted shards per node, scheme shards (default 2)",
+    )
+    p.add_argument(
+        "--holdout", type=float, default=0.0, help="share written to OUT/server (default 0.0)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
     ns = p.parse_args(argv)
     try:
         data = load_labelled(ns.source)

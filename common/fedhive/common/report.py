@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedhive.common.helptext import plain
+
 Series = dict[str, list[tuple[int, float]]]
 
 
@@ -184,10 +186,14 @@ def write_tensorboard(summary: RunSummary, out: Path) -> Path:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fedhive report", description=__doc__)
-    p.add_argument("run_dir", type=Path)
+    p = argparse.ArgumentParser(
+        prog="fedhive report",
+        description=plain(__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", type=Path, help="a run directory (holds events.jsonl)")
     p.add_argument("--out", type=Path, help="PNG path (default RUN_DIR/report.png)")
-    p.add_argument("--title", default="")
+    p.add_argument("--title", default="", help="title of the plot (default none)")
     p.add_argument("--tensorboard", action="store_true", help="also write RUN_DIR/tensorboard")
     ns = p.parse_args(list(argv) if argv is not None else None)
     try:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from fedhive.common.config import ServerConfig, build_config, parse_assignments
 from fedhive.common.errors import ConfigError, FedhiveError
+from fedhive.common.helptext import dflt, plain, toml_only
 from fedhive.common.logs import setup_logging
 
 
@@ -18,55 +22,135 @@ def _ids(items: list[str]) -> tuple[str, ...] | None:
     return ids or None
 
 
-def add_server_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="TOML file with server settings")
-    p.add_argument("--address", help="listen address host:port (default 127.0.0.1:8765)")
-    p.add_argument("--run-dir", type=Path)
+# config fields that a flag sets (every other field: TOML only, listed in --help)
+FLAGGED = (
+    "address", "run_dir", "task", "task_args", "seed", "rounds", "min_nodes", "fraction",
+    "min_updates", "round_timeout_s", "chunk_size", "train", "eval_data", "progress", "insecure",
+    "tls_dir", "tls_cert", "tls_key", "tls_ca", "crl", "allowed_nodes",
+)  # fmt: skip
+# flags `fedhive simulate` does not take: it makes its own run directory and certificates
+SERVER_ONLY = ("resume", "tls_dir", "tls_cert", "tls_key", "tls_ca", "crl")
+
+
+def add_server_args(p: argparse.ArgumentParser, *, simulate: bool = False) -> None:
+    """The coordinator's flags (``simulate``: without those `fedhive simulate` sets itself)."""
+
+    def d(field: str) -> str:
+        return dflt(ServerConfig, field)
+
+    p.epilog = toml_only(ServerConfig, FLAGGED)
+    p.add_argument("--config", type=Path, help="TOML file with server settings (default none)")
+    if simulate:
+        p.add_argument(
+            "--address", help="listen address host:port (default 127.0.0.1:0: a free port)"
+        )
+        p.add_argument("--run-dir", type=Path, help="run directory (default WORKDIR/run)")
+    else:
+        p.add_argument("--address", help=f"listen address host:port {d('address')}")
+        p.add_argument(
+            "--run-dir",
+            type=Path,
+            help=f"run directory: models, SQLite store, events.jsonl {d('run_dir')}",
+        )
+        p.add_argument(
+            "--resume",
+            type=Path,
+            metavar="RUN_DIR",
+            help="continue the run in RUN_DIR with its stored settings (default none: a run "
+            "directory that exists is resumed anyway when the settings match)",
+        )
+    p.add_argument("--task", help=f"task factory, package.module:factory {d('task')}")
+    p.add_argument("--rounds", type=int, help=f"training rounds {d('rounds')}")
     p.add_argument(
-        "--resume",
-        type=Path,
-        metavar="RUN_DIR",
-        help="continue the run in RUN_DIR with its stored settings (a run directory that exists "
-        "is resumed anyway when the settings match)",
+        "--min-nodes",
+        type=int,
+        help="nodes that must be connected before a round starts "
+        + ("(default --nodes)" if simulate else d("min_nodes")),
     )
-    p.add_argument("--task", help="task factory, package.module:factory")
-    p.add_argument("--rounds", type=int)
-    p.add_argument("--min-nodes", type=int)
-    p.add_argument("--fraction", type=float)
-    p.add_argument("--min-updates", type=int)
-    p.add_argument("--round-timeout", dest="round_timeout_s", type=float)
-    p.add_argument("--chunk-size", type=int)
-    p.add_argument("--eval-data", type=Path, help="held-out data for coordinator-side evaluation")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--fraction",
+        type=float,
+        help=f"share of connected nodes selected each round, at least min-nodes {d('fraction')}",
+    )
+    p.add_argument(
+        "--min-updates",
+        type=int,
+        help="updates needed to commit a round (default none: 1)",
+    )
+    p.add_argument(
+        "--round-timeout",
+        dest="round_timeout_s",
+        type=float,
+        metavar="SECONDS",
+        help=f"a round closes with what arrived after this long {d('round_timeout_s')}",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        metavar="BYTES",
+        help=f"bytes per streamed model chunk {d('chunk_size')}",
+    )
+    p.add_argument(
+        "--eval-data",
+        type=Path,
+        help="held-out data for coordinator-side evaluation "
+        + ("(default: the task's held-out share)" if simulate else d("eval_data")),
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the initial model and node selection "
+        + ("(node i gets seed + i) " if simulate else "")
+        + d("seed"),
+    )
+    p.add_argument(
+        "--task-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="argument of the task factory (repeat; default none)",
+    )
     p.add_argument(
         "--train",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="training config sent to nodes each round (epochs, batch_size, lr ...)",
+        help="training config sent to nodes each round: epochs, batch_size, lr ... (repeat; "
+        "default: the task's)",
     )
-    p.add_argument(
-        "--tls-dir",
-        type=Path,
-        help="the coordinator's bundle (server.crt, server.key, ca.crt, crl.pem: `fedhive certs`)",
-    )
-    p.add_argument("--tls-cert", type=Path)
-    p.add_argument("--tls-key", type=Path)
-    p.add_argument("--tls-ca", type=Path, help="the consortium CA certificate")
-    p.add_argument("--crl", type=Path, help="revocation list (re-read when it changes)")
+    if not simulate:
+        p.add_argument(
+            "--tls-dir",
+            type=Path,
+            help="the coordinator's bundle: server.crt, server.key, ca.crt, crl.pem (from "
+            "`fedhive certs server`: PKI/server) (default none)",
+        )
+        p.add_argument("--tls-cert", type=Path, help="certificate (default TLS_DIR/server.crt)")
+        p.add_argument("--tls-key", type=Path, help="its key (default TLS_DIR/server.key)")
+        p.add_argument(
+            "--tls-ca", type=Path, help="the consortium CA certificate (default TLS_DIR/ca.crt)"
+        )
+        p.add_argument(
+            "--crl",
+            type=Path,
+            help="revocation list, re-read when it changes (default TLS_DIR/crl.pem if present)",
+        )
     p.add_argument(
         "--allow-node",
         action="append",
         default=[],
         metavar="ID[,ID...]",
-        help="only these node ids may join (repeat or comma-separate)",
+        help="only these node ids may join (repeat or comma-separate; default: every "
+        "certificate of the CA)",
     )
     p.add_argument(
-        "--insecure", action="store_true", default=None, help="plain text, no TLS (tests only)"
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="plain text, no TLS (tests only)",
     )
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING ... (default INFO)")
 
 
 def config_from_args(ns: argparse.Namespace, **extra: Any) -> ServerConfig:
@@ -85,11 +169,7 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> ServerConfig:
         "task_args": parse_assignments(ns.task_arg, "--task-arg"),
         "train": parse_assignments(ns.train, "--train"),
         "progress": False if ns.no_progress else None,
-        "tls_dir": ns.tls_dir,
-        "tls_cert": ns.tls_cert,
-        "tls_key": ns.tls_key,
-        "tls_ca": ns.tls_ca,
-        "crl": ns.crl,
+        **{name: getattr(ns, name, None) for name in SERVER_ONLY if name != "resume"},
         "allowed_nodes": _ids(ns.allow_node),
         "insecure": ns.insecure,
         **extra,
@@ -106,22 +186,17 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> ServerConfig:
 
 
 def run(config: ServerConfig) -> int:
-    from rich.console import Console
-
     from fedhive.server.app import serve
     from fedhive.server.coordinator import RunAborted
-    from fedhive.server.progress import RichProgress, summary_table
+    from fedhive.server.progress import RichProgress, make_console, summary_table
 
-    console = Console(stderr=False)
+    console = make_console()
     progress = RichProgress(config.rounds, console)
     try:
-        if config.progress:
-            with progress:
-                history = serve(config, progress, freeze_startup=True)
-        else:
+        with progress if config.progress else contextlib.nullcontext():
             history = serve(config, progress, freeze_startup=True)
     except RunAborted as exc:
-        console.print(f"[red]run aborted:[/red] {exc}")
+        console.print(f"[red]run aborted:[/red] {escape(str(exc))}")
         return 1
     console.print(summary_table(history))
     console.print(f"run directory: {config.run_dir}")
@@ -129,7 +204,11 @@ def run(config: ServerConfig) -> int:
 
 
 def server_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fedhive server", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="fedhive server",
+        description=plain(__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_server_args(p)
     ns = p.parse_args(argv)
     setup_logging(ns.log_level)

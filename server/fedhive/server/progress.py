@@ -1,14 +1,32 @@
-"""Live progress (rich): round, updates received / expected, bytes per second; summary table."""
+"""Live progress (rich): round, updates received / expected, bytes per second; summary table.
+
+On a terminal the round lines and the table fit its width and a live bar shows the round under
+way; written to a file or a pipe, lines are never wrapped and there is no bar (nothing to redraw).
+"""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+# width of the page when the output is not a terminal: long enough that no line wraps (rich
+# would otherwise wrap at 80 columns and squeeze the table's headers)
+FILE_WIDTH = 1000
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console that never highlights; on a file or pipe, one that never wraps."""
+    console = Console(stderr=stderr, highlight=False)
+    if console.is_terminal:
+        return console
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=FILE_WIDTH)
 
 
 def _metric_text(event: Mapping[str, Any]) -> str:
@@ -29,8 +47,11 @@ class RichProgress:
     """A :class:`~fedhive.server.coordinator.RoundListener` that draws to the terminal."""
 
     def __init__(self, rounds: int, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or make_console(stderr=True)
         self.rounds = rounds
+        self.live = self.console.is_terminal  # draw a bar (a file gets the round lines only)
+        self._lock = threading.Lock()  # updates arrive on gRPC threads, rounds on another
+        self._round: int | None = None
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -44,35 +65,46 @@ class RichProgress:
         self._opened = 0.0
 
     def __enter__(self) -> RichProgress:
-        self.progress.start()
+        if self.live:
+            self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if self.live:
+            self.progress.stop()
 
     def round_opened(self, round_: int, kind: str, selected: Sequence[str]) -> None:
-        if self._task is not None:
-            self.progress.remove_task(self._task)
-        self._opened = time.monotonic()
-        self._task = self.progress.add_task(
-            f"round {round_}/{self.rounds} {kind}", total=len(selected), rate=""
-        )
+        with self._lock:
+            if self._task is not None:
+                self.progress.remove_task(self._task)
+            self._opened = time.monotonic()
+            self._round = round_
+            self._task = self.progress.add_task(
+                f"round {round_}/{self.rounds} {kind}", total=len(selected), rate=""
+            )
 
     def update_received(self, round_: int, received: int, expected: int, bytes_in: int) -> None:
-        if self._task is None:
-            return
-        elapsed = max(time.monotonic() - self._opened, 1e-9)
-        self.progress.update(
-            self._task, completed=received, rate=f"{bytes_in / elapsed / 1e6:8.1f} MB/s in"
-        )
+        with self._lock:
+            if self._task is None or round_ != self._round:
+                return  # a late call about a round already closed
+            elapsed = max(time.monotonic() - self._opened, 1e-9)
+            # calls from concurrent uploads may arrive out of order: the count never goes back
+            shown = next(t.completed for t in self.progress.tasks if t.id == self._task)
+            done = max(received, int(shown))
+            self.progress.update(
+                self._task, completed=done, rate=f"{bytes_in / elapsed / 1e6:8.1f} MB/s in"
+            )
 
     def round_closed(self, event: Mapping[str, Any]) -> None:
-        if self._task is not None:
-            self.progress.remove_task(self._task)
-            self._task = None
+        with self._lock:
+            if self._task is not None:
+                self.progress.remove_task(self._task)
+                self._task = None
+            self._round = None
         kind = event.get("event")
         n_rep, n_sel = len(event.get("reported", [])), len(event.get("selected", []))
-        status = "" if event.get("committed") else f"  [red]not committed: {event.get('reason')}"
+        reason = escape(str(event.get("reason")))
+        status = "" if event.get("committed") else f"  [red]not committed: {reason}"
         head = "final evaluation" if kind == "evaluate" else f"round {event['round']:>3}"
         self.console.print(
             f"{head}: {n_rep}/{n_sel} nodes, {event.get('duration_s', 0):.2f}s  "

@@ -15,8 +15,10 @@ certificate per node are made in ``WORKDIR/pki`` (``--insecure`` for plain text 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
+import io
 import logging
 import os
 import shutil
@@ -27,11 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from fedhive.common.certs import Authority
+from fedhive.common.cpus import usable_cpus
 from fedhive.common.errors import FedhiveError
+from fedhive.common.helptext import plain
 from fedhive.common.logs import setup_logging
 from fedhive.server.cli import add_server_args, config_from_args
 
 log = logging.getLogger("fedhive.simulate")
+
+DEFAULT_TASK = "fedhive.common.tasks.digits:make_task"
+HIST_LABEL = 9  # width of the row label of fedhive.common.partition.format_histogram
 
 
 def prepare_data(
@@ -91,19 +98,37 @@ def node_command(
     return cmd
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fedhive simulate", description=__doc__)
-    add_server_args(p)
-    p.add_argument("--nodes", type=int, default=4)
-    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label-skew parameter")
+def add_split_args(p: argparse.ArgumentParser) -> None:
+    """How the task's data is split across the nodes (`fedhive simulate` and `fedhive prepare`)."""
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=0.5,
+        help="Dirichlet label-skew parameter: smaller is more skewed (default 0.5)",
+    )
     p.add_argument("--iid", action="store_true", help="split the data evenly instead")
     p.add_argument(
         "--shards",
         type=int,
         metavar="K",
-        help="pathological split instead: K label-sorted shards per node",
+        help="pathological split instead: K label-sorted shards per node (default none)",
     )
-    p.add_argument("--workdir", type=Path, help="where data, logs and the run go")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="fedhive simulate",
+        description=plain(__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_server_args(p, simulate=True)
+    p.add_argument("--nodes", type=int, default=4, help="node processes to start (default 4)")
+    add_split_args(p)
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        help="where data, certificates, logs and the run go (default runs/simulate-DATE-TIME)",
+    )
     p.add_argument(
         "--node-device",
         default="cpu",
@@ -143,13 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     except FedhiveError as exc:
         print(f"fedhive simulate: {exc}", file=sys.stderr)
         return 2
-    from rich.console import Console
+    from rich.markup import escape
 
     from fedhive.server.app import start_server
     from fedhive.server.coordinator import RunAborted
-    from fedhive.server.progress import RichProgress, summary_table
+    from fedhive.server.progress import RichProgress, make_console, summary_table
 
-    console = Console()
+    console = make_console()
     progress = RichProgress(config.rounds, console)
     running = start_server(config, progress)
     address = f"127.0.0.1:{running.port}"
@@ -157,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # N training processes share this machine's cores: no oversubscription
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // ns.nodes)))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus().count // ns.nodes)))
     procs: list[subprocess.Popen[bytes]] = []
     for i in range(ns.nodes):
         out = open(logs / f"node-{i}.log", "wb")  # noqa: SIM115 - lives as long as the process
@@ -175,26 +200,27 @@ def main(argv: list[str] | None = None) -> int:
         procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env))
     console.print(f"coordinator on {address}; {ns.nodes} node processes (logs in {logs})")
     code = 0
+    history: list[dict[str, Any]] | None = None
     try:
-        if config.progress:
-            with progress:
-                history = running.coordinator.run()
-        else:
+        with progress if config.progress else contextlib.nullcontext():
             history = running.coordinator.run()
-        console.print(summary_table(history))
     except RunAborted as exc:
-        console.print(f"[red]run aborted:[/red] {exc}")
+        console.print(f"[red]run aborted:[/red] {escape(str(exc))}")
         code = 1
     except KeyboardInterrupt:
         code = 130
     finally:
-        running.stop()
-        for proc in procs:
+        if history is None:
+            running.stop()  # no FINISH to wait for: the nodes give up on their own
+        for proc in procs:  # the nodes leave (and the log says so) before the summary
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        running.stop()
+    if history is not None:
+        console.print(summary_table(history))
     failed = [i for i, proc in enumerate(procs) if proc.returncode not in (0, -15)]
     if failed and code == 0:
         console.print(f"[yellow]node processes {failed} exited with errors; see {logs}")
@@ -202,26 +228,55 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def relabel(report: str, names: list[str], staging: Path, out: Path) -> str:
+    """What a task's ``prepare_simulation`` printed, with the node ids for its node-i rows and
+    the final folders for the staging ones."""
+    width = max(HIST_LABEL, *(len(n) + 1 for n in names))
+    lines = []
+    for line in report.replace(str(staging), str(out)).splitlines():
+        head, rest = line[:HIST_LABEL], line[HIST_LABEL:]
+        label = head.strip()
+        if label.startswith("node-") and label[5:].isdigit() and int(label[5:]) < len(names):
+            line = names[int(label[5:])].ljust(width) + rest
+        elif label == "node" and rest.startswith(" "):
+            line = "node".ljust(width) + rest
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def prepare_main(argv: list[str] | None = None) -> int:
-    """``fedhive prepare``: write the coordinator's held-out set and one folder per node."""
+    """`fedhive prepare`: write the coordinator's held-out set and one folder per node."""
     p = argparse.ArgumentParser(prog="fedhive prepare", description=prepare_main.__doc__)
-    p.add_argument("--out", type=Path, required=True, help="OUT/server and OUT/<node> are written")
-    p.add_argument("--nodes", action="append", required=True, help="node ids, comma-separated")
-    p.add_argument("--task", default="fedhive.common.tasks.digits:make_task")
-    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label-skew parameter")
-    p.add_argument("--iid", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--out", type=Path, required=True, help="OUT/server and OUT/<node id> are written"
+    )
+    p.add_argument(
+        "--nodes",
+        action="append",
+        required=True,
+        metavar="ID[,ID...]",
+        help="node ids, comma-separated or repeated: one folder each",
+    )
+    p.add_argument(
+        "--task",
+        default=DEFAULT_TASK,
+        help=f"task whose prepare_simulation() writes the data (default {DEFAULT_TASK})",
+    )
+    add_split_args(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
     ns = p.parse_args(argv)
     names = [v.strip() for item in ns.nodes for v in item.split(",") if v.strip()]
     if not names or len(set(names)) != len(names):
         print(f"fedhive prepare: --nodes needs distinct ids, got {names}", file=sys.stderr)
         return 2
     staging = ns.out / ".staging"
+    printed = io.StringIO()
     try:
-        server_dir, dirs = prepare_data(
-            ns.task, staging, len(names), None if ns.iid else ns.alpha, ns.seed
-        )
-    except (ImportError, ValueError) as exc:
+        with contextlib.redirect_stdout(printed):
+            server_dir, dirs = prepare_data(
+                ns.task, staging, len(names), None if ns.iid else ns.alpha, ns.seed, ns.shards
+            )
+    except (ImportError, ValueError, FedhiveError) as exc:
         print(f"fedhive prepare: {exc}", file=sys.stderr)
         return 2
     if server_dir is None:
@@ -234,6 +289,8 @@ def prepare_main(argv: list[str] | None = None) -> int:
             shutil.rmtree(target)
         src.replace(target)
     shutil.rmtree(staging, ignore_errors=True)
+    if printed.getvalue().strip():
+        print(relabel(printed.getvalue(), names, staging, ns.out))
     print(f"data for {', '.join(names)} and the coordinator in {ns.out}")
     return 0
 
