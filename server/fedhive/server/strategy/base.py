@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -20,6 +20,7 @@ class StagedUpdate(Protocol):
         ...
 
 
+@runtime_checkable
 class Aggregator(Protocol):
     """Folds checked updates one at a time into O(model) state; finalize gives the new model."""
 

@@ -27,6 +27,13 @@ class KrumArgs(BaseModel):
     m: int = Field(default=0, ge=0, description="updates averaged (0: Krum, one update)")
 
 
+class MultiKrumArgs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    f: int = Field(default=0, ge=0, description="Byzantine nodes tolerated")
+    m: int = Field(ge=1, description="updates averaged")
+
+
 def krum_scores(dist: np.ndarray, f: int) -> np.ndarray:
     """Each row's sum of distances to its ``max(1, N - f - 2)`` nearest others (itself excluded,
     as Flower: the first of its sorted row)."""
