@@ -21,8 +21,10 @@ import numpy as np
 from fedhive.common.tensors import DTYPES, TensorSpec, raw_view, to_float
 from fedhive.server.strategy.base import StagedUpdate, UpdateBlocks
 
-BLOCK_BYTES = 32 * 2**20
-"""Float values read per block across all updates (N x block x 4 bytes stays near this)."""
+BLOCK_BYTES = 16 * 2**20
+"""Bytes of float64 per block across all updates: a block is at most this / (8 N) values of
+each of the N updates. Reads go through ``readinto`` into one buffer (no memory maps: mapped
+file pages would count in the process's memory until unmapped)."""
 
 
 class RetainedUpdates:
@@ -49,7 +51,8 @@ class RetainedUpdates:
             self._offsets.append(offset)
             offset += spec.nbytes
         self.nbytes = offset
-        self._maps: list[np.memmap] = []
+        self._files: list[Path] = []
+        self._buffer = np.empty(0, dtype=np.uint8)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -66,7 +69,7 @@ class RetainedUpdates:
                 if written != spec.nbytes:
                     raise ValueError(f"tensor {spec.name!r}: {written} bytes, not {spec.nbytes}")
         self.examples.append(int(update.num_examples))
-        self._maps.append(np.memmap(path, dtype=np.uint8, mode="r", shape=(self.nbytes,)))
+        self._files.append(path)
 
     def add_arrays(self, arrays: Sequence[np.ndarray], num_examples: int) -> None:
         """An update given as arrays (tests, tools): the same file as ``add``."""
@@ -83,16 +86,24 @@ class RetainedUpdates:
     def block(self, tensor: int, start: int, stop: int) -> np.ndarray:
         spec = self.specs[tensor]
         size = DTYPES[spec.dtype].itemsize
-        lo = self._offsets[tensor] + start * size
-        hi = self._offsets[tensor] + stop * size
-        rows = [to_float(m[lo:hi], spec.dtype) for m in self._maps]
+        offset = self._offsets[tensor] + start * size
+        length = (stop - start) * size
         wide = np.float64 if spec.dtype in ("float64", "int64") else np.float32
-        if not rows:
-            return np.empty((0, stop - start), dtype=wide)
-        return np.stack(rows).astype(wide, copy=False)
+        out = np.empty((len(self._files), stop - start), dtype=wide)
+        if self._buffer.size < length:
+            self._buffer = np.empty(length, dtype=np.uint8)
+        raw = self._buffer[:length]
+        for row, path in enumerate(self._files):
+            with open(path, "rb", buffering=0) as f:
+                f.seek(offset)
+                if f.readinto(raw.data) != length:
+                    raise OSError(f"{path}: short read (was the file changed?)")
+            out[row] = to_float(raw, spec.dtype)
+        return out
 
     def close(self) -> None:
-        self._maps.clear()
+        self._files.clear()
+        self._buffer = np.empty(0, dtype=np.uint8)
         if self._owned:
             shutil.rmtree(self.folder, ignore_errors=True)
         else:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedhive.server.strategy.fedopt import Moments
-
 
 class FedAdagradArgs(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -19,15 +17,17 @@ class FedAdagradArgs(BaseModel):
     tau: float = Field(default=1e-9, gt=0, description="adaptivity (epsilon)")
 
 
-class FedAdagrad(Moments):
+class FedAdagrad:
+    moments: tuple[str, ...] = ("v",)
+
     def __init__(self, **args: float) -> None:
-        super().__init__("v")
         self.args = FedAdagradArgs(**args)
 
-    def step(self, index: int, current: np.ndarray, average: np.ndarray, t: int) -> np.ndarray:
+    def step(
+        self, state: dict[str, np.ndarray], current: np.ndarray, mean: np.ndarray, t: int
+    ) -> np.ndarray:
         a = self.args
-        delta = average - current
-        v = self.get("v", index)
-        v = delta * delta if v is None else v + delta * delta
-        self.put("v", index, v)
+        delta = mean - current
+        v = state["v"]
+        v += delta * delta
         return current + a.eta * delta / (np.sqrt(v) + a.tau)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedhive.server.strategy.fedopt import Moments
-
 
 class FedAdamArgs(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -21,20 +19,22 @@ class FedAdamArgs(BaseModel):
     tau: float = Field(default=1e-9, gt=0, description="adaptivity (epsilon)")
 
 
-class FedAdam(Moments):
+class FedAdam:
+    moments: tuple[str, ...] = ("m", "v")
+
     def __init__(self, **args: float) -> None:
-        super().__init__("m", "v")
         self.args = FedAdamArgs(**args)
 
-    def step(self, index: int, current: np.ndarray, average: np.ndarray, t: int) -> np.ndarray:
+    def step(
+        self, state: dict[str, np.ndarray], current: np.ndarray, mean: np.ndarray, t: int
+    ) -> np.ndarray:
         a = self.args
-        delta = average - current
-        m = self.get("m", index)
-        v = self.get("v", index)
-        m = (1 - a.beta_1) * delta if m is None else a.beta_1 * m + (1 - a.beta_1) * delta
-        sq = delta * delta
-        v = (1 - a.beta_2) * sq if v is None else a.beta_2 * v + (1 - a.beta_2) * sq
-        self.put("m", index, m)
-        self.put("v", index, v)
+        delta = mean - current
+        m, v = state["m"], state["v"]
+        m *= a.beta_1
+        m += (1 - a.beta_1) * delta
+        delta *= delta
+        v *= a.beta_2
+        v += (1 - a.beta_2) * delta
         eta = a.eta * np.sqrt(1 - np.power(a.beta_2, t + 1.0)) / (1 - np.power(a.beta_1, t + 1.0))
         return current + eta * m / (np.sqrt(v) + a.tau)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedhive.server.strategy.fedopt import Moments
-
 
 class FedAvgMArgs(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -20,18 +18,21 @@ class FedAvgMArgs(BaseModel):
     server_momentum: float = Field(default=0.0, ge=0, lt=1)
 
 
-class FedAvgM(Moments):
+class FedAvgM:
+    moments: tuple[str, ...] = ("velocity",)
+
     def __init__(self, server_learning_rate: float = 1.0, server_momentum: float = 0.0) -> None:
-        super().__init__("velocity")
         self.args = FedAvgMArgs(
             server_learning_rate=server_learning_rate, server_momentum=server_momentum
         )
 
-    def step(self, index: int, current: np.ndarray, average: np.ndarray, t: int) -> np.ndarray:
-        grad = current - average
+    def step(
+        self, state: dict[str, np.ndarray], current: np.ndarray, mean: np.ndarray, t: int
+    ) -> np.ndarray:
+        grad = current - mean
         if self.args.server_momentum > 0.0:
-            velocity = self.get("velocity", index)
-            if velocity is not None:
-                grad = self.args.server_momentum * velocity + grad
-            self.put("velocity", index, grad)
+            velocity = state["velocity"]
+            velocity *= self.args.server_momentum  # zeros on the first step: v = g
+            velocity += grad
+            grad = velocity
         return current - self.args.server_learning_rate * grad

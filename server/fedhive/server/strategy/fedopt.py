@@ -6,7 +6,8 @@ tensor at a time. The optimizer (:class:`ServerOptimizer`, one file per paper: `
 ``fedadam``, ``fedyogi``, ``fedadagrad``) keeps its model-sized moments as arrays
 (``state_arrays``, committed next to the model as safetensors) and a small JSON state (its step
 count, which is the ``t`` of Adam's bias correction: Flower's ``server_round`` when every round
-commits).
+commits). Moments start as zeros, as in Flower; the step works on slices of ``SLICE`` values, in
+place, so its temporaries are slice-sized.
 """
 
 from __future__ import annotations
@@ -21,53 +22,35 @@ from fedhive.common.tensors import TensorSpec, from_float, to_float
 from fedhive.server.strategy.base import StagedUpdate
 from fedhive.server.strategy.fedavg import FedAvg
 
+SLICE = 2**20
+"""Values per optimizer step call: temporaries stay this size, not the model's."""
+
 
 class ServerOptimizer(Protocol):
-    """One optimizer step per round, tensor by tensor; ``t`` counts the steps (1 on the first)."""
+    """The math of one server step, slice by slice: ``state`` holds views of this slice of each
+    of the optimizer's ``moments`` (zeros before the first step), updated in place; ``t`` counts
+    the steps (1 on the first)."""
 
-    def step(self, index: int, current: np.ndarray, average: np.ndarray, t: int) -> np.ndarray:
-        """The new value of tensor ``index`` (flat float arrays in, flat float array out)."""
+    moments: tuple[str, ...]
+
+    def step(
+        self, state: dict[str, np.ndarray], current: np.ndarray, mean: np.ndarray, t: int
+    ) -> np.ndarray:
+        """The new values of this slice of the global model."""
         ...
-
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        """Model-sized state (moments), named ``"<moment>/<tensor index>"``."""
-        ...
-
-    def restore_arrays(self, arrays: dict[str, np.ndarray]) -> None: ...
-
-
-class Moments:
-    """Named model-sized buffers, created as zeros (or as a given array) on first use."""
-
-    def __init__(self, *names: str) -> None:
-        self.names = names
-        self.buffers: dict[str, np.ndarray] = {}
-
-    def get(self, name: str, index: int) -> np.ndarray | None:
-        return self.buffers.get(f"{name}/{index}")
-
-    def put(self, name: str, index: int, value: np.ndarray) -> None:
-        self.buffers[f"{name}/{index}"] = value
-
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        return dict(self.buffers)
-
-    def restore_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        unknown = [k for k in arrays if k.split("/", 1)[0] not in self.names]
-        if unknown:
-            raise AggregationError(f"unknown optimizer state {sorted(unknown)[:3]}")
-        self.buffers = {k: np.array(v) for k, v in arrays.items()}
 
 
 class ServerOptimizing:
     """An :class:`~fedhive.server.strategy.base.Aggregator`: FedAvg's fold, then ``optimizer``'s
-    step from the current global model."""
+    step from the current global model. Memory: the model's running sum (as FedAvg), the
+    optimizer's moments (model-sized each), and slices."""
 
     def __init__(self, optimizer: ServerOptimizer) -> None:
         self.optimizer = optimizer
         self.mean = FedAvg()
         self.steps = 0
         self._global: list[np.ndarray] = []
+        self._moments: dict[str, np.ndarray] = {}
         self.specs: list[TensorSpec] = []
 
     def begin(self, specs: Sequence[TensorSpec], global_raw: Sequence[np.ndarray] | None) -> None:
@@ -80,6 +63,13 @@ class ServerOptimizing:
     def fold(self, update: StagedUpdate) -> None:
         self.mean.fold(update)
 
+    def _moment(self, name: str, index: int, like: np.ndarray) -> np.ndarray:
+        key = f"{name}/{index}"
+        buf = self._moments.get(key)
+        if buf is None or buf.shape != (like.size,) or buf.dtype != like.dtype:
+            buf = self._moments[key] = np.zeros(like.size, dtype=like.dtype)
+        return buf
+
     def finalize(self) -> list[np.ndarray]:
         averaged = self.mean.finalize()
         t = self.steps + 1
@@ -88,10 +78,17 @@ class ServerOptimizing:
             if spec.dtype not in ("float32", "float64", "float16", "bfloat16"):
                 out.append(averaged[index])  # counters and integer buffers: the plain mean
                 continue
-            current = to_float(np.ascontiguousarray(self._global[index]), spec.dtype)
-            mean = to_float(np.ascontiguousarray(averaged[index]), spec.dtype)
-            new = self.optimizer.step(index, current.reshape(-1), mean.reshape(-1), t)
+            current = to_float(np.ascontiguousarray(self._global[index]), spec.dtype).reshape(-1)
+            mean = to_float(np.ascontiguousarray(averaged[index]), spec.dtype).reshape(-1)
+            moments = {m: self._moment(m, index, current) for m in self.optimizer.moments}
+            # the new values overwrite the mean, slice by slice (it is read only there)
+            new = mean if mean.flags.writeable else mean.copy()
+            for lo in range(0, current.size, SLICE):
+                hi = min(current.size, lo + SLICE)
+                views = {m: buf[lo:hi] for m, buf in moments.items()}
+                new[lo:hi] = self.optimizer.step(views, current[lo:hi], new[lo:hi], t)
             out.append(from_float(new, spec.dtype).reshape(spec.shape))
+            averaged[index] = np.empty(0)  # release as we go
         self.steps = t
         self._global = []
         return out
@@ -106,7 +103,12 @@ class ServerOptimizing:
         self.steps = steps
 
     def state_arrays(self) -> dict[str, np.ndarray]:
-        return self.optimizer.state_arrays()
+        """Model-sized state (moments), named ``"<moment>/<tensor index>"``."""
+        return dict(self._moments)
 
     def restore_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        self.optimizer.restore_arrays(arrays)
+        known = set(self.optimizer.moments)
+        unknown = [k for k in arrays if k.split("/", 1)[0] not in known]
+        if unknown:
+            raise AggregationError(f"unknown optimizer state {sorted(unknown)[:3]}")
+        self._moments = {k: np.array(v).reshape(-1) for k, v in arrays.items()}

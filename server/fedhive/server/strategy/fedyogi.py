@@ -9,8 +9,6 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedhive.server.strategy.fedopt import Moments
-
 
 class FedYogiArgs(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -21,21 +19,20 @@ class FedYogiArgs(BaseModel):
     tau: float = Field(default=1e-3, gt=0, description="adaptivity (epsilon)")
 
 
-class FedYogi(Moments):
+class FedYogi:
+    moments: tuple[str, ...] = ("m", "v")
+
     def __init__(self, **args: float) -> None:
-        super().__init__("m", "v")
         self.args = FedYogiArgs(**args)
 
-    def step(self, index: int, current: np.ndarray, average: np.ndarray, t: int) -> np.ndarray:
+    def step(
+        self, state: dict[str, np.ndarray], current: np.ndarray, mean: np.ndarray, t: int
+    ) -> np.ndarray:
         a = self.args
-        delta = average - current
-        m = self.get("m", index)
-        v = self.get("v", index)
-        m = (1 - a.beta_1) * delta if m is None else a.beta_1 * m + (1 - a.beta_1) * delta
-        sq = delta * delta
-        if v is None:
-            v = np.zeros_like(delta)
-        v = v - (1.0 - a.beta_2) * sq * np.sign(v - sq)
-        self.put("m", index, m)
-        self.put("v", index, v)
+        delta = mean - current
+        m, v = state["m"], state["v"]
+        m *= a.beta_1
+        m += (1 - a.beta_1) * delta
+        delta *= delta
+        v -= (1.0 - a.beta_2) * delta * np.sign(v - delta)
         return current + a.eta * m / (np.sqrt(v) + a.tau)
