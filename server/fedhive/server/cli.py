@@ -109,7 +109,7 @@ def run(config: ServerConfig) -> int:
     from rich.console import Console
 
     from fedhive.server.app import serve
-    from fedhive.server.coordinator import RunAborted
+    from fedhive.server.coordinator import RunAborted, RunStopped
     from fedhive.server.progress import RichProgress, summary_table
 
     console = Console(stderr=False)
@@ -120,6 +120,9 @@ def run(config: ServerConfig) -> int:
                 history = serve(config, progress, freeze_startup=True)
         else:
             history = serve(config, progress, freeze_startup=True)
+    except RunStopped:  # a deliberate stop (SIGTERM, Ctrl-C) is no failure: the run resumes
+        console.print(f"coordinator stopped; start it again to resume the run in {config.run_dir}")
+        return 0
     except RunAborted as exc:
         console.print(f"[red]run aborted:[/red] {exc}")
         return 1
