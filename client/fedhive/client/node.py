@@ -101,6 +101,13 @@ class Node:
                 args=config.task_args,
             ),
         )
+        examples = self.task.num_examples()
+        if examples <= 0:  # found now, not when the node is first selected
+            where = f"in {config.data_dir}" if config.data_dir else "(no --data folder given)"
+            raise TaskError(
+                f"this node has no training data: the task reports {examples} examples {where}. "
+                "Give --data DIR, the folder with this node's private data"
+            )
         self.model = self.task.build_model().to(self.device)
         self.state = exchanged_state(self.model, self.task)
         self.specs = [spec_of(name, t) for name, t in self.state.items()]
