@@ -62,6 +62,8 @@ from fedhive.common.tensors import TensorSpec, raw_view, spec_of, tensor_bytes, 
 
 log = logging.getLogger("fedhive.client")
 
+SECAGG_KEYS = "secagg"  # prefix of the secure round's parameters in a task config
+
 
 def resolve_device(name: str) -> str:
     if name == "auto":
@@ -364,6 +366,8 @@ class Node:
         if header.kind == TaskKind.TRAIN:
             task = SecureTask.from_config(config)
             secure = (task, self._start_keys(joined, task)) if task is not None else None
+            # the secure round's parameters are the runtime's, not training settings for the task
+            config = {k: v for k, v in config.items() if not k.startswith(SECAGG_KEYS)}
         self._receive(header, stream)
         if secure is not None:
             secure[1].allow_masking()
