@@ -129,15 +129,15 @@ def test_simulate_command_runs_digits_quickstart(tmp_path: Path) -> None:
 
 
 def test_a_node_whose_training_fails_declines_and_the_round_goes_on(tmp_path: Path) -> None:
-    # Prepare: examples = -2 + seed, so the node with seed 2 reports 0 examples and its fit()
-    # fails; the round may commit with two updates and would otherwise wait 120 s for it
-    args = {"params": 1000, "tensors": 3, "examples": -2}
+    # Prepare: the node with seed 2 fails in fit(); the round may commit with two updates and
+    # would otherwise wait 120 s for it
+    args = {"params": 1000, "tensors": 3}
     coord = start_coordinator(
         tmp_path, rounds=1, min_nodes=3, min_updates=2, round_timeout_s=120.0, task_args=args
     )
     logs = [tmp_path / f"node{s}.log" for s in (2, 3, 4)]
     procs = [
-        start_node(coord.address, f"s{s}", seed=s, task_args=args, log=log)
+        start_node(coord.address, f"s{s}", seed=s, task_args={**args, "fail_fit": s == 2}, log=log)
         for s, log in zip((2, 3, 4), logs, strict=True)
     ]
 
@@ -150,7 +150,7 @@ def test_a_node_whose_training_fails_declines_and_the_round_goes_on(tmp_path: Pa
     assert event["committed"] and len(event["reported"]) == 2
     ((node, reason),) = event["refused"].items()
     assert node.startswith("s2-")
-    assert reason.startswith("declined: training failed: TaskError: fit() must report")
+    assert reason.startswith("declined: training failed: TaskError: constant task: fit() fails")
     assert event["duration_s"] < 60
     assert codes[0] != 0 and codes[1:] == [0, 0], [p.read_text() for p in logs]
     assert "declined" in logs[0].read_text()

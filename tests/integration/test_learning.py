@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from safetensors.numpy import load_file
 
+from fedhive.common.errors import ConfigError
 from fedhive.common.task import TaskContext, exchanged_state
 from fedhive.common.tasks import images, text
-from fedhive.server.coordinator import RunAborted
 from tests.integration.harness import start_coordinator, start_node, wait_all
 
 IMAGES = "fedhive.common.tasks.images:make_task"
@@ -98,34 +98,18 @@ def test_real_minilm_lora_two_nodes(tmp_path: Path) -> None:
     assert rounds[-1]["server_evaluate"]["examples"] == 180
 
 
-def test_node_refuses_a_bad_training_config_naming_the_field(tmp_path: Path) -> None:
-    # Prepare: the coordinator sends a misspelled training key
-    _, dirs = images.prepare_simulation(tmp_path / "data", 1, None, 0)
-    coord = start_coordinator(
-        tmp_path,
-        task=IMAGES,
-        task_args={"image_size": 8, "width": 4, "depth": 1},
-        rounds=1,
-        min_nodes=1,
-        train={"learning_rate": 0.1},
-        on_failed_round="stop",
-    )
-    log = tmp_path / "node.log"
-    proc = start_node(
-        coord.address,
-        "n0",
-        0,
-        task=IMAGES,
-        task_args={"image_size": 8, "width": 4, "depth": 1},
-        data=dirs[0],
-        log=log,
-    )
+def test_a_bad_training_config_is_refused_before_the_run_exists_naming_the_field(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a misspelled training key, which every node would refuse at round 1
+    args = {"image_size": 8, "width": 4, "depth": 1}
 
     # Execute
-    codes = wait_all([proc], timeout=120)
-    with pytest.raises(RunAborted, match="round 1 failed"):
-        coord.join(timeout=120)
+    with pytest.raises(ConfigError) as info:
+        start_coordinator(
+            tmp_path, task=IMAGES, task_args=args, rounds=1, train={"learning_rate": 0.1}
+        )
 
-    # Assert: the node stops with a message naming the field
-    assert codes == [1]
-    assert "learning_rate: unknown training setting" in log.read_text()
+    # Assert: the task's own message, and no run directory to start over from
+    assert "learning_rate: unknown training setting" in str(info.value)
+    assert not (tmp_path / "run" / "run.sqlite").exists()

@@ -20,6 +20,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from fedhive.common.secagg.quantize import QuantConfig
+from fedhive.common.tasks import digits
 from fedhive.server.coordinator import RunAborted
 from tests.integration.harness import start_coordinator, start_node, wait_all
 
@@ -279,3 +280,28 @@ def test_a_node_whose_update_is_not_finite_declines_and_the_round_commits(tmp_pa
     expected, bound = expected_model([event])
     for got, want in zip(final_model(tmp_path, 1), expected, strict=True):
         assert np.max(np.abs(got.astype(np.float64) - want)) <= bound
+
+
+def test_a_secure_round_trains_a_built_in_task_that_validates_its_config(tmp_path: Path) -> None:
+    # Prepare: the digits task refuses training settings it does not know; the secure round's
+    # parameters travel in the same task config
+    task = "fedhive.common.tasks.digits:make_task"
+    _, dirs = digits.prepare_simulation(tmp_path / "data", 3, None, 0)
+    coord = start_coordinator(
+        tmp_path, task=task, task_args={}, rounds=1, min_nodes=3, on_failed_round="stop",
+        train={"epochs": 1}, **SECURE,
+    )  # fmt: skip
+    logs = [tmp_path / f"n{i}.log" for i in range(3)]
+    procs = [
+        start_node(coord.address, f"n{i}", seed=i, task=task, task_args={}, data=d, log=log)
+        for i, (d, log) in enumerate(zip(dirs, logs, strict=True))
+    ]
+
+    # Execute
+    history = coord.join(timeout=180)
+    codes = wait_all(procs)
+
+    # Assert: the nodes trained and the round committed from all three masked updates
+    assert codes == [0, 0, 0], [log.read_text()[-2000:] for log in logs]
+    (event,) = [e for e in history if e["event"] == "round"]
+    assert event["committed"] and len(event["reported"]) == 3

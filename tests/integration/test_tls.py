@@ -110,7 +110,9 @@ def handshake_refused(address: str, bundle: Path | None, ca: Path) -> grpc.RpcEr
     return info.value
 
 
-def test_certificate_from_another_ca_fails_the_handshake(tmp_path: Path, pki: Authority) -> None:
+def test_certificate_from_another_ca_fails_the_handshake(
+    tmp_path: Path, pki: Authority, capfd: pytest.CaptureFixture[str]
+) -> None:
     # Prepare: a second consortium's node that also trusts our CA
     other = Authority(tmp_path / "other")
     other.bootstrap("Other Consortium", ["site-a"], dns=["localhost"], ips=["127.0.0.1"])
@@ -119,10 +121,12 @@ def test_certificate_from_another_ca_fails_the_handshake(tmp_path: Path, pki: Au
     # Execute
     error = handshake_refused(coord.address, other.node_dir("site-a"), pki.ca_cert)
 
-    # Assert: refused before any call reaches the coordinator
+    # Assert: refused before any call reaches the coordinator; the only trace on the
+    # coordinator's side is gRPC's own log line (the README says so: no hook, no peer address)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert coord.running.coordinator._nodes == {}
     coord.stop()
+    assert "Handshake failed with error SSL_ERROR_SSL" in capfd.readouterr().err
 
 
 def test_node_with_another_cas_bundle_exits_and_its_log_says_what_to_fix(
@@ -134,22 +138,48 @@ def test_node_with_another_cas_bundle_exits_and_its_log_says_what_to_fix(
     coord = mtls_coordinator(tmp_path, pki, rounds=1, min_nodes=3)
     log = tmp_path / "node.log"
 
-    # Execute
+    # Execute: retrying cannot help, so the node must stop at its first attempt
     proc = start_node(
         coord.address,
         "x",
         seed=0,
         log=log,
         tls_dir=other.node_dir("site-a"),
-        max_connect_attempts=2,
+        max_connect_attempts=50,
     )
-    (code,) = wait_all([proc])
+    (code,) = wait_all([proc], timeout=30)
 
     # Assert
     text = log.read_text()
-    assert code == 1, text
-    assert "TLS handshake with the coordinator failed" in text
-    assert "ca.crt is the consortium CA" in text
+    assert code == 3, text
+    assert "TLS handshake failed" in text and "CERTIFICATE_VERIFY_FAILED" in text
+    assert "its ca.crt is not the CA that issued the coordinator's certificate" in text
+    assert "retrying" not in text
+    assert coord.running.coordinator._nodes == {}
+    coord.stop()
+
+
+def test_node_dialing_a_name_the_coordinators_certificate_lacks_stops_with_a_hint(
+    tmp_path: Path,
+) -> None:
+    # Prepare: the coordinator's certificate names only coordinator.example.org
+    named = Authority(tmp_path / "named")
+    named.bootstrap("Named Consortium", ["site-a"], dns=["coordinator.example.org"], ips=[])
+    coord = start_coordinator(tmp_path, insecure=False, tls_dir=named.server_dir)
+    log = tmp_path / "node.log"
+
+    # Execute: the node dials 127.0.0.1
+    proc = start_node(
+        coord.address, "x", seed=0, log=log, tls_dir=named.node_dir("site-a"),
+        max_connect_attempts=50,
+    )  # fmt: skip
+    (code,) = wait_all([proc], timeout=30)
+
+    # Assert: it stops at once and says what to set
+    text = log.read_text()
+    assert code == 3, text
+    assert "Hostname Verification Check failed" in text and "--tls-server-name" in text
+    assert "retrying" not in text
     assert coord.running.coordinator._nodes == {}
     coord.stop()
 

@@ -75,3 +75,23 @@ def test_report_command_writes_png_markdown_and_tensorboard(tmp_path: Path, caps
 def test_report_without_events_fails_cleanly(tmp_path: Path, capsys) -> None:
     assert main([str(tmp_path)]) == 2
     assert "no events.jsonl" in capsys.readouterr().err
+
+
+def test_a_stopped_run_says_so_until_it_resumes(tmp_path: Path) -> None:
+    # Prepare: a run stopped after round 2 (SIGTERM), and the same run resumed later
+    stopped = [
+        {"event": "start", "run_id": "abc", "time": 100.0, "model_bytes": 4000},
+        {"event": "stopped", "round": 2, "time": 110.0},
+    ]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "events.jsonl").write_text("\n".join(json.dumps(e) for e in stopped))
+    (tmp_path / "b").mkdir()
+    resumed = [*stopped, {"event": "resumed", "round": 2, "time": 120.0}]
+    (tmp_path / "b" / "events.jsonl").write_text("\n".join(json.dumps(e) for e in resumed))
+
+    # Execute
+    first, second = load_run(tmp_path / "a"), load_run(tmp_path / "b")
+
+    # Assert
+    assert first.status == "stopped after round 2 (resumes on restart)"
+    assert second.status == "running or interrupted"

@@ -11,7 +11,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from fedhive.common.config import ClientConfig, build_config, parse_assignments
-from fedhive.common.errors import FedhiveError
+from fedhive.common.errors import FedhiveError, HandshakeRefused
 from fedhive.common.helptext import dflt, plain, toml_only
 from fedhive.common.logs import setup_logging
 from fedhive.common.memory import startup_gc
@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from fedhive.client.transport import GrpcTransport
 
 log = logging.getLogger("fedhive.client")
+
+# exit codes: 0 the run finished (or SIGTERM: the node left), 1 refused or failed during the run,
+# 2 a setting, bundle or the data is wrong (found at start), 3 the TLS handshake with the
+# coordinator fails for a reason retrying cannot fix (another CA, another host name)
+EXIT_HANDSHAKE_REFUSED = 3
 
 
 # config fields that a flag sets (every other field: TOML only, listed in --help)
@@ -182,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         stats = node.run()
+    except HandshakeRefused as exc:
+        print(f"fedhive client: {exc}", file=sys.stderr)
+        return EXIT_HANDSHAKE_REFUSED
     except FedhiveError as exc:
         print(f"fedhive client: {exc}", file=sys.stderr)
         return 1

@@ -62,6 +62,8 @@ from fedhive.common.tensors import TensorSpec, raw_view, spec_of, tensor_bytes, 
 
 log = logging.getLogger("fedhive.client")
 
+SECAGG_KEYS = "secagg"  # prefix of the secure round's parameters in a task config
+
 
 def resolve_device(name: str) -> str:
     if name == "auto":
@@ -123,6 +125,13 @@ class Node:
                 args=config.task_args,
             ),
         )
+        examples = self.task.num_examples()
+        if examples <= 0:  # found now, not when the node is first selected
+            where = f"in {config.data_dir}" if config.data_dir else "(no --data folder given)"
+            raise TaskError(
+                f"this node has no training data: the task reports {examples} examples {where}. "
+                "Give --data DIR, the folder with this node's private data"
+            )
         self.model = self.task.build_model().to(self.device)
         self.state = exchanged_state(self.model, self.task)
         self.specs = [spec_of(name, t) for name, t in self.state.items()]
@@ -387,6 +396,8 @@ class Node:
         if header.kind == TaskKind.TRAIN:
             task = SecureTask.from_config(config)
             secure = (task, self._start_keys(joined, task)) if task is not None else None
+            # the secure round's parameters are the runtime's, not training settings for the task
+            config = {k: v for k, v in config.items() if not k.startswith(SECAGG_KEYS)}
         self._receive(header, stream)
         if secure is not None:
             secure[1].allow_masking()

@@ -7,7 +7,9 @@ node's certificate may not take part: stop); the other refusals by their status 
 
 Mutual TLS is the default: the channel presents this node's certificate and trusts only the
 consortium CA. A TLS handshake the coordinator refuses surfaces as UNAVAILABLE; the error then says
-what to check in this node's bundle.
+what to check in this node's bundle. A handshake that fails for a reason retrying cannot fix (the
+coordinator's certificate is not from this node's CA, or does not name the host dialed) raises
+HandshakeRefused instead of TransportError: the node stops rather than retrying forever.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from fedhive.common.errors import (
     ConfigError,
     DuplicateUpdateError,
     FedhiveError,
+    HandshakeRefused,
     InvalidUpdateError,
     LimitExceededError,
     PkiError,
@@ -68,6 +71,28 @@ TLS_HINT = (
     "names the host dialed (or set tls_server_name)"
 )
 _HANDSHAKE = ("socket closed", "handshake", "ssl", "certificate", "tsi_")
+# failures that retrying cannot fix, as gRPC words them on this side of the handshake
+HOSTNAME_MISMATCH = "hostname verification check failed"
+UNTRUSTED_PEER = "certificate_verify_failed"
+HOSTNAME_HINT = (
+    "the coordinator's certificate does not name the host this node dialed: set "
+    "--tls-server-name (tls_server_name) to a name it does hold (the --dns name given to "
+    "`fedhive certs server`), or dial the coordinator by that name"
+)
+UNTRUSTED_HINT = (
+    "this node cannot verify the coordinator's certificate: its ca.crt is not the CA that "
+    "issued the coordinator's certificate (a bundle from another consortium?), or that "
+    "certificate has expired. Ask the consortium operator for this node's bundle"
+)
+
+
+def _permanent_tls_hint(details: str) -> str | None:
+    lowered = details.lower()
+    if HOSTNAME_MISMATCH in lowered:
+        return HOSTNAME_HINT
+    if UNTRUSTED_PEER in lowered:
+        return UNTRUSTED_HINT
+    return None
 
 
 def map_rpc_error(exc: grpc.RpcError, what: str, tls: bool = False) -> FedhiveError:
@@ -77,6 +102,10 @@ def map_rpc_error(exc: grpc.RpcError, what: str, tls: bool = False) -> FedhiveEr
     name = code.name if code is not None else "UNKNOWN"
     hint = ""
     lowered = (details or "").lower()
+    if tls and code == grpc.StatusCode.UNAVAILABLE:
+        permanent = _permanent_tls_hint(details or "")
+        if permanent is not None:  # stop: the next attempt fails the same way
+            return HandshakeRefused(f"{what}: TLS handshake failed: {details} ({permanent})")
     if tls and code == grpc.StatusCode.UNAVAILABLE and any(h in lowered for h in _HANDSHAKE):
         hint = f" ({TLS_HINT})"
     return cls(f"{what}: {name}: {details}{hint}")

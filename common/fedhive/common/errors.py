@@ -5,6 +5,8 @@
     FedhiveError                    base of everything fedhive raises on purpose
     ├── ConfigError                 a bad or misspelled setting (names the field)
     ├── PkiError                    a certificate, key or CRL is missing, damaged or wrong
+    │   └── HandshakeRefused        the TLS handshake fails for a reason retrying cannot fix
+    │                               (the peer's certificate is from another CA, names another host)
     ├── TaskError                   a task factory could not be loaded or misbehaved
     ├── AggregationError            a strategy cannot aggregate this round (e.g. too few
     │                               updates for its robust rule); the round fails, model untouched
@@ -23,6 +25,8 @@
         ├── NotSelectedError        node is not part of the open round  -> FAILED_PRECONDITION
         ├── DuplicateUpdateError    second update from the same node    -> ALREADY_EXISTS
         ├── LimitExceededError      a size limit was crossed            -> RESOURCE_EXHAUSTED
+        ├── CoordinatorStopping     the coordinator is shutting down;
+                                    reconnect later                     -> UNAVAILABLE
         └── InvalidUpdateError      malformed stream, wrong shape/dtype,
                                     non-finite values, bad digest...    -> INVALID_ARGUMENT
 
@@ -44,6 +48,11 @@ class ConfigError(FedhiveError):
 
 class PkiError(FedhiveError):
     """A certificate, key or revocation list is missing, damaged, expired or from another CA."""
+
+
+class HandshakeRefused(PkiError):
+    """The TLS handshake failed for a reason that retrying cannot fix: the other side's
+    certificate is not from the CA this side trusts, or does not name the host dialed."""
 
 
 class TaskError(FedhiveError):
@@ -115,6 +124,13 @@ class InvalidUpdateError(RequestRefused):
     status = "INVALID_ARGUMENT"
 
 
+class CoordinatorStopping(RequestRefused):
+    """The coordinator is stopping (SIGTERM, Ctrl-C): the run is not over; a node backs off and
+    reconnects until a restarted coordinator resumes the run."""
+
+    status = "UNAVAILABLE"
+
+
 REFUSALS: dict[str, type[RequestRefused]] = {
     cls.__name__: cls
     for cls in (
@@ -125,5 +141,6 @@ REFUSALS: dict[str, type[RequestRefused]] = {
         DuplicateUpdateError,
         LimitExceededError,
         InvalidUpdateError,
+        CoordinatorStopping,
     )
 }

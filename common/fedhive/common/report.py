@@ -74,6 +74,10 @@ def load_run(run_dir: Path) -> RunSummary:
                 summary.rounds.append(ev)
             elif kind == "evaluate":
                 summary.final_eval = ev
+            elif kind == "stopped":  # the coordinator was stopped; a restart resumes the run
+                summary.status = f"stopped after round {ev.get('round')} (resumes on restart)"
+            elif kind == "resumed":
+                summary.status = "running or interrupted"
             elif kind in ("finished", "aborted"):
                 summary.ended = ev.get("time")
                 summary.status = kind if kind == "finished" else f"aborted: {ev.get('reason')}"

@@ -78,6 +78,22 @@ def exchanged_state(model: torch.nn.Module, task: object | None = None) -> dict[
     return {name: t.detach() for name, t in state.items()}
 
 
+def validate_config(task: object, config: Mapping[str, Scalar]) -> None:
+    """Run the task's optional hook ``validate_config(config)`` on a training config as nodes
+    receive it (the coordinator's ``[train]`` table plus ``round`` and ``evaluate``). The hook
+    raises (preferably :class:`TaskError`) naming what is wrong; a task without it accepts
+    anything here and finds out in ``fit``."""
+    check = getattr(task, "validate_config", None)
+    if check is None:
+        return
+    try:
+        check(dict(config))
+    except TaskError:
+        raise
+    except Exception as exc:
+        raise TaskError(f"{type(exc).__name__}: {exc}") from exc
+
+
 def load_task(path: str, ctx: TaskContext) -> Task:
     """Import ``package.module:factory`` and call it with ``ctx``."""
     module_name, _, attr = path.partition(":")

@@ -20,9 +20,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fedhive.common.chunks import MAX_CHUNK_SIZE
 from fedhive.common.config import ServerConfig
+from fedhive.common.errors import ConfigError, TaskError
 from fedhive.common.memory import startup_gc
 from fedhive.common.safetensors_io import SafetensorsFile
-from fedhive.common.task import Task, TaskContext, exchanged_state, load_task
+from fedhive.common.task import Task, TaskContext, exchanged_state, load_task, validate_config
 from fedhive.common.tensors import (
     TensorSpec,
     raw_view,
@@ -67,6 +68,15 @@ def initial_model(task: Task) -> tuple[list[TensorSpec], list[np.ndarray]]:
     # coordinator holds the initial model once (a 2 GB model does not cost 4 GB at start-up)
     arrays = [np.frombuffer(tensor_bytes(t), dtype=np.uint8) for t in state.values()]
     return specs, arrays
+
+
+def check_train_config(task: Task, config: ServerConfig) -> None:
+    """Refuse, before the run is created, a ``[train]`` table the nodes' task would refuse."""
+    example = {**config.train, "round": 1, "evaluate": config.federated_evaluation}
+    try:
+        validate_config(task, example)
+    except TaskError as exc:
+        raise ConfigError(f"[train] is not valid for the task {config.task}: {exc}") from exc
 
 
 def task_evaluator(task: Task, config: Mapping[str, Any]) -> Any:
@@ -139,6 +149,7 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
             args=config.task_args,
         ),
     )
+    check_train_config(task, config)
     specs, arrays = initial_model(task)
     store = RunStore(config.run_dir)
     settings = config.model_dump(mode="json")

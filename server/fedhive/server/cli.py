@@ -187,7 +187,7 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> ServerConfig:
 
 def run(config: ServerConfig) -> int:
     from fedhive.server.app import serve
-    from fedhive.server.coordinator import RunAborted
+    from fedhive.server.coordinator import RunAborted, RunStopped
     from fedhive.server.progress import RichProgress, make_console, summary_table
 
     console = make_console()
@@ -195,6 +195,9 @@ def run(config: ServerConfig) -> int:
     try:
         with progress if config.progress else contextlib.nullcontext():
             history = serve(config, progress, freeze_startup=True)
+    except RunStopped:  # a deliberate stop (SIGTERM, Ctrl-C) is no failure: the run resumes
+        console.print(f"coordinator stopped; start it again to resume the run in {config.run_dir}")
+        return 0
     except RunAborted as exc:
         console.print(f"[red]run aborted:[/red] {escape(str(exc))}")
         return 1

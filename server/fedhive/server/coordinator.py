@@ -40,6 +40,7 @@ from fedhive.common.config import ServerConfig
 from fedhive.common.errors import (
     AccessDeniedError,
     ConfigError,
+    CoordinatorStopping,
     DuplicateUpdateError,
     FedhiveError,
     InvalidUpdateError,
@@ -63,6 +64,7 @@ from fedhive.common.messages import (
 )
 from fedhive.common.secagg.messages import SecAggReply, SecAggRequest
 from fedhive.common.tensors import TensorSpec, payload_bytes, raw_view
+from fedhive.server import waiting
 from fedhive.server.broadcast import (
     DEFAULT_BROADCAST_MEMORY,
     EMPTY_BROADCAST,
@@ -84,6 +86,14 @@ DEFAULT_SPOOL_MEMORY = 256 << 20
 
 class RunAborted(FedhiveError):
     """The run stopped before its last round (not enough nodes or updates)."""
+
+
+class RunStopped(RunAborted):
+    """The coordinator was stopped on purpose (SIGTERM, Ctrl-C) before the run's end. The run
+    is not over: nodes are not told to finish, they reconnect, and a restart resumes it."""
+
+
+STOPPING = "the coordinator is stopping"
 
 
 class RoundListener(Protocol):
@@ -486,8 +496,12 @@ class Coordinator:
                     st.pulled.add(node.node_id)
                     st.bytes_out += st.broadcast.payload_bytes
                     return st.broadcast.messages()
+                if self._stop.is_set():
+                    raise CoordinatorStopping(
+                        f"{STOPPING}; the run is not over: reconnect until it is back"
+                    )
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._stop.is_set():
+                if remaining <= 0:
                     number = st.number if st is not None else 0
                     return [self._header_bytes(TaskKind.WAIT, number, retry_after_s=0.0)]
                 self._cv.wait(remaining)
@@ -689,21 +703,28 @@ class Coordinator:
                 out.append(node)
         return out
 
-    def _wait_for_nodes(self, count: int) -> None:
-        deadline = time.monotonic() + self.config.join_timeout_s
+    def _wait_for_nodes(self, count: int, what: str) -> None:
+        started = time.monotonic()
+        deadline = started + self.config.join_timeout_s
+        say = waiting.WaitLog(started, waiting.WAIT_LOG_INTERVAL_S)
         with self._cv:
-            logged = False
             while len(self._alive()) < count:
                 if self._stop.is_set():
-                    raise RunAborted("stopped while waiting for nodes")
+                    raise RunStopped("stopped while waiting for nodes")
                 if time.monotonic() >= deadline:
                     raise RunAborted(
                         f"only {len(self._alive())} of the {count} nodes needed joined within "
                         f"{self.config.join_timeout_s:g}s"
                     )
-                if not logged:
-                    log.info("waiting for %d node(s) (%d connected)", count, len(self._alive()))
-                    logged = True
+                now = time.monotonic()
+                if say.due(now):
+                    alive = {n.node_id for n in self._alive()}
+                    known = [
+                        waiting.Known(n.node_id, n.node_id in alive, n.finished)
+                        for n in self._nodes.values()
+                    ]
+                    timeout = self.config.join_timeout_s
+                    log.info(waiting.waiting_message(count, known, now - started, timeout, what))
                 self._cv.wait(0.5)
 
     def run(self) -> list[dict[str, Any]]:
@@ -726,9 +747,9 @@ class Coordinator:
         number, attempt = self.committed_rounds + 1, 0
         try:
             while number <= cfg.rounds:
-                if self._stop.is_set():
-                    raise RunAborted("stopped")
+                self._check_stop()
                 event = self._run_round(number, attempt, TaskKind.TRAIN)
+                self._check_stop()
                 if event["committed"]:
                     number, attempt = number + 1, 0
                     continue
@@ -744,6 +765,20 @@ class Coordinator:
                 )
             if cfg.federated_evaluation:
                 self._run_round(cfg.rounds, 0, TaskKind.EVALUATE)
+                self._check_stop()
+        except RunStopped as exc:  # not the run's end: nodes are not told to finish
+            log.warning(
+                "%s after round %d of %d: the run is not over; nodes keep reconnecting. Start "
+                "the coordinator again on %s to resume",
+                exc,
+                self.committed_rounds,
+                cfg.rounds,
+                cfg.run_dir,
+            )
+            self.store.append_event(
+                {"event": "stopped", "round": self.committed_rounds, "time": time.time()}
+            )
+            raise
         except RunAborted as exc:
             log.error("run aborted: %s", exc)
             self.store.append_event({"event": "aborted", "reason": str(exc), "time": time.time()})
@@ -754,6 +789,10 @@ class Coordinator:
             {"event": "finished", "rounds": self.committed_rounds, "time": time.time()}
         )
         return self.history
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise RunStopped("stopped")
 
     def _strategy_state(self) -> dict[str, Any]:
         state = getattr(self.aggregator, "state", None)
@@ -778,7 +817,10 @@ class Coordinator:
 
     def _run_round(self, number: int, attempt: int, kind: TaskKind) -> dict[str, Any]:
         cfg = self.config
-        self._wait_for_nodes(cfg.min_nodes if kind == TaskKind.TRAIN else 1)
+        if kind == TaskKind.TRAIN:
+            self._wait_for_nodes(cfg.min_nodes, f"start round {number}")
+        else:
+            self._wait_for_nodes(1, "evaluate the final model")
         train_config: dict[str, Any] = {**cfg.train, "round": number}
         secure_mode = kind == TaskKind.TRAIN and cfg.secure_aggregation == "secagg+"
         if kind == TaskKind.TRAIN:
@@ -850,7 +892,7 @@ class Coordinator:
                     reason = f"deadline of {cfg.round_timeout_s:g}s passed"
                     break
                 if self._stop.is_set():
-                    reason = "stopped"
+                    reason = STOPPING
                     break
                 self._cv.wait(min(0.25, st.deadline - now) if now < st.deadline else 0.25)
             st.closed = True
@@ -933,6 +975,8 @@ class Coordinator:
             new_global, failure = finalize_secure(st.secure, reason)
             event["aggregate_s"] = round(time.monotonic() - started, 6)
             event["examples"] = st.secure.examples
+        if reason == STOPPING:  # a partial round is not committed: it runs again on resume
+            failure = f"{STOPPING}; the round runs again when the coordinator resumes"
         if not failure and len(contributions) < needed:
             failure = f"{len(contributions)} update(s) accepted, {needed} needed" + (
                 f" ({reason})" if reason else ""

@@ -31,6 +31,9 @@ class ClassificationTask:
     name: ClassVar[str] = "task"
     train_defaults: ClassVar[Mapping[str, Scalar]] = {}
     config_model: ClassVar[type[TrainConfig]] = TrainConfig
+    # the task_args a subclass reads (``val_fraction`` is always known): any other key is
+    # refused at load, on the coordinator before its run is created as on every node
+    known_args: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, ctx: TaskContext) -> None:
         self.ctx = ctx
@@ -39,6 +42,13 @@ class ClassificationTask:
         self.trainer = Trainer(ctx.device, forward=self.forward)
         self.last_config: TrainConfig | None = None
         self.defaults: dict[str, Scalar] = dict(self.train_defaults)
+        known = self.known_args | {"val_fraction"}
+        unknown = sorted(set(ctx.args) - known)
+        if unknown:
+            raise TaskError(
+                f"{self.name} task: unknown task_args {', '.join(map(repr, unknown))} "
+                f"(known: {', '.join(sorted(known))})"
+            )
 
     # ---------------------------------------------------------------- data helpers
 
@@ -87,6 +97,11 @@ class ClassificationTask:
     def config(self, config: Mapping[str, Scalar]) -> TrainConfig:
         merged = {**self.defaults, **config}
         return parse_train_config(merged, self.config_model)
+
+    def validate_config(self, config: Mapping[str, Scalar]) -> None:
+        """The optional task hook: the coordinator refuses, before its run is created, a
+        ``[train]`` table that nodes would refuse at round 1 (TaskError naming each field)."""
+        self.config(config)
 
     def fit(self, model: nn.Module, config: Mapping[str, Scalar]) -> FitResult:
         cfg = self.config(config)

@@ -3,7 +3,8 @@
 
 Args (``task_args``): ``params`` (default 1,000,000), ``tensors`` (8), ``dtype`` (float32),
 ``delta`` (what fit adds; default 1.0), ``examples`` (reported example count; default 100),
-``train_s`` (seconds fit() takes, a stand-in for real training; default 0).
+``train_s`` (seconds fit() takes, a stand-in for real training; default 0), ``fail_fit``
+(true: fit() raises, a node whose training fails; default false).
 The node's ``seed`` is added to ``delta`` and ``examples`` so nodes differ in a known way:
 ``delta_i = delta + seed_i`` and ``examples_i = examples + seed_i``.
 """
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from fedhive.common.errors import TaskError
 from fedhive.common.task import EvalResult, FitResult, Scalar, TaskContext
 
 
@@ -37,6 +39,7 @@ class ConstantTask:
         self.delta = float(ctx.args.get("delta", 1.0)) + ctx.seed
         self.examples = int(ctx.args.get("examples", 100)) + ctx.seed
         self.train_s = float(ctx.args.get("train_s", 0.0))
+        self.fail_fit = str(ctx.args.get("fail_fit", False)).lower() in ("1", "true")
 
     def build_model(self) -> nn.Module:
         model = Flat(self.params, self.tensors, self.dtype)
@@ -50,6 +53,8 @@ class ConstantTask:
 
     @torch.no_grad()
     def fit(self, model: nn.Module, config: Mapping[str, Scalar]) -> FitResult:
+        if self.fail_fit:
+            raise TaskError("constant task: fit() fails on purpose (fail_fit)")
         for p in model.parameters():
             p.add_(self.delta)
         if self.train_s > 0:

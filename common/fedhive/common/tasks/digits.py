@@ -67,6 +67,7 @@ class DigitsTask(ClassificationTask):
         "lr": 0.05,
         "momentum": 0.9,
     }
+    known_args = frozenset({"width"})
 
     def __init__(self, ctx: TaskContext) -> None:
         super().__init__(ctx)

@@ -145,6 +145,9 @@ class ImageTask(ClassificationTask):
         "optimizer": "adam",
         "lr": 3e-3,
     }
+    known_args = frozenset(
+        {"image_size", "channels", "classes", "num_classes", "width", "depth", "model"}
+    )
 
     def __init__(self, ctx: TaskContext) -> None:
         super().__init__(ctx)

@@ -76,6 +76,18 @@ class TextTask(ClassificationTask):
         "lr": 2e-3,
         "eval_batch_size": 64,
     }
+    known_args = frozenset(
+        {
+            "lora",
+            "tiny",
+            "model_path",
+            "labels",
+            "max_length",
+            "lora_targets",
+            "lora_r",
+            "lora_alpha",
+        }
+    )
 
     def __init__(self, ctx: TaskContext) -> None:
         super().__init__(ctx)
