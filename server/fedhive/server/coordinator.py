@@ -351,7 +351,7 @@ class Coordinator:
                 self._nodes,
                 cfg.max_registered_nodes,
                 max(cfg.node_expiry_s, cfg.heartbeat_timeout_s),
-                st.selected if st is not None and not st.closed else (),
+                st.pending() | set(st.uploads) if st is not None and not st.closed else (),
                 peer_id,
             )
             self._next_node += 1

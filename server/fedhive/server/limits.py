@@ -193,7 +193,7 @@ def make_room(
     joining: str | None = None,
 ) -> None:
     """Before a join: forget nodes gone for ``expiry_s`` (or that left), except ``busy`` ones
-    (selected for the open round); refuse the join when the registry stays full. ``joining``:
+    (the open round still expects them); refuse the join when the registry stays full. ``joining``:
     an id already registered (a node joining again takes no new place)."""
     if joining is not None and joining in nodes:
         return
