@@ -87,6 +87,10 @@ def overflowing(a: Adversary, t: Task) -> list[pb.UpdateMessage]:
     return a.messages(t, arrays=[np.full_like(x, 3e38) for x in t.arrays], num_examples=2)
 
 
+def huge_eval_claim(a: Adversary, t: Task) -> list[pb.UpdateMessage]:
+    return a.messages(t, eval_examples=2**63)  # would take over the evaluation metrics
+
+
 CASES: list[tuple[Case, grpc.StatusCode, str]] = [
     (wrong_shape, grpc.StatusCode.INVALID_ARGUMENT, "shape"),
     (wrong_dtype, grpc.StatusCode.INVALID_ARGUMENT, "dtype float16"),
@@ -101,6 +105,7 @@ CASES: list[tuple[Case, grpc.StatusCode, str]] = [
     (huge_claim, grpc.StatusCode.INVALID_ARGUMENT, "than the 10 it declared at join"),
     (max_claim, grpc.StatusCode.INVALID_ARGUMENT, "than the 10 it declared at join"),
     (overflowing, grpc.StatusCode.INVALID_ARGUMENT, "would overflow the aggregate"),
+    (huge_eval_claim, grpc.StatusCode.INVALID_ARGUMENT, "eval_examples of 9223372036854775808"),
 ]
 
 

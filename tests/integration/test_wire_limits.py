@@ -161,7 +161,9 @@ def test_the_node_registry_is_capped_and_forgets_nodes_that_never_came_back(
     assert forgotten.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_a_join_declaring_more_examples_than_the_policy_allows_is_refused(tmp_path: Path) -> None:
+def test_example_counts_beyond_the_policy_are_refused_at_join_and_in_reports(
+    tmp_path: Path,
+) -> None:
     # Prepare
     coord = start_coordinator(tmp_path, rounds=1, min_nodes=2, max_node_examples=1000)
     stub = pb_grpc.CoordinatorStub(channel(coord.address))
@@ -173,6 +175,9 @@ def test_a_join_declaring_more_examples_than_the_policy_allows_is_refused(tmp_pa
             join(stub, "greedy", examples)
         outcomes.append(info.value)
     allowed = join(stub, "modest", 1000)
+    report = pb.EvaluationReport(auth=allowed, round=1, num_examples=2**62)
+    with pytest.raises(grpc.RpcError) as evaluation:
+        stub.ReportEvaluation(report, timeout=5)
 
     # Assert
     coord.stop()
@@ -180,3 +185,5 @@ def test_a_join_declaring_more_examples_than_the_policy_allows_is_refused(tmp_pa
         assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "at most 1000 per node (max_node_examples)" in exc.details()
     assert allowed.node_id.startswith("modest")
+    assert evaluation.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "num_examples of 4611686018427387904 exceeds" in evaluation.value.details()

@@ -36,6 +36,11 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-updates", type=int)
     p.add_argument("--round-timeout", dest="round_timeout_s", type=float)
     p.add_argument("--chunk-size", type=int)
+    p.add_argument(
+        "--max-node-examples",
+        type=int,
+        help="most examples a node may declare (its update's weight is its claim; default 1e6)",
+    )
     p.add_argument("--eval-data", type=Path, help="held-out data for coordinator-side evaluation")
     p.add_argument("--seed", type=int)
     p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE")
@@ -80,6 +85,7 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> ServerConfig:
         "min_updates": ns.min_updates,
         "round_timeout_s": ns.round_timeout_s,
         "chunk_size": ns.chunk_size,
+        "max_node_examples": ns.max_node_examples,
         "eval_data": ns.eval_data,
         "seed": ns.seed,
         "task_args": parse_assignments(ns.task_arg, "--task-arg"),

@@ -71,7 +71,7 @@ from fedhive.server.broadcast import (
     FileModel,
     ModelSource,
 )
-from fedhive.server.limits import make_room, wire_wait
+from fedhive.server.limits import check_examples, make_room, wire_wait
 from fedhive.server.secure import SecureRound, finalize_secure, open_secure_round, watch_secure
 from fedhive.server.spool import Spool, SpoolBudget
 from fedhive.server.store import ResumePoint, RunStore
@@ -221,6 +221,7 @@ class UpdateSession:
 
     def finish(self, trailer: UpdateTrailer) -> Contribution:
         self.checker.finish(trailer.digest)
+        check_examples(trailer.eval_examples, self._coord.config.max_node_examples, "eval_examples")
         try:
             return self._coord._commit(self, trailer)
         finally:
@@ -668,6 +669,7 @@ class Coordinator:
         log.warning("refused update from %s for round %d: %s", nid, st.number, reason)
 
     def report_evaluation(self, report: EvaluationReport, peer_id: str | None = None) -> None:
+        check_examples(report.num_examples, self.config.max_node_examples, "num_examples")
         with self._cv:
             node = self._auth(report.auth, peer_id)
             st = self._round

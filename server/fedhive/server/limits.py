@@ -44,6 +44,14 @@ def wire_wait(value: float, what: str, maximum: float) -> float:
     return min(value, maximum)
 
 
+def check_examples(count: int, cap: int, what: str) -> None:
+    """An example count from the wire weighs metrics: at most ``cap`` (max_node_examples)."""
+    if count > cap:
+        raise InvalidUpdateError(
+            f"{what} of {count} exceeds the {cap} examples a node may claim (max_node_examples)"
+        )
+
+
 class Admission:
     """Counts streams in flight; refuses one beyond the budget or its identity's share."""
 
