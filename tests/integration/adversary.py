@@ -60,6 +60,7 @@ class Adversary:
         extra_chunk: bytes | None = None,
         chunk_size: int | None = None,
         eval_examples: int = 0,
+        metrics: dict[str, float] | None = None,
     ) -> list[pb.UpdateMessage]:
         arrays = arrays if arrays is not None else task.arrays
         size = chunk_size or task.chunk_size
@@ -90,6 +91,7 @@ class Adversary:
                     trailer=pb.UpdateTrailer(
                         digest=digest if digest is not None else h.digest(),
                         eval_examples=eval_examples,
+                        metrics=metrics or {},
                     )
                 )
             )

@@ -91,6 +91,10 @@ def huge_eval_claim(a: Adversary, t: Task) -> list[pb.UpdateMessage]:
     return a.messages(t, eval_examples=2**63)  # would take over the evaluation metrics
 
 
+def absurd_metric(a: Adversary, t: Task) -> list[pb.UpdateMessage]:
+    return a.messages(t, metrics={"loss": 1e300})  # weighted sums of it would overflow
+
+
 CASES: list[tuple[Case, grpc.StatusCode, str]] = [
     (wrong_shape, grpc.StatusCode.INVALID_ARGUMENT, "shape"),
     (wrong_dtype, grpc.StatusCode.INVALID_ARGUMENT, "dtype float16"),
@@ -106,6 +110,7 @@ CASES: list[tuple[Case, grpc.StatusCode, str]] = [
     (max_claim, grpc.StatusCode.INVALID_ARGUMENT, "than the 10 it declared at join"),
     (overflowing, grpc.StatusCode.INVALID_ARGUMENT, "would overflow the aggregate"),
     (huge_eval_claim, grpc.StatusCode.INVALID_ARGUMENT, "eval_examples of 9223372036854775808"),
+    (absurd_metric, grpc.StatusCode.INVALID_ARGUMENT, "metric values beyond +-1e+30: loss"),
 ]
 
 
