@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -81,6 +82,32 @@ def test_a_pull_whose_caller_hung_up_gives_back_its_slot(tmp_path: Path) -> None
     coord.stop()
     assert set(hung) <= {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
     assert msgs[0].header.kind == pb.TASK_KIND_WAIT
+
+
+def test_a_node_holds_at_most_two_pulls_at_a_time(tmp_path: Path) -> None:
+    # Prepare: two nodes, no round open
+    coord = start_coordinator(tmp_path, rounds=1, min_nodes=3)
+    stub = pb_grpc.CoordinatorStub(channel(coord.address))
+    mallory, alice = join(stub, "mallory"), join(stub, "alice")
+
+    # Execute: mallory opens 4 pulls that may wait 2 s; then alice pulls
+    def pull(auth: pb.NodeAuth, wait_s: float) -> Any:
+        return stub.PullTask(pb.PullTaskRequest(auth=auth, wait_s=wait_s), timeout=10)
+
+    calls = [pull(mallory, 2.0) for _ in range(4)]
+    outcomes = [call_code(c) for c in calls]
+    details = [c.details() for c in calls]
+    alice_first = next(iter(pull(alice, 0.0))).header.kind
+
+    # Assert: two waited (and got WAIT), two were refused at once naming the node
+    coord.stop()
+    assert sorted(map(str, outcomes)) == sorted(
+        ["None", "None"] + ["StatusCode.RESOURCE_EXHAUSTED"] * 2
+    )
+    assert (
+        sum(f"{mallory.node_id} already has 2 such calls open" in (d or "") for d in details) == 2
+    )
+    assert alice_first == pb.TASK_KIND_WAIT
 
 
 def test_idle_upload_streams_cannot_lock_out_heartbeats_and_joins(tmp_path: Path) -> None:

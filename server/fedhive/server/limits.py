@@ -7,7 +7,9 @@ Every number on the wire is a claim to bound, and every wait needs a limit:
 - :class:`Admission` counts the streams in flight (pulls, uploads, secure-aggregation steps):
   at most ``budget`` in all, so that ``max_workers - budget`` call slots always stay free for the
   short calls (join, heartbeat, leave ...), and at most :data:`STREAMS_PER_IDENTITY` of each kind
-  per verified identity (mutual TLS), so that one consortium member cannot take them all.
+  per identity (the verified certificate name under mutual TLS; without TLS the node id a pull
+  or secure step names, and none for an upload before its header), so that one member cannot
+  take them all.
 - :class:`Watchdog` cancels a stream that waits for its caller longer than it may: an upload that
   sends no header within ``header_timeout_s``, or no next message within
   ``upload_idle_timeout_s`` (time the coordinator spends on the stream itself does not count).

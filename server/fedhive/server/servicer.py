@@ -128,7 +128,8 @@ class CoordinatorServicer:
             with _status(context, "PullTask"):
                 peer = self._peer(context, "PullTask")
                 auth, wait_s = _checked(request)
-                slot.enter_context(self.admission.stream("PullTask", peer))
+                # without TLS the claimed node id (a wrong token is refused at once)
+                slot.enter_context(self.admission.stream("PullTask", peer or auth.node_id))
                 messages = self.coord.pull(auth, wait_s, peer_id=peer, active=context.is_active)
             yield from messages
 
@@ -208,7 +209,7 @@ class CoordinatorServicer:
             peer = self._peer(context, "SecAggStep")
             request = _checked(request)
             wire_wait(request.wait_s, "SecAggStep wait_s", MAX_STEP_WAIT_S)
-            with self.admission.stream("SecAggStep", peer):
+            with self.admission.stream("SecAggStep", peer or request.auth.node_id):
                 reply = self.coord.secagg_step(request, peer_id=peer)
             return serde_secagg.reply_to_proto(reply)
         raise AssertionError("unreachable")
