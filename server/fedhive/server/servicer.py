@@ -159,8 +159,8 @@ class CoordinatorServicer:
                         round=session.state.number, bytes_received=contribution.bytes_in
                     )
                 except RequestRefused as exc:
-                    if session is not None:
-                        session.abort(str(exc))
+                    if session is not None:  # a cut-off stream may look merely truncated
+                        session.abort(f"upload broke off ({stalled[0]})" if stalled else str(exc))
                     raise
                 except Exception as exc:
                     if session is not None:
