@@ -59,6 +59,8 @@ class Adversary:
         trailer: bool = True,
         extra_chunk: bytes | None = None,
         chunk_size: int | None = None,
+        eval_examples: int = 0,
+        metrics: dict[str, float] | None = None,
     ) -> list[pb.UpdateMessage]:
         arrays = arrays if arrays is not None else task.arrays
         size = chunk_size or task.chunk_size
@@ -86,7 +88,11 @@ class Adversary:
         if trailer:
             out.append(
                 pb.UpdateMessage(
-                    trailer=pb.UpdateTrailer(digest=digest if digest is not None else h.digest())
+                    trailer=pb.UpdateTrailer(
+                        digest=digest if digest is not None else h.digest(),
+                        eval_examples=eval_examples,
+                        metrics=metrics or {},
+                    )
                 )
             )
         return out

@@ -74,6 +74,27 @@ def zero_examples(a: Adversary, t: Task) -> list[pb.UpdateMessage]:
     return a.messages(t, num_examples=0)
 
 
+def huge_claim(a: Adversary, t: Task) -> list[pb.UpdateMessage]:
+    return a.messages(t, num_examples=2**62)  # would be the whole model within 6e-8
+
+
+def max_claim(a: Adversary, t: Task) -> list[pb.UpdateMessage]:
+    return a.messages(t, num_examples=2**64 - 1)
+
+
+def overflowing(a: Adversary, t: Task) -> list[pb.UpdateMessage]:
+    # finite values whose weighted float32 sum overflows: the aggregate would be all inf
+    return a.messages(t, arrays=[np.full_like(x, 3e38) for x in t.arrays], num_examples=2)
+
+
+def huge_eval_claim(a: Adversary, t: Task) -> list[pb.UpdateMessage]:
+    return a.messages(t, eval_examples=2**63)  # would take over the evaluation metrics
+
+
+def absurd_metric(a: Adversary, t: Task) -> list[pb.UpdateMessage]:
+    return a.messages(t, metrics={"loss": 1e300})  # weighted sums of it would overflow
+
+
 CASES: list[tuple[Case, grpc.StatusCode, str]] = [
     (wrong_shape, grpc.StatusCode.INVALID_ARGUMENT, "shape"),
     (wrong_dtype, grpc.StatusCode.INVALID_ARGUMENT, "dtype float16"),
@@ -85,6 +106,11 @@ CASES: list[tuple[Case, grpc.StatusCode, str]] = [
     (oversized, grpc.StatusCode.RESOURCE_EXHAUSTED, "after the last tensor"),
     (oversized_chunk, grpc.StatusCode.RESOURCE_EXHAUSTED, "exceeds the limit"),
     (zero_examples, grpc.StatusCode.INVALID_ARGUMENT, "example count"),
+    (huge_claim, grpc.StatusCode.INVALID_ARGUMENT, "than the 10 it declared at join"),
+    (max_claim, grpc.StatusCode.INVALID_ARGUMENT, "than the 10 it declared at join"),
+    (overflowing, grpc.StatusCode.INVALID_ARGUMENT, "would overflow the aggregate"),
+    (huge_eval_claim, grpc.StatusCode.INVALID_ARGUMENT, "eval_examples of 9223372036854775808"),
+    (absurd_metric, grpc.StatusCode.INVALID_ARGUMENT, "metric values beyond +-1e+30: loss"),
 ]
 
 
@@ -117,6 +143,10 @@ def test_each_bad_update_is_refused_and_rounds_complete_with_honest_nodes(tmp_pa
     assert len(rounds_) == rounds
     assert all(e["committed"] and len(e["reported"]) == 2 for e in rounds_)
     assert all(any(k.startswith("mallory") for k in e["refused"]) for e in rounds_)
+    # the record shows the weights used: each honest node's share of the examples
+    for e in rounds_:
+        weights = sorted(node["weight"] for node in e["nodes"].values())
+        np.testing.assert_allclose(weights, [100 / 201, 101 / 201])
     # and the global model is the honest average: deltas 1, 2 with 100, 101 examples each round
     step = (100 * 1.0 + 101 * 2.0) / 201
     final = load_file(str(tmp_path / "run" / "models" / f"round-{rounds:04d}.safetensors"))
@@ -289,3 +319,31 @@ def test_an_upload_still_open_when_its_round_closes_is_cut_off_and_frees_its_buf
     (record,) = [e for e in history if e["event"] == "round"]
     assert record["committed"]
     assert [k.split("-")[0] for k in record["reported"]] == ["alice"]
+
+
+def test_a_stalled_upload_is_cut_off_after_its_idle_timeout_and_the_round_closes_early(
+    tmp_path: Path,
+) -> None:
+    # Prepare: mallory sent its header and one chunk, then nothing; the deadline is 30 s, the
+    # idle timeout 1 s
+    s = stall_with_one_chunk(
+        tmp_path, spool_wait_s=0.2, round_timeout_s=30.0, upload_idle_timeout_s=1.0
+    )
+
+    # Execute: alice reports; the round should not wait for mallory's silent stream
+    reply = s.alice.push(s.alice.messages(s.task))
+    history = s.coord.join(timeout=60)
+    s.pusher.join(30)
+    s.release.set()
+
+    # Assert: mallory was cut off (CANCELLED), refused with the reason, its buffer freed; the
+    # round committed with alice well before its deadline
+    assert isinstance(reply, pb.PushReply), reply
+    assert isinstance(s.mallory_result[0], grpc.RpcError)
+    assert s.mallory_result[0].code() == grpc.StatusCode.CANCELLED, s.mallory_result[0]
+    assert s.budget.used == 0
+    (record,) = [e for e in history if e["event"] == "round"]
+    assert record["committed"]
+    assert record["duration_s"] < 10
+    (reason,) = [r for k, r in record["refused"].items() if k.startswith("mallory")]
+    assert "stalled: next message within 1s" in reason

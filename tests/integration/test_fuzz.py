@@ -45,11 +45,12 @@ class Federation:
             task_args={"params": 1500, "tensors": 3},
             round_timeout_s=3600,
             heartbeat_timeout_s=3600,
+            max_registered_nodes=IDENTITIES,
         )
         self.channel = channel(self.coord.address)
         stub = pb_grpc.CoordinatorStub(self.channel)
         self.auths = [
-            stub.Join(pb.JoinRequest(name=f"fz{i}", num_examples=1, protocol_version=1)).auth
+            stub.Join(pb.JoinRequest(name=f"fz{i}", num_examples=7, protocol_version=1)).auth
             for i in range(IDENTITIES)
         ]
         first = list(stub.PullTask(pb.PullTaskRequest(auth=self.auths[0], wait_s=30)))

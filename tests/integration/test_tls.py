@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -402,3 +404,35 @@ def test_join_with_another_nodes_identity_certificate_is_refused(
     assert "names 'site-b', not 'site-a'" in str(info.value.details())
     assert "refused node site-a" in caplog.text
     assert "site-a" not in coord.running.coordinator._nodes
+
+
+def test_one_member_cannot_hold_more_than_two_upload_streams(
+    tmp_path: Path, pki: Authority
+) -> None:
+    # Prepare: two members' channels; a header must come within 1 s
+    coord = mtls_coordinator(tmp_path, pki, rounds=1, min_nodes=3, header_timeout_s=1.0)
+    ch_a, a = stub(coord.address, pki.node_dir("site-a"), pki.ca_cert)
+    ch_b, b = stub(coord.address, pki.node_dir("site-b"), pki.ca_cert)
+    release = threading.Event()
+
+    def silent() -> Iterator[pb.UpdateMessage]:
+        release.wait(30)
+        return
+        yield  # sends nothing
+
+    # Execute: site-a opens four silent upload streams, site-b one
+    a_calls = [a.PushUpdate.future(silent()) for _ in range(4)]
+    b_call = b.PushUpdate.future(silent())
+    a_codes = sorted(str(f.exception(timeout=10).code()) for f in a_calls)
+    b_code = b_call.exception(timeout=10).code()
+    details = [f.exception().details() for f in a_calls]
+    release.set()
+    ch_a.close()
+    ch_b.close()
+
+    # Assert: two of site-a's were refused at once (naming it), two held until the header
+    # timeout; site-b's own stream was admitted all the same (then cut off without a header)
+    assert a_codes == sorted(["StatusCode.CANCELLED"] * 2 + ["StatusCode.RESOURCE_EXHAUSTED"] * 2)
+    assert sum("site-a already has 2 such calls open" in (d or "") for d in details) == 2
+    assert b_code == grpc.StatusCode.CANCELLED
+    coord.stop()

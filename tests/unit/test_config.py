@@ -123,6 +123,11 @@ def test_out_of_range_client_value_names_the_field(overrides, field):
     [
         ("heartbeat_interval_s = 10.0\nheartbeat_timeout_s = 5.0", "heartbeat_timeout_s"),
         ("min_nodes = 2\nmin_updates = 3", "min_updates (3) cannot exceed min_nodes (2)"),
+        ("max_workers = 8\nrpc_reserve = 8", "rpc_reserve (8) must leave stream slots"),
+        ("min_nodes = 5\nmax_registered_nodes = 4", "max_registered_nodes (4) is below min_nodes"),
+        ("upload_idle_timeout_s = nan", "upload_idle_timeout_s"),
+        ("header_timeout_s = inf", "header_timeout_s"),
+        ("max_node_examples = 0", "max_node_examples"),
     ],
 )
 def test_inconsistent_server_values_are_named(tmp_path, text, words):
@@ -235,3 +240,9 @@ def test_secure_aggregation_that_can_overflow_is_refused_with_the_bound():
 def test_bad_secure_aggregation_settings_name_the_field(key, value):
     with pytest.raises(ConfigError, match=key):
         build_config(ServerConfig, overrides={key: value})
+
+
+def test_streams_get_the_call_slots_less_the_reserve():
+    assert ServerConfig().stream_budget() == 256 - 32
+    assert ServerConfig(max_workers=8).stream_budget() == 6
+    assert ServerConfig(max_workers=16, rpc_reserve=4).stream_budget() == 12

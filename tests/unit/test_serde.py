@@ -47,7 +47,7 @@ config_values = st.one_of(
     st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False), texts
 )
 configs = st.dictionaries(texts, config_values, max_size=5)
-metrics = st.dictionaries(texts, finite, max_size=5)
+metrics = st.dictionaries(texts, st.floats(-serde.MAX_METRIC_ABS, serde.MAX_METRIC_ABS), max_size=5)
 chunks = st.builds(Chunk, tensor=u32, offset=u64, data=st.binary(max_size=300))
 task_headers = st.builds(
     TaskHeader,
@@ -244,6 +244,13 @@ def test_non_finite_metrics_are_refused_naming_them(bad):
         serde.update_message_from_bytes(pb.UpdateMessage(trailer=evaluation).SerializeToString())
     with pytest.raises(InvalidUpdateError, match=r"non-finite metric values: loss$"):
         serde.evaluation_report_from_proto(wire(report))
+
+
+def test_absurdly_large_metrics_are_refused_naming_them():
+    msg = pb.UpdateTrailer(digest=b"d", metrics={"loss": 1e300, "ok": 1e30, "acc": -2e30})
+
+    with pytest.raises(InvalidUpdateError, match=r"metric values beyond \+-1e\+30: acc, loss$"):
+        serde.update_message_from_bytes(pb.UpdateMessage(trailer=msg).SerializeToString())
 
 
 def test_several_non_finite_metrics_are_all_named():

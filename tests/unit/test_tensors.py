@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from fedhive.common.tensors import (
     dtype,
     from_float,
     payload_bytes,
+    peak_magnitude,
     spec_of,
     tensor_bytes,
     tensor_from_bytes,
@@ -381,3 +384,24 @@ def test_from_float_to_integers_rounds_half_to_even_and_saturates():
         True,
         True,
     ]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_peak_magnitude_is_the_largest_absolute_value_or_inf(dtype):
+    values = np.array([1.5, -300.0, 2.0, 0.0], dtype=dtype)
+
+    assert peak_magnitude(values.tobytes(), dtype) == 300.0
+    values[2] = np.nan
+    assert peak_magnitude(values.tobytes(), dtype) == math.inf
+    values[2] = -np.inf
+    assert peak_magnitude(values.tobytes(), dtype) == math.inf
+    assert peak_magnitude(b"", dtype) == 0.0
+
+
+def test_peak_magnitude_of_bfloat16_and_integer_bounds():
+    words = (np.array([1.0, -7.5, 2.0], dtype=np.float32).view(np.uint32) >> 16).astype("<u2")
+
+    assert peak_magnitude(words.tobytes(), "bfloat16") == 7.5
+    assert peak_magnitude(b"\x00" * 8, "int32") == 2**31
+    assert peak_magnitude(b"\x00", "uint8") == 255
+    assert peak_magnitude(b"\x01", "bool") == 1.0

@@ -150,6 +150,7 @@ class Node:
         self._rejoin = threading.Event()
         self._attempt = 0
         self._keys: KeyExchange | None = None  # the secure round under way, if any
+        self._refusals = 0  # refusals since the last task done (paces the retries)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -161,6 +162,14 @@ class Node:
             raise TransportError(
                 f"coordinator at {cfg.server} unreachable after {self._attempt} attempts"
             )
+        self.stop_event.wait(delay * random.uniform(0.5, 1.0))
+
+    def _pause_after_refusal(self) -> None:
+        """Refused (or refusing a broken download): wait before the next try, longer each time
+        until a task succeeds, so a node never spins against a coordinator."""
+        cfg = self.config
+        delay = min(cfg.backoff_max_s, cfg.backoff_initial_s * (2 ** min(self._refusals, 30)))
+        self._refusals += 1
         self.stop_event.wait(delay * random.uniform(0.5, 1.0))
 
     def _ensure_joined(self) -> JoinReply:
@@ -349,6 +358,7 @@ class Node:
                 except RequestRefused as exc:
                     self.stats.refusals += 1
                     log.error("the coordinator refused this node's message: %s", exc)
+                    self._pause_after_refusal()
         finally:
             self.stop_event.set()
             self._leave()
@@ -408,6 +418,7 @@ class Node:
                 EvaluationReport(joined.auth, header.round, n, metrics)
             )
             self.stats.evaluations += 1
+            self._refusals = 0
             log.info("round %d: evaluated %s", header.round, _fmt(metrics))
             return False
         self._train_and_push(joined, header, config, secure, time.perf_counter() - header_at)
@@ -484,6 +495,7 @@ class Node:
         upload_s = time.perf_counter() - trained_at
         self.stats.bytes_up += sent
         self.stats.rounds_trained += 1
+        self._refusals = 0
         log.info(
             "round %d: trained on %d examples in %.2fs %s; sent %.1f MB "
             "(download %.3fs, train %.3fs, upload %.3fs%s)",

@@ -16,13 +16,14 @@ Files on disk (checkpoints, the run database's record of them) keep SHA-256.
 from __future__ import annotations
 
 import hmac
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import xxhash
 
 from fedhive.common.errors import InvalidUpdateError, LimitExceededError
-from fedhive.common.tensors import DTYPES, TensorSpec, check_finite, payload_bytes
+from fedhive.common.tensors import DTYPES, TensorSpec, payload_bytes, peak_magnitude
 
 DEFAULT_CHUNK_SIZE = 1 << 20
 MAX_CHUNK_SIZE = 64 << 20
@@ -79,6 +80,9 @@ class StreamChecker:
         self.require_finite = require_finite
         self.what = what
         self.received = 0
+        self._peak = 0.0
+        # the largest |value| seen per tensor (bounds what an update can add to a sum)
+        self.peaks = [0.0] * len(self.specs)
         self._tensor = 0
         self._offset = 0
         self._hash = payload_hash()
@@ -116,16 +120,21 @@ class StreamChecker:
             raise InvalidUpdateError(
                 f"{self.what}: chunk of tensor {spec.name!r} splits a {spec.dtype} element"
             )
-        if self.require_finite and not check_finite(chunk.data, spec.dtype):
-            raise InvalidUpdateError(
-                f"{self.what}: tensor {spec.name!r} holds non-finite values (NaN or inf) "
-                f"near byte offset {chunk.offset}"
-            )
+        if self.require_finite:
+            peak = peak_magnitude(chunk.data, spec.dtype)
+            if peak == math.inf:
+                raise InvalidUpdateError(
+                    f"{self.what}: tensor {spec.name!r} holds non-finite values (NaN or inf) "
+                    f"near byte offset {chunk.offset}"
+                )
+            self._peak = peak
         return spec
 
     def advance(self, chunk: Chunk) -> None:
         """Record ``chunk`` as accepted (call after :meth:`check`)."""
         n = len(chunk.data)
+        if self.require_finite:
+            self.peaks[self._tensor] = max(self.peaks[self._tensor], self._peak)
         self._hash.update(chunk.data)
         self.received += n
         self._offset += n

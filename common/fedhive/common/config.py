@@ -62,6 +62,20 @@ class ServerConfig(_Config):
     # larger one is streamed to the nodes from its committed checkpoint file. None: 1 GiB.
     broadcast_memory_bytes: int | None = Field(default=None, ge=0)
     max_workers: int = Field(default=256, ge=4)
+    # Of the max_workers call slots, this many stay free for short calls (join, heartbeat,
+    # leave ...): pulls, uploads and secure steps share the rest. None: max_workers // 8, >= 2.
+    rpc_reserve: int | None = Field(default=None, ge=1)
+    # An upload must send its header within header_timeout_s, then each next message within
+    # upload_idle_timeout_s, or it is cut off (and the round stops waiting for it).
+    header_timeout_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    upload_idle_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    # A node's example count is its own claim, and its update's weight: a node may declare at
+    # most max_node_examples at join, and an update may claim no more than its node declared.
+    max_node_examples: int = Field(default=1_000_000, ge=1)
+    # The node registry holds at most max_registered_nodes; a node silent for node_expiry_s (and
+    # heartbeat_timeout_s), or one that left, is forgotten; a join beyond the cap is refused.
+    max_registered_nodes: int = Field(default=1024, ge=1)
+    node_expiry_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
     progress: bool = True
     # Secure aggregation (fedhive.common.secagg): "none" or "secagg+"; nodes follow the coordinator.
     secure_aggregation: Literal["none", "secagg+"] = "none"
@@ -94,6 +108,16 @@ class ServerConfig(_Config):
                 f"min_updates ({self.min_updates}) cannot exceed min_nodes ({self.min_nodes})"
             )
         _check_task_path(self.task)
+        if self.stream_budget() < 1:
+            raise ValueError(
+                f"rpc_reserve ({self.rpc_reserve}) must leave stream slots of max_workers "
+                f"({self.max_workers})"
+            )
+        if self.max_registered_nodes < self.min_nodes:
+            raise ValueError(
+                f"max_registered_nodes ({self.max_registered_nodes}) is below min_nodes "
+                f"({self.min_nodes})"
+            )
         if self.secure_aggregation == "secagg+":
             try:
                 self.secagg_quantization().check(self.min_nodes)
@@ -107,6 +131,13 @@ class ServerConfig(_Config):
                 "to let every certificate of the consortium CA join"
             )
         return self
+
+    def stream_budget(self) -> int:
+        """Call slots for streams (pulls, uploads, secure steps): max_workers less the reserve."""
+        reserve = self.rpc_reserve
+        if reserve is None:
+            reserve = max(2, self.max_workers // 8)
+        return self.max_workers - reserve
 
     def secagg_quantization(self) -> QuantConfig:
         """The quantization of a secure-aggregation run (the overflow bound is checked per round

@@ -75,11 +75,21 @@ def config_from_proto(msg: Mapping[str, pb.ConfigValue]) -> dict[str, ConfigScal
     return out
 
 
+# Metrics are averaged weighted by example counts: a value beyond this is absurd, and could
+# overflow the weighted sums to inf.
+MAX_METRIC_ABS = 1e30
+
+
 def metrics_from_proto(msg: Mapping[str, float]) -> dict[str, float]:
     out = dict(msg)
     bad = [k for k, v in out.items() if not math.isfinite(v)]
     if bad:
         raise InvalidUpdateError(f"non-finite metric values: {', '.join(sorted(bad))}")
+    huge = [k for k, v in out.items() if abs(v) > MAX_METRIC_ABS]
+    if huge:
+        raise InvalidUpdateError(
+            f"metric values beyond +-{MAX_METRIC_ABS:g}: {', '.join(sorted(huge))}"
+        )
     return out
 
 

@@ -105,6 +105,31 @@ def check_finite(data: memoryview | bytes | np.ndarray, dtype_name: str) -> bool
     return not bool(np.any((words & mask[1]) == mask[1]))
 
 
+def peak_magnitude(data: memoryview | bytes | np.ndarray, dtype_name: str) -> float:
+    """The largest ``|value|`` in ``data``: inf when a float word is NaN or inf; for integers,
+    the largest magnitude their dtype can hold (a bound, not a scan). One pass over the words."""
+    mask = _EXP_MASK.get(dtype_name)
+    if mask is None:
+        storage = DTYPES[dtype_name].storage
+        if storage == np.bool_:
+            return 1.0
+        info = np.iinfo(storage)
+        return float(max(-int(info.min), int(info.max)))
+    word: np.dtype[Any] = mask[0]  # type: ignore[assignment]
+    exponent = int(mask[1])
+    words = np.frombuffer(data, dtype=word)
+    if words.size == 0:
+        return 0.0
+    magnitude_bits = word.type((1 << (8 * word.itemsize - 1)) - 1)  # all but the sign
+    top = int(np.max(words & magnitude_bits))
+    if top >= exponent:  # all exponent bits set: inf or NaN
+        return math.inf
+    if dtype_name == "bfloat16":
+        return float(np.array([top << 16], dtype="<u4").view(np.float32)[0])
+    float_dtype = {"float16": "<f2", "float32": "<f4", "float64": "<f8"}[dtype_name]
+    return float(np.array([top], dtype=word).view(float_dtype)[0])
+
+
 def to_float(data: memoryview | bytes | np.ndarray, dtype_name: str) -> np.ndarray:
     """Raw words -> float32 array (float64 for float64 and 64-bit ints); a view where possible."""
     d = dtype(dtype_name)

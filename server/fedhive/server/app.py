@@ -33,6 +33,7 @@ from fedhive.common.tensors import (
 )
 from fedhive.server.coordinator import Coordinator, RoundListener
 from fedhive.server.identity import PeerGate, server_credentials, server_tls
+from fedhive.server.limits import Watchdog
 from fedhive.server.servicer import SERVICE, CoordinatorServicer, generic_handler
 from fedhive.server.store import RunStore, StoreError
 
@@ -120,11 +121,14 @@ class RunningServer:
     port: int
     coordinator: Coordinator
     health: health.HealthServicer
+    watchdog: Watchdog | None = None  # started with the server, stopped after it
 
     def stop(self, grace: float = 2.0) -> None:
         self.health.enter_graceful_shutdown()
         self.coordinator.stop()
         self.server.stop(grace).wait()
+        if self.watchdog is not None:
+            self.watchdog.stop()
 
 
 def serve_health(server: grpc.Server) -> health.HealthServicer:
@@ -185,7 +189,8 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
         options=grpc_options(config),
         maximum_concurrent_rpcs=config.max_workers,
     )
-    servicer = CoordinatorServicer(coordinator, gate)
+    watchdog = Watchdog()
+    servicer = CoordinatorServicer(coordinator, gate, watchdog)
     server.add_generic_rpc_handlers((generic_handler(servicer),))
     health_servicer = serve_health(server)
     if tls is None:
@@ -200,6 +205,7 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
     if port == 0:
         raise OSError(f"cannot listen on {config.address}")
     server.start()
+    watchdog.start()
     log.info(
         "coordinator listening on port %d with %s (run %s, %d tensors, %.1f MB, run dir %s)",
         port,
@@ -209,7 +215,7 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
         coordinator.model_bytes / 1e6,
         config.run_dir,
     )
-    return RunningServer(server, port, coordinator, health_servicer)
+    return RunningServer(server, port, coordinator, health_servicer, watchdog)
 
 
 def serve(

@@ -26,7 +26,7 @@ def _ids(items: list[str]) -> tuple[str, ...] | None:
 FLAGGED = (
     "address", "run_dir", "task", "task_args", "seed", "rounds", "min_nodes", "fraction",
     "min_updates", "round_timeout_s", "chunk_size", "train", "eval_data", "progress", "insecure",
-    "tls_dir", "tls_cert", "tls_key", "tls_ca", "crl", "allowed_nodes",
+    "tls_dir", "tls_cert", "tls_key", "tls_ca", "crl", "allowed_nodes", "max_node_examples",
 )  # fmt: skip
 # flags `fedhive simulate` does not take: it makes its own run directory and certificates
 SERVER_ONLY = ("resume", "tls_dir", "tls_cert", "tls_key", "tls_ca", "crl")
@@ -111,6 +111,12 @@ def add_server_args(p: argparse.ArgumentParser, *, simulate: bool = False) -> No
         help="argument of the task factory (repeat; default none)",
     )
     p.add_argument(
+        "--max-node-examples",
+        type=int,
+        help="most examples a node may declare: its update's weight is its claim "
+        + d("max_node_examples"),
+    )
+    p.add_argument(
         "--train",
         action="append",
         default=[],
@@ -164,6 +170,7 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> ServerConfig:
         "min_updates": ns.min_updates,
         "round_timeout_s": ns.round_timeout_s,
         "chunk_size": ns.chunk_size,
+        "max_node_examples": ns.max_node_examples,
         "eval_data": ns.eval_data,
         "seed": ns.seed,
         "task_args": parse_assignments(ns.task_arg, "--task-arg"),

@@ -63,7 +63,7 @@ from fedhive.common.messages import (
     UpdateTrailer,
 )
 from fedhive.common.secagg.messages import SecAggReply, SecAggRequest
-from fedhive.common.tensors import TensorSpec, payload_bytes, raw_view
+from fedhive.common.tensors import TensorSpec, check_finite, payload_bytes, raw_view
 from fedhive.server import waiting
 from fedhive.server.broadcast import (
     DEFAULT_BROADCAST_MEMORY,
@@ -73,6 +73,7 @@ from fedhive.server.broadcast import (
     FileModel,
     ModelSource,
 )
+from fedhive.server.limits import check_examples, make_room, wire_wait
 from fedhive.server.secure import SecureRound, finalize_secure, open_secure_round, watch_secure
 from fedhive.server.spool import Spool, SpoolBudget
 from fedhive.server.store import ResumePoint, RunStore
@@ -81,6 +82,7 @@ from fedhive.server.strategy import Aggregator, FedAvg
 log = logging.getLogger("fedhive.server")
 
 MAX_PULL_WAIT_S = 60.0
+PULL_CHECK_S = 0.5  # a waiting pull checks this often whether its caller is still there
 DEFAULT_SPOOL_MEMORY = 256 << 20
 
 
@@ -213,6 +215,11 @@ class UpdateSession:
         self.done = False
 
     # -- StagedUpdate
+    @property
+    def peaks(self) -> list[float]:
+        """The largest |value| per tensor (bounds what this update adds to a sum)."""
+        return self.checker.peaks
+
     def pieces(self, tensor: int) -> Iterator[memoryview]:
         begin, end = self._offsets[tensor], self._offsets[tensor + 1]
         return self.spool.pieces(begin, end - begin)
@@ -224,6 +231,7 @@ class UpdateSession:
 
     def finish(self, trailer: UpdateTrailer) -> Contribution:
         self.checker.finish(trailer.digest)
+        check_examples(trailer.eval_examples, self._coord.config.max_node_examples, "eval_examples")
         try:
             return self._coord._commit(self, trailer)
         finally:
@@ -311,7 +319,7 @@ class Coordinator:
                     node_id,
                     name,
                     "?",
-                    0,
+                    config.max_node_examples,  # its declaration is lost: the policy's cap
                     token_sha256,
                     time.monotonic(),
                     alive=False,
@@ -340,8 +348,23 @@ class Coordinator:
             raise InvalidUpdateError(
                 f"protocol version {req.protocol_version} is not supported (1)"
             )
+        cap = self.config.max_node_examples
+        if req.num_examples > cap:
+            raise LimitExceededError(
+                f"node {req.name!r} declares {req.num_examples} examples; this coordinator "
+                f"accepts at most {cap} per node (max_node_examples)"
+            )
         identity_key, identity_cert = self._identity(req, peer_id)
         with self._cv:
+            cfg = self.config
+            st = self._round
+            make_room(
+                self._nodes,
+                cfg.max_registered_nodes,
+                max(cfg.node_expiry_s, cfg.heartbeat_timeout_s),
+                st.pending() | set(st.uploads) if st is not None and not st.closed else (),
+                peer_id,
+            )
             self._next_node += 1
             node_id = peer_id if peer_id is not None else f"{req.name}-{self._next_node}"
             again = node_id in self._nodes
@@ -475,9 +498,16 @@ class Coordinator:
             self._cv.notify_all()
         log.warning("node %s declined round %d: %s", node.node_id, round_, reason)
 
-    def pull(self, auth: NodeAuth, wait_s: float, peer_id: str | None = None) -> Iterable[bytes]:
-        """The node's next task as encoded TaskMessages; long-polls up to ``wait_s`` seconds."""
-        wait_s = min(max(wait_s, 0.0), MAX_PULL_WAIT_S)
+    def pull(
+        self,
+        auth: NodeAuth,
+        wait_s: float,
+        peer_id: str | None = None,
+        active: Callable[[], bool] | None = None,
+    ) -> Iterable[bytes]:
+        """The node's next task as encoded TaskMessages; long-polls up to ``wait_s`` seconds,
+        or until ``active()`` turns false (the caller hung up)."""
+        wait_s = wire_wait(wait_s, "PullTask wait_s", MAX_PULL_WAIT_S)
         deadline = time.monotonic() + wait_s
         with self._cv:
             node = self._auth(auth, peer_id)
@@ -501,10 +531,11 @@ class Coordinator:
                         f"{STOPPING}; the run is not over: reconnect until it is back"
                     )
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                gone = active is not None and not active()
+                if remaining <= 0 or gone:
                     number = st.number if st is not None else 0
                     return [self._header_bytes(TaskKind.WAIT, number, retry_after_s=0.0)]
-                self._cv.wait(remaining)
+                self._cv.wait(min(remaining, PULL_CHECK_S))
                 node.last_seen = time.monotonic()
 
     def open_update(
@@ -562,6 +593,12 @@ class Coordinator:
             raise InvalidUpdateError(
                 f"{what}: example count must be > 0, got {header.num_examples}"
             )
+        declared = self._nodes[nid].num_examples
+        if header.num_examples > declared:
+            raise InvalidUpdateError(
+                f"{what}: claims {header.num_examples} examples, more than the {declared} it "
+                "declared at join"
+            )
         got = header.tensors
         if len(got) != len(want):
             raise InvalidUpdateError(
@@ -601,6 +638,14 @@ class Coordinator:
             else:
                 with self._fold_lock:
                     self.aggregator.fold(session)
+        except RequestRefused as exc:  # e.g. it would overflow the aggregate: nothing was folded
+            refusal = type(exc)(f"update from {nid} for round {st.number}: {exc}")
+            with self._cv:
+                st.folding -= 1
+                st.refused[nid] = str(refusal)
+                self._cv.notify_all()
+            log.warning("refused update: %s", refusal)
+            raise refusal from exc
         except Exception:
             with self._cv:
                 st.folding -= 1
@@ -638,6 +683,7 @@ class Coordinator:
         log.warning("refused update from %s for round %d: %s", nid, st.number, reason)
 
     def report_evaluation(self, report: EvaluationReport, peer_id: str | None = None) -> None:
+        check_examples(report.num_examples, self.config.max_node_examples, "num_examples")
         with self._cv:
             node = self._auth(report.auth, peer_id)
             st = self._round
@@ -874,11 +920,14 @@ class Coordinator:
                 now = time.monotonic()
                 watched = st.pending() if secure is None else st.selected - st.dropped
                 for nid in list(watched):
-                    node = self._nodes[nid]
+                    node = self._nodes.get(nid)
                     if nid not in st.uploads and (
-                        not node.alive or now - node.last_seen > cfg.heartbeat_timeout_s
+                        node is None
+                        or not node.alive
+                        or now - node.last_seen > cfg.heartbeat_timeout_s
                     ):
-                        node.alive = False
+                        if node is not None:
+                            node.alive = False
                         st.dropped.add(nid)
                         log.warning("round %d: node %s dropped (no heartbeat)", number, nid)
                 if secure is not None:
@@ -981,6 +1030,12 @@ class Coordinator:
             failure = f"{len(contributions)} update(s) accepted, {needed} needed" + (
                 f" ({reason})" if reason else ""
             )
+        if not failure and st.secure is None:
+            started = time.monotonic()
+            new_global = self.aggregator.finalize()
+            event["aggregate_s"] = round(time.monotonic() - started, 6)
+        if not failure:
+            failure = _non_finite(self.specs, new_global)
         if failure:
             event["committed"] = False
             event["reason"] = failure
@@ -988,10 +1043,6 @@ class Coordinator:
             event["duration_s"] = round(time.monotonic() - st.opened_at, 6)
             self.store.append_event(event)
         else:
-            if st.secure is None:
-                started = time.monotonic()
-                new_global = self.aggregator.finalize()
-                event["aggregate_s"] = round(time.monotonic() - started, 6)
             new_flat = [np.ascontiguousarray(a).reshape(-1) for a in new_global]
             model_path = self.store.write_model(
                 st.number, self.specs, [raw_view(a) for a in new_flat]
@@ -1013,6 +1064,9 @@ class Coordinator:
                 }
                 for c in sorted(contributions, key=lambda c: c.node_id)
             }
+            if st.secure is None:  # the weights FedAvg used (each node's claim, bounded at join)
+                for c in contributions:
+                    event["nodes"][c.node_id]["weight"] = c.num_examples / event["examples"]
             if self.evaluator is not None:
                 metrics = self.evaluator(st.number, self.specs, new_flat)
                 if metrics is not None:
@@ -1050,3 +1104,11 @@ class Coordinator:
         if self.listener is not None:
             self.listener.round_closed(event)
         return event
+
+
+def _non_finite(specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray]) -> str:
+    """Why the new global model must not be committed ("" when every value is finite)."""
+    for spec, arr in zip(specs, arrays, strict=True):
+        if not check_finite(raw_view(arr), spec.dtype):
+            return f"the aggregate holds non-finite values in tensor {spec.name!r}"
+    return ""

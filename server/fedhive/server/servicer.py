@@ -30,6 +30,8 @@ from fedhive.common.messages import NodeAuth, UpdateHeader, UpdateMessage, Updat
 from fedhive.proto.v1 import coordinator_pb2 as pb
 from fedhive.server.coordinator import Coordinator, UpdateSession
 from fedhive.server.identity import PeerGate
+from fedhive.server.limits import Admission, Watchdog, wire_wait
+from fedhive.server.secure import MAX_STEP_WAIT_S
 
 log = logging.getLogger("fedhive.server.grpc")
 
@@ -86,9 +88,19 @@ def _checked(request: Any) -> Any:
 
 
 class CoordinatorServicer:
-    def __init__(self, coordinator: Coordinator, gate: PeerGate | None = None) -> None:
+    """``watchdog``: cuts off stalled uploads (its owner starts and stops it); without one,
+    an upload waits for its caller until the round's deadline."""
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        gate: PeerGate | None = None,
+        watchdog: Watchdog | None = None,
+    ) -> None:
         self.coord = coordinator
         self.gate = gate
+        self.watchdog = watchdog
+        self.admission = Admission(coordinator.config.stream_budget())
 
     def _peer(self, context: grpc.ServicerContext, method: str) -> str | None:
         """The caller's verified node id (None in insecure mode); a refused peer is evicted."""
@@ -112,34 +124,51 @@ class CoordinatorServicer:
         raise AssertionError("unreachable")
 
     def pull_task(self, request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
-        with _status(context, "PullTask"):
-            peer = self._peer(context, "PullTask")
-            auth, wait_s = _checked(request)
-            messages = self.coord.pull(auth, wait_s, peer_id=peer)
-        yield from messages
+        with contextlib.ExitStack() as slot:  # held until the model is streamed out
+            with _status(context, "PullTask"):
+                peer = self._peer(context, "PullTask")
+                auth, wait_s = _checked(request)
+                # without TLS the claimed node id (a wrong token is refused at once)
+                slot.enter_context(self.admission.stream("PullTask", peer or auth.node_id))
+                messages = self.coord.pull(auth, wait_s, peer_id=peer, active=context.is_active)
+            yield from messages
 
     def push_update(self, requests: Iterator[Any], context: grpc.ServicerContext) -> pb.PushReply:
         session: UpdateSession | None = None
+        stalled: list[str] = []
         with _status(context, "PushUpdate"):
-            try:
-                peer = self._peer(context, "PushUpdate")
-                first = _checked(next(requests, None) or Malformed("empty update stream"))
-                if not isinstance(first, UpdateHeader):
-                    raise InvalidUpdateError("an update stream must start with its header")
-                session = self.coord.open_update(first, peer_id=peer, cancel=context.cancel)
-                trailer = self._receive(session, requests)
-                contribution = session.finish(trailer)
-                return pb.PushReply(
-                    round=session.state.number, bytes_received=contribution.bytes_in
-                )
-            except RequestRefused as exc:
-                if session is not None:
-                    session.abort(str(exc))
-                raise
-            except Exception as exc:
-                if session is not None:
-                    session.abort(f"upload broke off ({type(exc).__name__}: {exc})")
-                raise
+            peer = self._peer(context, "PushUpdate")
+            with self.admission.stream("PushUpdate", peer):
+                if self.watchdog is not None:
+                    cfg = self.coord.config
+                    requests = self.watchdog.watch(
+                        requests,
+                        cfg.header_timeout_s,
+                        cfg.upload_idle_timeout_s,
+                        context.cancel,
+                        stalled,
+                    )
+                try:
+                    first = _checked(next(requests, None) or Malformed("empty update stream"))
+                    if not isinstance(first, UpdateHeader):
+                        raise InvalidUpdateError("an update stream must start with its header")
+                    session = self.coord.open_update(first, peer_id=peer, cancel=context.cancel)
+                    trailer = self._receive(session, requests)
+                    contribution = session.finish(trailer)
+                    return pb.PushReply(
+                        round=session.state.number, bytes_received=contribution.bytes_in
+                    )
+                except RequestRefused as exc:
+                    if session is not None:  # a cut-off stream may look merely truncated
+                        session.abort(f"upload broke off ({stalled[0]})" if stalled else str(exc))
+                    raise
+                except Exception as exc:
+                    if session is not None:
+                        why = stalled[0] if stalled else f"{type(exc).__name__}: {exc}"
+                        session.abort(f"upload broke off ({why})")
+                    elif stalled:
+                        log.warning("PushUpdate from %s cut off: %s", context.peer(), stalled[0])
+                    raise
         raise AssertionError("unreachable")
 
     @staticmethod
@@ -178,7 +207,10 @@ class CoordinatorServicer:
     def secagg_step(self, request: Any, context: grpc.ServicerContext) -> pb.SecAggReply:
         with _status(context, "SecAggStep"):
             peer = self._peer(context, "SecAggStep")
-            reply = self.coord.secagg_step(_checked(request), peer_id=peer)
+            request = _checked(request)
+            wire_wait(request.wait_s, "SecAggStep wait_s", MAX_STEP_WAIT_S)
+            with self.admission.stream("SecAggStep", peer or request.auth.node_id):
+                reply = self.coord.secagg_step(request, peer_id=peer)
             return serde_secagg.reply_to_proto(reply)
         raise AssertionError("unreachable")
 

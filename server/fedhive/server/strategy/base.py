@@ -14,6 +14,7 @@ class StagedUpdate(Protocol):
     """A fully checked update: its example count and its payload, tensor by tensor."""
 
     num_examples: int
+    # optional ``peaks``: the largest |value| per tensor, if the stream's checks measured it
 
     def pieces(self, tensor: int) -> Iterator[memoryview]:
         """The raw bytes of tensor ``tensor`` in order, in pieces."""
