@@ -27,8 +27,13 @@ def fedhive(*args: str) -> subprocess.CompletedProcess[str]:
     [
         (["--train", "epocs=2"], "epocs: unknown training setting"),
         (["--task-arg", "widht=8"], "digits task: unknown task_args 'widht'"),
+        (
+            ["--strategy", "fedadam", "--strategy-arg", "etaa=0.1"],
+            "strategy fedadam: etaa: unknown argument",
+        ),
+        (["--strategy", "fedmedain"], "unknown strategy 'fedmedain'"),
     ],
-    ids=["misspelled-train-key", "misspelled-task-arg"],
+    ids=["misspelled-train-key", "misspelled-task-arg", "misspelled-strategy-arg", "no-strategy"],
 )
 def test_a_coordinator_refuses_settings_its_task_refuses_before_the_run_exists(
     tmp_path: Path, flag: list[str], named: str
@@ -46,6 +51,28 @@ def test_a_coordinator_refuses_settings_its_task_refuses_before_the_run_exists(
     assert proc.returncode == 2, proc.stderr
     assert named in proc.stderr
     assert not (run_dir / "run.sqlite").exists() and not (run_dir / "config.json").exists()
+
+
+def test_a_rule_that_must_see_each_update_is_refused_under_secure_aggregation(
+    tmp_path: Path,
+) -> None:
+    # Prepare
+    run_dir = tmp_path / "run"
+    config = tmp_path / "server.toml"
+    config.write_text('secure_aggregation = "secagg+"\nstrategy = "fedmedian"\n')
+
+    # Execute
+    proc = fedhive(
+        "server", "--config", str(config), "--address", "127.0.0.1:0", "--run-dir", str(run_dir),
+        "--task", DIGITS, "--rounds", "1", "--min-nodes", "3", "--no-progress", "--insecure",
+    )  # fmt: skip
+
+    # Assert: both settings named, nothing stored
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        "strategy = 'fedmedian'" in proc.stderr and "secure_aggregation = 'secagg+'" in proc.stderr
+    )
+    assert not (run_dir / "run.sqlite").exists()
 
 
 def test_a_node_without_data_stops_before_joining(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ ALL = [[name] for name in COMMANDS] + [["certs", action] for action in CERTS_ACT
 ALIASES = {
     "data_dir": "--data",
     "task_args": "--task-arg",
+    "strategy_args": "--strategy-arg",
     "allowed_nodes": "--allow-node",
     "progress": "--no-progress",
 }

@@ -46,6 +46,10 @@ class ServerConfig(_Config):
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     heartbeat_timeout_s: float = Field(default=30.0, gt=0)
     train: dict[str, Scalar] = Field(default_factory=dict)
+    # the aggregation rule: a built-in name (fedhive.server.strategy.registry) or
+    # package.module:factory; its arguments are validated by the coordinator before the run exists
+    strategy: str = Field(default="fedavg", min_length=1)
+    strategy_args: dict[str, Scalar] = Field(default_factory=dict)
     federated_evaluation: bool = True
     eval_data: Path | None = None
     device: str = "cpu"

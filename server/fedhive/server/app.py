@@ -36,6 +36,7 @@ from fedhive.server.identity import PeerGate, server_credentials, server_tls
 from fedhive.server.limits import Watchdog
 from fedhive.server.servicer import SERVICE, CoordinatorServicer, generic_handler
 from fedhive.server.store import RunStore, StoreError
+from fedhive.server.strategy.registry import build_strategy, sum_only
 
 log = logging.getLogger("fedhive.server")
 
@@ -140,6 +141,19 @@ def serve_health(server: grpc.Server) -> health.HealthServicer:
     return servicer
 
 
+def check_strategy(config: ServerConfig) -> None:
+    """Refuse, before the run is created, a strategy that cannot be built with its arguments or
+    that cannot run under the run's secure aggregation."""
+    build_strategy(config.strategy, config.strategy_args)
+    if config.secure_aggregation != "none" and not sum_only(config.strategy):
+        raise ConfigError(
+            f"strategy = {config.strategy!r} must see each update, but secure_aggregation = "
+            f"{config.secure_aggregation!r} shows the coordinator only their sum: choose a rule "
+            "that needs only the sum (fedavg, fedavgm, fedadam, fedyogi, fedadagrad) or no secure "
+            "aggregation"
+        )
+
+
 def start_server(config: ServerConfig, listener: RoundListener | None = None) -> RunningServer:
     """Load the task, create the run directory and serve; the caller runs ``coordinator.run()``."""
     tls = server_tls(config)
@@ -154,6 +168,7 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
         ),
     )
     check_train_config(task, config)
+    check_strategy(config)
     specs, arrays = initial_model(task)
     store = RunStore(config.run_dir)
     settings = config.model_dump(mode="json")
@@ -176,6 +191,7 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
         specs,
         arrays,
         store,
+        aggregator=build_strategy(config.strategy, config.strategy_args, store.run_dir / "updates"),
         evaluator=evaluator,
         listener=listener,
         run_id=run_id,

@@ -15,6 +15,7 @@ from fedhive.common.config import ServerConfig, build_config, parse_assignments
 from fedhive.common.errors import ConfigError, FedhiveError
 from fedhive.common.helptext import dflt, plain, toml_only
 from fedhive.common.logs import setup_logging
+from fedhive.server.strategy.registry import describe_builtins
 
 
 def _ids(items: list[str]) -> tuple[str, ...] | None:
@@ -27,6 +28,7 @@ FLAGGED = (
     "address", "run_dir", "task", "task_args", "seed", "rounds", "min_nodes", "fraction",
     "min_updates", "round_timeout_s", "chunk_size", "train", "eval_data", "progress", "insecure",
     "tls_dir", "tls_cert", "tls_key", "tls_ca", "crl", "allowed_nodes", "max_node_examples",
+    "strategy", "strategy_args",
 )  # fmt: skip
 # flags `fedhive simulate` does not take: it makes its own run directory and certificates
 SERVER_ONLY = ("resume", "tls_dir", "tls_cert", "tls_key", "tls_ca", "crl")
@@ -117,6 +119,22 @@ def add_server_args(p: argparse.ArgumentParser, *, simulate: bool = False) -> No
         + d("max_node_examples"),
     )
     p.add_argument(
+        "--strategy",
+        help="aggregation rule: a built-in (below) or package.module:factory " + d("strategy"),
+    )
+    p.add_argument(
+        "--strategy-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="argument of the strategy (repeat; default: the rule's own, listed below)",
+    )
+    p.epilog = (
+        (p.epilog or "")
+        + "\n\nstrategies (--strategy NAME, --strategy-arg KEY=VALUE):\n"
+        + ("\n".join("  " + line for line in describe_builtins().splitlines()))
+    )
+    p.add_argument(
         "--train",
         action="append",
         default=[],
@@ -175,6 +193,8 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> ServerConfig:
         "seed": ns.seed,
         "task_args": parse_assignments(ns.task_arg, "--task-arg"),
         "train": parse_assignments(ns.train, "--train"),
+        "strategy": ns.strategy,
+        "strategy_args": parse_assignments(ns.strategy_arg, "--strategy-arg"),
         "progress": False if ns.no_progress else None,
         **{name: getattr(ns, name, None) for name in SERVER_ONLY if name != "resume"},
         "allowed_nodes": _ids(ns.allow_node),

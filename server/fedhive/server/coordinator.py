@@ -65,6 +65,7 @@ from fedhive.common.messages import (
 from fedhive.common.secagg.messages import SecAggReply, SecAggRequest
 from fedhive.common.tensors import TensorSpec, check_finite, payload_bytes, raw_view
 from fedhive.server import waiting
+from fedhive.server.aggregation import StrategyHost
 from fedhive.server.broadcast import (
     DEFAULT_BROADCAST_MEMORY,
     EMPTY_BROADCAST,
@@ -77,7 +78,7 @@ from fedhive.server.limits import check_examples, make_room, wire_wait
 from fedhive.server.secure import SecureRound, finalize_secure, open_secure_round, watch_secure
 from fedhive.server.spool import Spool, SpoolBudget
 from fedhive.server.store import ResumePoint, RunStore
-from fedhive.server.strategy import Aggregator, FedAvg
+from fedhive.server.strategy import Aggregator
 
 log = logging.getLogger("fedhive.server")
 
@@ -263,16 +264,17 @@ class Coordinator:
         resume: ResumePoint | None = None,
         identity_verifier: Callable[[bytes, str], bytes] | None = None,
     ) -> None:
-        custom = aggregator is not None and type(aggregator) is not FedAvg
-        if config.secure_aggregation != "none" and custom:
+        if config.secure_aggregation != "none" and getattr(aggregator, "needs_updates", False):
             raise ConfigError(
-                "secure aggregation yields the weighted mean (FedAvg) of updates the coordinator "
-                f"never sees; it cannot run the aggregator {type(aggregator).__name__}"
+                f"secure_aggregation = {config.secure_aggregation!r} yields only the sum of "
+                "updates the coordinator never sees; the strategy "
+                f"{type(aggregator).__name__} must see each update"
             )
         self.config = config
         self.specs = list(specs)
         self.store = store
-        self.aggregator: Aggregator = aggregator if aggregator is not None else FedAvg()
+        self.strategy = StrategyHost(aggregator, store.models_dir)
+        self.aggregator: Aggregator = self.strategy.aggregator
         self.evaluator = evaluator
         self.listener = listener
         self.resume = resume
@@ -311,9 +313,7 @@ class Coordinator:
         self._stop = threading.Event()
         self.committed_rounds = resume.round if resume else 0
         if resume is not None:
-            restore = getattr(self.aggregator, "restore", None)
-            if restore is not None:
-                restore(resume.strategy_state)
+            self.strategy.restore(resume.strategy_state)
             for node_id, name, token_sha256 in store.nodes():
                 self._nodes[node_id] = NodeRecord(
                     node_id,
@@ -782,7 +782,7 @@ class Coordinator:
             if self._initial is not None:
                 buffers = [raw_view(a) for a in self._initial]
                 path = self.store.write_model(0, self.specs, buffers)
-                self.store.commit_round(0, path, None, self._strategy_state(), time.time())
+                self.store.commit_round(0, path, None, self.strategy.state(0), time.time())
                 del buffers
                 if self._model is None:
                     self._model = self._model_source(path, self._initial)
@@ -840,10 +840,6 @@ class Coordinator:
         if self._stop.is_set():
             raise RunStopped("stopped")
 
-    def _strategy_state(self) -> dict[str, Any]:
-        state = getattr(self.aggregator, "state", None)
-        return dict(state()) if state is not None else {}
-
     def _finish(self, grace_s: float = 5.0) -> None:
         deadline = time.monotonic() + grace_s
         with self._cv:
@@ -872,7 +868,7 @@ class Coordinator:
         if kind == TaskKind.TRAIN:
             train_config["evaluate"] = cfg.federated_evaluation
             if not secure_mode:  # a secure round sums masked words itself
-                self.aggregator.begin(self.specs, None)
+                self.strategy.begin(self.specs, self.store.model_path(self.committed_rounds))
         with self._cv:
             alive = self._alive()
             if secure_mode:  # only nodes that sent an identity key can take part
@@ -1022,6 +1018,10 @@ class Coordinator:
         if st.secure is not None:  # abandoned (and why), or unmasked and dequantized
             started = time.monotonic()
             new_global, failure = finalize_secure(st.secure, reason)
+            if not failure:  # the sum-only rules take the mean from here
+                new_global, failure = self.strategy.from_mean(
+                    self.specs, list(new_global), self.store.model_path(self.committed_rounds)
+                )
             event["aggregate_s"] = round(time.monotonic() - started, 6)
             event["examples"] = st.secure.examples
         if reason == STOPPING:  # a partial round is not committed: it runs again on resume
@@ -1032,8 +1032,10 @@ class Coordinator:
             )
         if not failure and st.secure is None:
             started = time.monotonic()
-            new_global = self.aggregator.finalize()
+            new_global, failure = self.strategy.finalize()
             event["aggregate_s"] = round(time.monotonic() - started, 6)
+        elif st.secure is None:
+            self.strategy.abandon()
         if not failure:
             failure = _non_finite(self.specs, new_global)
         if failure:
@@ -1075,7 +1077,7 @@ class Coordinator:
                 event["note"] = reason
             event["duration_s"] = round(time.monotonic() - st.opened_at, 6)
             self.store.commit_round(
-                st.number, model_path, event, self._strategy_state(), time.time()
+                st.number, model_path, event, self.strategy.state(st.number), time.time()
             )
             # free the old model's chunks before encoding the new one (2x the model at most)
             self._broadcast, st.broadcast, self._model = None, EMPTY_BROADCAST, None

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedhive.common.config import ServerConfig
 from fedhive.common.errors import ConfigError, FedhiveError
 from fedhive.common.safetensors_io import SafetensorsFile, fsync_dir, write_safetensors
 from fedhive.common.tensors import TensorSpec
@@ -76,6 +77,16 @@ def config_identity(config: Mapping[str, Any]) -> dict[str, Any]:
 def config_hash(config: Mapping[str, Any]) -> str:
     blob = json.dumps(config_identity(config), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+def setting_defaults() -> dict[str, Any]:
+    """Every ServerConfig setting's default, as the run's stored settings write it (JSON)."""
+    defaults = {
+        name: field.get_default(call_default_factory=True)
+        for name, field in ServerConfig.model_fields.items()
+    }
+    loaded: dict[str, Any] = json.loads(json.dumps(defaults, default=str))
+    return loaded
 
 
 def file_sha256(path: Path) -> str:
@@ -165,7 +176,15 @@ class RunStore:
             if meta["config_hash"] != config_hash(config):
                 stored = config_identity(json.loads(meta["config"]))
                 given = config_identity(json.loads(json.dumps(config, default=str)))
+                # a setting added by a later fedhive, at its default, is no difference
+                defaults = setting_defaults()
+                for key in set(given) - set(stored):
+                    if key in defaults:
+                        stored[key] = defaults[key]
                 diff = sorted(k for k in set(stored) | set(given) if stored.get(k) != given.get(k))
+            else:
+                diff = []
+            if diff:
                 raise ConfigError(
                     f"{self.run_dir} holds a run with another configuration (differs in: "
                     f"{', '.join(diff)}); use another --run-dir, or the original settings to resume"

@@ -71,7 +71,20 @@ class ServerOptimizing:
         return buf
 
     def finalize(self) -> list[np.ndarray]:
-        averaged = self.mean.finalize()
+        return self._step(self.mean.finalize())
+
+    def from_mean(
+        self,
+        specs: Sequence[TensorSpec],
+        mean: list[np.ndarray],
+        global_raw: Sequence[np.ndarray],
+    ) -> list[np.ndarray]:
+        """The step from a round's mean computed elsewhere (SecAgg+'s unmasked sum)."""
+        self.specs = list(specs)
+        self._global = list(global_raw)
+        return self._step([np.array(a, copy=True).reshape(-1) for a in mean])
+
+    def _step(self, averaged: list[np.ndarray]) -> list[np.ndarray]:
         t = self.steps + 1
         out = []
         for index, spec in enumerate(self.specs):

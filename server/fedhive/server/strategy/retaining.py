@@ -18,6 +18,9 @@ from fedhive.server.strategy.blocks import BLOCK_BYTES, RetainedUpdates
 
 
 class Retaining:
+    needs_updates = True
+    """It must see each update: it cannot run under secure aggregation."""
+
     def __init__(
         self, rule: RobustRule, folder: Path | None = None, block_bytes: int = BLOCK_BYTES
     ) -> None:

@@ -1,0 +1,28 @@
+"""A hostile consortium member for the strategy tests: it trains the digits task like everyone
+else, then sends its weights sign-flipped and scaled (a model-poisoning attack)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from fedhive.common.task import FitResult, Scalar, TaskContext, exchanged_state
+from fedhive.common.tasks.digits import DigitsTask
+
+SCALE = 10.0
+
+
+class HostileDigits(DigitsTask):
+    def fit(self, model: nn.Module, config: Mapping[str, Scalar]) -> FitResult:
+        result = super().fit(model, config)
+        with torch.no_grad():
+            for tensor in exchanged_state(model, self).values():
+                if tensor.is_floating_point():
+                    tensor.mul_(-SCALE)
+        return result
+
+
+def make_task(ctx: TaskContext) -> HostileDigits:
+    return HostileDigits(ctx)

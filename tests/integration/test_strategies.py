@@ -1,0 +1,126 @@
+"""Strategies in a real federation: real coordinator, real node processes, real gRPC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from fedhive.common.tasks import digits
+from fedhive.server.coordinator import RunAborted
+from fedhive.server.store import RunStore
+from tests.integration.harness import start_coordinator, start_node, wait_all
+
+DIGITS = "fedhive.common.tasks.digits:make_task"
+HOSTILE = "tests.integration.byzantine_task:make_task"
+
+
+def digits_run(
+    tmp_path: Path, strategy: str, args: dict[str, Any], hostile: int, honest: int, rounds: int
+) -> list[dict[str, Any]]:
+    """A digits federation (IID shares) in which ``hostile`` nodes poison every update."""
+    nodes = hostile + honest
+    server_dir, dirs = digits.prepare_simulation(tmp_path / "data", nodes, None, 0)
+    coord = start_coordinator(
+        tmp_path,
+        task=DIGITS,
+        task_args={},
+        rounds=rounds,
+        min_nodes=nodes,
+        min_updates=nodes,
+        train={"epochs": 3},
+        eval_data=server_dir,
+        strategy=strategy,
+        strategy_args=args,
+        round_timeout_s=120.0,
+    )
+    procs = [
+        start_node(
+            coord.address,
+            f"n{i}",
+            i,
+            task=HOSTILE if i < hostile else DIGITS,
+            task_args={},
+            data=d,
+            log=tmp_path / f"node-{i}.log",
+        )
+        for i, d in enumerate(dirs)
+    ]
+    history = coord.join(timeout=300)
+    assert wait_all(procs, timeout=60) == [0] * nodes
+    return [e for e in history if e["event"] == "round"]
+
+
+def test_robust_rules_withstand_a_poisoning_member_that_breaks_fedavg(tmp_path: Path) -> None:
+    # Prepare: 5 nodes, one of which sends its weights sign-flipped and scaled by 10 every round
+
+    # Execute: the same federation under three rules
+    accuracy = {
+        name: digits_run(tmp_path / name, name, args, hostile=1, honest=4, rounds=3)[-1][
+            "server_evaluate"
+        ]["accuracy"]
+        for name, args in (
+            ("fedavg", {}),
+            ("fedmedian", {}),
+            ("multikrum", {"f": 1, "m": 3}),
+        )
+    }
+
+    # Assert: FedAvg is wrecked; the median and MultiKrum learn as if the member were absent
+    assert accuracy["fedavg"] < 0.5, accuracy
+    assert accuracy["fedmedian"] > 0.85, accuracy
+    assert accuracy["multikrum"] > 0.85, accuracy
+
+
+def test_a_rule_short_of_updates_fails_the_round_with_its_reason(tmp_path: Path) -> None:
+    # Prepare: Krum tolerating f=1 needs more than 4 updates; 3 nodes send theirs
+    coord = start_coordinator(
+        tmp_path, strategy="krum", strategy_args={"f": 1}, rounds=1, on_failed_round="stop"
+    )
+    procs = [start_node(coord.address, f"n{i}", i) for i in range(3)]
+
+    # Execute
+    with pytest.raises(RunAborted, match="round 1"):
+        coord.join(timeout=120)
+    wait_all(procs)
+
+    # Assert: the round was not committed and its record says why; the model is round 0's
+    events = RunStore(tmp_path / "run").events()
+    failed = [e for e in events if e["event"] == "round"]
+    assert failed and failed[0]["committed"] is False
+    assert "Krum with f=1 needs more than 4 updates, got 3" in failed[0]["reason"]
+    assert not (tmp_path / "run" / "models" / "round-0001.safetensors").exists()
+    assert not list((tmp_path / "run" / "updates").glob("update-*"))
+
+
+def test_fedadam_commits_its_moments_with_each_round(tmp_path: Path) -> None:
+    # Prepare: the constant task (each node adds its own constant to the model)
+    coord = start_coordinator(
+        tmp_path, strategy="fedadam", strategy_args={"eta": 0.5}, rounds=2, min_nodes=3
+    )
+    procs = [start_node(coord.address, f"n{i}", i) for i in range(3)]
+
+    # Execute
+    coord.join(timeout=120)
+    assert wait_all(procs) == [0, 0, 0]
+
+    # Assert: moments next to each round's model, their digest in the committed state; the
+    # model moved by Adam's step, not to the plain mean
+    models = tmp_path / "run" / "models"
+    for r in (1, 2):
+        moments = load_file(str(models / f"strategy-{r:04d}.safetensors"))
+        assert sorted({k.split("/")[0] for k in moments}) == ["m", "v"]
+    resume = RunStore(tmp_path / "run").open_existing(
+        coord.running.coordinator.config.model_dump(mode="json")
+    )
+    assert resume.strategy_state["steps"] == 2
+    assert resume.strategy_state["_arrays"]["file"] == "strategy-0002.safetensors"
+    before = load_file(str(models / "round-0000.safetensors"))
+    after = load_file(str(models / "round-0001.safetensors"))
+    # Adam's first step moves every value by eta * sqrt(1 - b2^2) / (1 - b1^2), whatever the mean
+    expected = 0.5 * np.sqrt(1 - 0.99**2) / (1 - 0.9**2)
+    for name in before:
+        np.testing.assert_allclose(np.abs(after[name] - before[name]), expected, rtol=1e-3)
