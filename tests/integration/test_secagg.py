@@ -161,6 +161,31 @@ def test_secure_rounds_without_dropouts_equal_plain_fedavg(tmp_path: Path) -> No
     assert all(e["bytes_in"] == 3 * 4 * 1001 for e in rounds)
 
 
+def test_a_server_optimizer_steps_from_the_secure_mean(tmp_path: Path) -> None:
+    # Prepare: FedAvgM with server learning rate 2 and no momentum: x <- x + 2 (mean - x)
+    coord = start_coordinator(
+        tmp_path,
+        rounds=2,
+        min_nodes=3,
+        strategy="fedavgm",
+        strategy_args={"server_learning_rate": 2.0},
+        **SECURE,
+    )
+    procs = [start_node(coord.address, f"n{i}", seed=i, task_args=ARGS) for i in range(3)]
+
+    # Execute
+    coord.join(timeout=120)
+    codes = wait_all(procs)
+
+    # Assert: twice FedAvg's step each round, within twice the quantization bound
+    assert codes == [0, 0, 0]
+    examples = np.array([100.0, 101.0, 102.0])
+    step = float((examples * np.array([1.0, 2.0, 3.0])).sum() / examples.sum())
+    bound = 2 * 2 * (3 * QUANT.step / examples.sum() + F32_ROUNDING)
+    for k, got in enumerate(final_model(tmp_path, 2)):
+        assert np.max(np.abs(got.astype(np.float64) - (k + 4 * step))) <= bound
+
+
 def test_keys_are_exchanged_while_nodes_train_longer_than_a_step_timeout(
     tmp_path: Path,
 ) -> None:
