@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from fedhive.client.device import describe_device, gpu_peak, resolve_device
+from fedhive.client.download import ModelDownload
 from fedhive.client.secagg import (
     KeyExchange,
     SecureTask,
@@ -30,7 +31,7 @@ from fedhive.client.secagg import (
     push_update,
 )
 from fedhive.client.transport import Transport
-from fedhive.common.chunks import Chunk, StreamChecker, iter_chunks, payload_hash
+from fedhive.common.chunks import Chunk, iter_chunks, payload_hash
 from fedhive.common.config import ClientConfig
 from fedhive.common.errors import (
     AccessDeniedError,
@@ -50,7 +51,6 @@ from fedhive.common.messages import (
     JoinRequest,
     TaskHeader,
     TaskKind,
-    TaskTrailer,
     UpdateHeader,
     UpdateMessage,
     UpdateTrailer,
@@ -63,35 +63,6 @@ from fedhive.common.tensors import TensorSpec, raw_view, spec_of, tensor_bytes, 
 log = logging.getLogger("fedhive.client")
 
 SECAGG_KEYS = "secagg"  # prefix of the secure round's parameters in a task config
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(name)
-    except RuntimeError as exc:
-        raise TaskError(f"unknown device {name!r}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TaskError(f"device {name!r} requested but CUDA is not available on this node")
-    return name
-
-
-def describe_device(name: str) -> str:
-    """The device and, for a GPU, its model and memory (what a log reader needs to know)."""
-    dev = torch.device(name)
-    if dev.type != "cuda":
-        return name
-    props = torch.cuda.get_device_properties(dev)
-    return f"{name}: {props.name}, {props.total_memory / 2**30:.0f} GiB"
-
-
-def gpu_peak(device: str) -> str:
-    """The peak GPU memory allocated so far by this process, for the round's log line."""
-    dev = torch.device(device)
-    if dev.type != "cuda":
-        return ""
-    return f", peak GPU memory {torch.cuda.max_memory_allocated(dev) / 2**20:.0f} MiB"
 
 
 @dataclass
@@ -135,7 +106,7 @@ class Node:
         self.model = self.task.build_model().to(self.device)
         self.state = exchanged_state(self.model, self.task)
         self.specs = [spec_of(name, t) for name, t in self.state.items()]
-        self._staging = [np.empty(s.nbytes, dtype=np.uint8) for s in self.specs]
+        self.download = ModelDownload(self.specs, self.state)
         self.identity = load_node_identity(
             config.identity_key, config.identity_cert, config.tls_ca, config.name
         )
@@ -425,33 +396,7 @@ class Node:
         return False
 
     def _receive(self, header: TaskHeader, stream: Iterator[object]) -> None:
-        if list(header.tensors) != self.specs:
-            raise TaskError(
-                "the coordinator's model does not match this node's task model "
-                f"({len(header.tensors)} vs {len(self.specs)} tensors; same --task on both?)"
-            )
-        checker = StreamChecker(self.specs, what=f"global model of round {header.round}")
-        for msg in stream:
-            if isinstance(msg, Chunk):
-                checker.accept(msg)
-                buf = self._staging[msg.tensor]
-                buf[msg.offset : msg.offset + len(msg.data)] = np.frombuffer(msg.data, np.uint8)
-            elif isinstance(msg, TaskTrailer):
-                checker.finish(msg.digest)
-                break
-            else:
-                raise InvalidUpdateError("unexpected message in the task stream")
-        else:
-            raise TransportError(f"task stream for round {header.round} ended without a trailer")
-        self.stats.bytes_down += checker.received
-        with torch.no_grad():
-            for spec, buf in zip(self.specs, self._staging, strict=True):
-                target = self.state[spec.name]
-                if target.device.type == "cpu" and target.is_contiguous():
-                    # a plain memcpy: torch's copy_ spins up its thread pool for every tensor
-                    np.copyto(np.frombuffer(tensor_bytes(target), np.uint8), buf)
-                else:
-                    target.copy_(_tensor_view(buf, spec), non_blocking=False)
+        self.stats.bytes_down += self.download.receive(header, stream)
 
     def _train_and_push(
         self,
@@ -509,15 +454,6 @@ class Node:
             upload_s,
             gpu_peak(self.device),
         )
-
-
-def _tensor_view(buf: np.ndarray, spec: TensorSpec) -> torch.Tensor:
-    from fedhive.common.tensors import DTYPES
-
-    t = torch.from_numpy(buf.view(DTYPES[spec.dtype].storage))
-    if spec.dtype == "bfloat16":
-        t = t.view(torch.int16).view(torch.bfloat16)
-    return t.reshape(spec.shape)
 
 
 def _fmt(metrics: object) -> str:
