@@ -133,6 +133,18 @@ class SafetensorsFile:
         """Each tensor's ``[begin, end)`` byte offsets in the file, by name."""
         return {spec.name: r for spec, r in zip(self.specs, self._ranges, strict=True)}
 
+    def release(self, index: int, start: int = 0, stop: int | None = None) -> None:
+        """Drop bytes ``start:stop`` of tensor ``index`` from this process's resident memory
+        (they stay in the page cache; a later read maps them again). For readers that go
+        through a large tensor once, so its pages do not add up in the process's RSS."""
+        begin, end = self._ranges[index]
+        lo = begin + start
+        hi = end if stop is None else min(end, begin + stop)
+        lo -= lo % mmap.PAGESIZE  # madvise wants a page-aligned start
+        if self._mm is None or hi <= lo:
+            return
+        self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
     def close(self) -> None:
         """Unmap the file (left to the garbage collector while views of it are alive)."""
         if self._mm is not None:

@@ -53,6 +53,12 @@ class CheckpointModel(Sequence[np.ndarray]):
         spec = self.specs[index]
         return np.frombuffer(self._file.buffer(index), dtype=DTYPES[spec.dtype].storage)
 
+    def release(self, index: int, start: int, stop: int) -> None:
+        """Values ``start:stop`` of tensor ``index`` were read: drop their pages from RSS."""
+        if self._file is not None:
+            size = DTYPES[self.specs[index].dtype].itemsize
+            self._file.release(index, start * size, stop * size)
+
     def __iter__(self) -> Iterator[np.ndarray]:
         return (self[i] for i in range(len(self)))
 

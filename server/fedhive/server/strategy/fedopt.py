@@ -22,7 +22,7 @@ from fedhive.common.tensors import TensorSpec, from_float, to_float
 from fedhive.server.strategy.base import StagedUpdate
 from fedhive.server.strategy.fedavg import FedAvg
 
-SLICE = 2**20
+SLICE = 2**18
 """Values per optimizer step call: temporaries stay this size, not the model's."""
 
 
@@ -49,7 +49,7 @@ class ServerOptimizing:
         self.optimizer = optimizer
         self.mean = FedAvg()
         self.steps = 0
-        self._global: list[np.ndarray] = []
+        self._global: Sequence[np.ndarray] = []
         self._moments: dict[str, np.ndarray] = {}
         self.specs: list[TensorSpec] = []
 
@@ -57,7 +57,7 @@ class ServerOptimizing:
         if global_raw is None:
             raise AggregationError("a server optimizer needs the current global model")
         self.specs = list(specs)
-        self._global = list(global_raw)
+        self._global = global_raw
         self.mean.begin(specs, global_raw)
 
     def fold(self, update: StagedUpdate) -> None:
@@ -81,7 +81,7 @@ class ServerOptimizing:
     ) -> list[np.ndarray]:
         """The step from a round's mean computed elsewhere (SecAgg+'s unmasked sum)."""
         self.specs = list(specs)
-        self._global = list(global_raw)
+        self._global = global_raw
         return self._step([np.array(a, copy=True).reshape(-1) for a in mean])
 
     def _step(self, averaged: list[np.ndarray]) -> list[np.ndarray]:
@@ -96,10 +96,13 @@ class ServerOptimizing:
             moments = {m: self._moment(m, index, current) for m in self.optimizer.moments}
             # the new values overwrite the mean, slice by slice (it is read only there)
             new = mean if mean.flags.writeable else mean.copy()
+            release = getattr(self._global, "release", None)  # a checkpoint read once
             for lo in range(0, current.size, SLICE):
                 hi = min(current.size, lo + SLICE)
                 views = {m: buf[lo:hi] for m, buf in moments.items()}
                 new[lo:hi] = self.optimizer.step(views, current[lo:hi], new[lo:hi], t)
+                if release is not None:
+                    release(index, lo, hi)
             out.append(from_float(new, spec.dtype).reshape(spec.shape))
             averaged[index] = np.empty(0)  # release as we go
         self.steps = t
