@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from tests.integration.harness import CONSTANT_TASK, wait_all
+from tests.integration.harness import CONSTANT_TASK, start_node, wait_all
 from tests.integration.test_node_lifecycle import free_port
 
 ROUNDS = 8
@@ -150,3 +150,34 @@ def test_resume_flag_needs_a_run_directory(tmp_path: Path, flag: str) -> None:
     )
     assert proc.returncode == 2
     assert "not a fedhive run directory" in proc.stderr
+
+
+def test_resuming_a_finished_run_says_so_and_exits(tmp_path: Path) -> None:
+    # Prepare: a one-round run that finished (its node told so and gone)
+    port, run_dir = free_port(), tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "fedhive.common.cli", "server", "--address", f"127.0.0.1:{port}",
+        "--run-dir", str(run_dir), "--task", CONSTANT_TASK, "--min-nodes", "1", "--rounds", "1",
+        "--no-progress", "--insecure", "--task-arg", "params=1000", "--task-arg", "tensors=3",
+    ]  # fmt: skip
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    node = start_node(f"127.0.0.1:{port}", "n0", 0, max_connect_attempts=100)
+    assert wait_all([first, node], timeout=60) == [0, 0]
+
+    # Execute: resume it (nodes would be waited for up to the 3,600 s join timeout)
+    started = time.monotonic()
+    again = subprocess.run(
+        [sys.executable, "-m", "fedhive.common.cli", "server", "--resume", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    # Assert: it says the run is over, shows its rounds, exits at once, records nothing more
+    assert again.returncode == 0, again.stderr
+    assert "already finished" in again.stderr
+    assert "run directory" in again.stdout
+    assert time.monotonic() - started < 30
+    events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events].count("finished") == 1
+    assert not any(e["event"] == "resumed" for e in events)

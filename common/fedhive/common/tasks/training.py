@@ -3,8 +3,11 @@
 * :class:`TrainConfig`: the coordinator's per-round ``[train]`` table, validated on the node
   (pydantic, frozen, ``extra="forbid"``): a wrong or misspelled key is a
   :class:`~fedhive.common.errors.TaskError` naming the field.
-* :class:`Trainer`: one per node, kept for the node's lifetime together with its optimiser (the
-  optimiser is rebuilt only when its kind changes; lr/momentum/weight decay are updated in place).
+* :class:`Trainer`: one per node. Each round starts from fresh optimiser state (what FedAvg
+  assumes) and a random state derived from (node seed, round): data order, dropout and optimiser
+  state depend only on the received model, the node's seed and the round number, so a round trained
+  again (its upload lost to a coordinator crash, or the node restarted) gives the same update.
+  ``optimizer_state = "carry"`` keeps the optimiser across rounds instead (not reproducible).
   CUDA when the task's device says so, automatic mixed precision there (bf16 where supported, else
   fp16 with a grad scaler), pinned host batches copied with ``non_blocking=True``; optional FedProx
   proximal term ``mu/2 * ||w - w_global||^2`` over the trainable parameters.
@@ -47,6 +50,9 @@ class TrainConfig(BaseModel):
     mu: float = Field(default=0.0, ge=0, description="FedProx proximal term; 0 = FedAvg")
     max_grad_norm: float | None = Field(default=None, gt=0)
     amp: bool = True
+    optimizer_state: Literal["fresh", "carry"] = Field(
+        default="fresh", description="fresh per round (reproducible) or carried across rounds"
+    )
     # set by the coordinator every round
     round: int = Field(default=0, ge=0)
     evaluate: bool = False
@@ -125,8 +131,27 @@ def default_forward(model: nn.Module, inputs: Sequence[torch.Tensor]) -> torch.T
     return out.logits if hasattr(out, "logits") else out
 
 
+RNG_SALT = 0x6665_6468  # keeps the torch state's stream apart from the data order's
+
+
+def round_seeds(seed: int, round_: int) -> tuple[int, int]:
+    """(data order, torch random state) seeds of one node's round: a function of both alone."""
+    data = seed * 1_000_003 + round_
+    words = np.random.SeedSequence([seed % 2**64, round_, RNG_SALT]).generate_state(1, np.uint64)
+    return data, int(words[0])
+
+
 class Trainer:
-    """Trains and evaluates one model on in-memory tensors; lives as long as the node."""
+    """Trains and evaluates one model on in-memory tensors; lives as long as the node.
+
+    A round (:meth:`fit`) depends only on the model it starts from, the node's seed and
+    ``cfg.round``: the batches are drawn from a generator seeded by (seed, round); dropout and any
+    other use of torch's global random state run under a state seeded the same way (the caller's
+    state is restored afterwards); the optimiser (and fp16 grad scaler) start fresh. So a round
+    trained twice gives the same update bit for bit on the CPU. ``optimizer_state = "carry"``
+    keeps the optimiser across rounds (built once per model and kind, hyper-parameters updated in
+    place): its momentum then depends on every round the node trained before, lost ones included.
+    """
 
     def __init__(self, device: str | torch.device = "cpu", forward: Forward = default_forward):
         self.device = torch.device(device)
@@ -142,10 +167,11 @@ class Trainer:
     # -------------------------------------------------------------- pieces
 
     def optimizer(self, model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-        """The node's optimiser: built once per (model, kind); hyper-parameters updated in place."""
+        """The round's optimiser: fresh, or (``carry``) the node's, built once per (model, kind)
+        with its hyper-parameters updated in place."""
         key = (id(model), cfg.optimizer)
         params = [p for p in model.parameters() if p.requires_grad]
-        if self._opt is None or self._opt_key != key:
+        if cfg.optimizer_state == "fresh" or self._opt is None or self._opt_key != key:
             if cfg.optimizer == "sgd":
                 self._opt = torch.optim.SGD(
                     params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -201,13 +227,32 @@ class Trainer:
     ) -> FitStats:
         if len(data[-1]) == 0:
             raise TaskError("no training examples on this node")
+        data_seed, torch_seed = round_seeds(seed, cfg.round)
+        devices = []
+        if self.cuda:
+            index = self.device.index
+            devices = [torch.cuda.current_device() if index is None else index]
+        with torch.random.fork_rng(devices=devices, device_type="cuda"):
+            torch.manual_seed(torch_seed)
+            try:
+                return self._fit(model, data, cfg, torch.Generator().manual_seed(data_seed))
+            finally:
+                if cfg.optimizer_state == "fresh":  # its state is not kept between rounds
+                    self._opt = None
+
+    def _fit(
+        self,
+        model: nn.Module,
+        data: Sequence[torch.Tensor],
+        cfg: TrainConfig,
+        gen: torch.Generator,
+    ) -> FitStats:
         opt = self.optimizer(model, cfg)
         use_scaler = self.cuda and cfg.amp and self.amp_dtype == torch.float16
-        if use_scaler and self.scaler is None:
+        if use_scaler and (self.scaler is None or cfg.optimizer_state == "fresh"):
             self.scaler = torch.amp.GradScaler("cuda")
         trainable = [p for p in model.parameters() if p.requires_grad]
         anchor = [p.detach().clone() for p in trainable] if cfg.mu > 0 else []
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + cfg.round)
         model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
