@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import secrets
 import signal
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -112,9 +114,23 @@ class RunningServer:
     health: health.HealthServicer
 
     def stop(self, grace: float = 2.0) -> None:
+        _LIVE.pop(id(self), None)
         self.health.enter_graceful_shutdown()
         self.coordinator.stop()
         self.server.stop(grace).wait()
+
+
+# Servers started in this process and not stopped yet. At exit they are stopped before the
+# interpreter finalizes: gRPC's serving thread is a daemon thread, and one still polling in native
+# code while the interpreter tears down can take the process down with SIGABRT.
+_LIVE: weakref.WeakValueDictionary[int, RunningServer] = weakref.WeakValueDictionary()
+EXIT_GRACE_S = 0.5
+
+
+@atexit.register
+def _stop_live_servers() -> None:
+    for running in list(_LIVE.values()):
+        running.stop(EXIT_GRACE_S)
 
 
 def serve_health(server: grpc.Server) -> health.HealthServicer:
@@ -198,7 +214,9 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
         coordinator.model_bytes / 1e6,
         config.run_dir,
     )
-    return RunningServer(server, port, coordinator, health_servicer)
+    running = RunningServer(server, port, coordinator, health_servicer)
+    _LIVE[id(running)] = running
+    return running
 
 
 def serve(
