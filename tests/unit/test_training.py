@@ -83,26 +83,21 @@ def test_training_learns_separable_data() -> None:
     assert set(after) == {"loss", "accuracy", "macro_f1"}
 
 
-def test_carried_optimiser_lives_across_rounds_and_takes_new_hyper_parameters() -> None:
+def test_each_round_gets_the_optimiser_and_hyper_parameters_it_asks_for() -> None:
     # Prepare
-    model, data, trainer = tiny_model(), blobs(), Trainer("cpu")
-    carry = {"optimizer_state": "carry"}
-    trainer.fit(model, data, TrainConfig(optimizer="adam", lr=0.01, round=1, **carry))
-    first = trainer._opt
+    model = tiny_model()
 
     # Execute
-    trainer.fit(model, data, TrainConfig(optimizer="adam", lr=0.001, round=2, **carry))
-    kept = trainer._opt
-    trainer.fit(model, data, TrainConfig(optimizer="sgd", lr=0.001, round=3, **carry))
+    adam = Trainer.optimizer(model, TrainConfig(optimizer="adam", lr=0.01, weight_decay=0.1))
+    sgd = Trainer.optimizer(model, TrainConfig(optimizer="sgd", lr=0.001, momentum=0.5))
 
-    # Assert: same optimiser object (state kept), lr updated; a new kind rebuilds it
-    assert kept is first
-    assert isinstance(kept, torch.optim.Adam)
-    assert isinstance(trainer._opt, torch.optim.SGD)
-    assert trainer._opt.param_groups[0]["lr"] == 0.001
+    # Assert
+    assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["weight_decay"] == 0.1
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["lr"] == 0.001
+    assert sgd.param_groups[0]["momentum"] == 0.5
 
 
-def test_optimiser_state_is_fresh_each_round_by_default() -> None:
+def test_optimiser_state_is_fresh_each_round() -> None:
     # Prepare: the same start, trained for round 2 by a new node and by one that trained round 1
     data = blobs()
     start = tiny_model().state_dict()
@@ -117,10 +112,9 @@ def test_optimiser_state_is_fresh_each_round_by_default() -> None:
     new = tiny_model()
     Trainer("cpu").fit(new, data, cfg)
 
-    # Assert: round 1's momentum did not leak into round 2; nothing is held between rounds
+    # Assert: round 1's momentum did not leak into round 2
     pairs = zip(trained.parameters(), new.parameters(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)
-    assert trainer._opt is None
 
 
 def test_fedprox_term_keeps_weights_near_the_global_model() -> None:

@@ -7,7 +7,6 @@
   assumes) and a random state derived from (node seed, round): data order, dropout and optimiser
   state depend only on the received model, the node's seed and the round number, so a round trained
   again (its upload lost to a coordinator crash, or the node restarted) gives the same update.
-  ``optimizer_state = "carry"`` keeps the optimiser across rounds instead (not reproducible).
   CUDA when the task's device says so, automatic mixed precision there (bf16 where supported, else
   fp16 with a grad scaler), pinned host batches copied with ``non_blocking=True``; optional FedProx
   proximal term ``mu/2 * ||w - w_global||^2`` over the trainable parameters.
@@ -50,9 +49,6 @@ class TrainConfig(BaseModel):
     mu: float = Field(default=0.0, ge=0, description="FedProx proximal term; 0 = FedAvg")
     max_grad_norm: float | None = Field(default=None, gt=0)
     amp: bool = True
-    optimizer_state: Literal["fresh", "carry"] = Field(
-        default="fresh", description="fresh per round (reproducible) or carried across rounds"
-    )
     # set by the coordinator every round
     round: int = Field(default=0, ge=0)
     evaluate: bool = False
@@ -147,10 +143,9 @@ class Trainer:
     A round (:meth:`fit`) depends only on the model it starts from, the node's seed and
     ``cfg.round``: the batches are drawn from a generator seeded by (seed, round); dropout and any
     other use of torch's global random state run under a state seeded the same way (the caller's
-    state is restored afterwards); the optimiser (and fp16 grad scaler) start fresh. So a round
-    trained twice gives the same update bit for bit on the CPU. ``optimizer_state = "carry"``
-    keeps the optimiser across rounds (built once per model and kind, hyper-parameters updated in
-    place): its momentum then depends on every round the node trained before, lost ones included.
+    state is restored afterwards); the optimiser (and fp16 grad scaler) start fresh, as FedAvg
+    assumes: no momentum or Adam moments carry over from the node's earlier rounds, lost ones
+    included. So a round trained twice gives the same update, bit for bit on the CPU.
     """
 
     def __init__(self, device: str | torch.device = "cpu", forward: Forward = default_forward):
@@ -160,33 +155,21 @@ class Trainer:
         self.amp_dtype: torch.dtype | None = None
         if self.cuda:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        self.scaler: torch.amp.GradScaler | None = None
-        self._opt: torch.optim.Optimizer | None = None
-        self._opt_key: tuple[int, str] | None = None
+        self.scaler: torch.amp.GradScaler | None = None  # the last round's (fp16 AMP only)
 
     # -------------------------------------------------------------- pieces
 
-    def optimizer(self, model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-        """The round's optimiser: fresh, or (``carry``) the node's, built once per (model, kind)
-        with its hyper-parameters updated in place."""
-        key = (id(model), cfg.optimizer)
+    @staticmethod
+    def optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+        """A fresh optimiser for one round over the model's trainable parameters."""
         params = [p for p in model.parameters() if p.requires_grad]
-        if cfg.optimizer_state == "fresh" or self._opt is None or self._opt_key != key:
-            if cfg.optimizer == "sgd":
-                self._opt = torch.optim.SGD(
-                    params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-                )
-            elif cfg.optimizer == "adam":
-                self._opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-            else:
-                self._opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-            self._opt_key = key
-        for group in self._opt.param_groups:
-            group["lr"] = cfg.lr
-            group["weight_decay"] = cfg.weight_decay
-            if cfg.optimizer == "sgd":
-                group["momentum"] = cfg.momentum
-        return self._opt
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(
+                params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            )
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def autocast(self, cfg: TrainConfig | None = None) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is None or (cfg is not None and not cfg.amp):
@@ -234,11 +217,7 @@ class Trainer:
             devices = [torch.cuda.current_device() if index is None else index]
         with torch.random.fork_rng(devices=devices, device_type="cuda"):
             torch.manual_seed(torch_seed)
-            try:
-                return self._fit(model, data, cfg, torch.Generator().manual_seed(data_seed))
-            finally:
-                if cfg.optimizer_state == "fresh":  # its state is not kept between rounds
-                    self._opt = None
+            return self._fit(model, data, cfg, torch.Generator().manual_seed(data_seed))
 
     def _fit(
         self,
@@ -249,8 +228,7 @@ class Trainer:
     ) -> FitStats:
         opt = self.optimizer(model, cfg)
         use_scaler = self.cuda and cfg.amp and self.amp_dtype == torch.float16
-        if use_scaler and (self.scaler is None or cfg.optimizer_state == "fresh"):
-            self.scaler = torch.amp.GradScaler("cuda")
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         trainable = [p for p in model.parameters() if p.requires_grad]
         anchor = [p.detach().clone() for p in trainable] if cfg.mu > 0 else []
         model.train()
