@@ -29,3 +29,39 @@ def test_transformer_then_in_process_coordinator_exits_with_status_0(tmp_path: P
     assert "2 passed" in proc.stdout, out[-4000:]
     assert proc.returncode == 0, out[-4000:]
     assert "terminate called" not in out
+
+
+PROGRAM = """
+import sys, time
+from pathlib import Path
+from tests.integration.harness import start_coordinator, start_node
+tmp = Path(sys.argv[1])
+coord = start_coordinator(tmp, rounds=3, min_nodes=2)  # one node joins and waits for another
+start_node(coord.address, "n0", 0, log=tmp / "node.log")
+deadline = time.monotonic() + 60
+while "joined run" not in ((tmp / "node.log").read_text() if (tmp / "node.log").exists() else ""):
+    assert time.monotonic() < deadline, "the node did not join"
+    time.sleep(0.05)
+print("leaving with the coordinator serving", flush=True)
+"""
+LEAVE_S = 30
+
+
+def test_a_program_that_leaves_its_coordinator_serving_exits_at_once(tmp_path: Path) -> None:
+    # Prepare: a program runs a coordinator in-process, a node joins it; the program returns
+    # without stopping it (its node's calls still open)
+
+    # Execute
+    proc = subprocess.run(
+        [sys.executable, "-c", PROGRAM, str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60 + LEAVE_S,
+    )
+
+    # Assert: the server is stopped at exit; the process ends at once with status 0 (it used to
+    # hang for good: the RPC thread pool shut down under gRPC, an open call never ended)
+    assert "leaving" in proc.stdout, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cannot schedule new futures" not in proc.stderr

@@ -10,7 +10,7 @@ import signal
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
-from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor  # its exit hook is registered before ours
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -120,17 +120,23 @@ class RunningServer:
         self.server.stop(grace).wait()
 
 
-# Servers started in this process and not stopped yet. At exit they are stopped before the
-# interpreter finalizes: gRPC's serving thread is a daemon thread, and one still polling in native
-# code while the interpreter tears down can take the process down with SIGABRT.
+# Servers started in this process and not stopped by their owner yet: stopped when the main thread
+# ends, before Python joins the other threads. Otherwise concurrent.futures shuts the RPC thread
+# pool down first, gRPC's serving thread dies on its next event ("cannot schedule new futures"), an
+# RPC still open waits forever, and the process hangs on exit; or gRPC is still running while the
+# interpreter and the native libraries tear down (SIGABRT, "terminate called ...").
 _LIVE: weakref.WeakValueDictionary[int, RunningServer] = weakref.WeakValueDictionary()
 EXIT_GRACE_S = 0.5
 
 
-@atexit.register
 def _stop_live_servers() -> None:
     for running in list(_LIVE.values()):
         running.stop(EXIT_GRACE_S)
+
+
+# threading's exit hooks run last-registered first and before the non-daemon threads are joined;
+# concurrent.futures (ThreadPoolExecutor, imported above) registered its pool shutdown already
+getattr(threading, "_register_atexit", atexit.register)(_stop_live_servers)
 
 
 def serve_health(server: grpc.Server) -> health.HealthServicer:
@@ -184,9 +190,7 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
         identity_verifier=gate.verify_identity if gate is not None else None,
     )
     server = grpc.server(
-        futures.ThreadPoolExecutor(
-            max_workers=config.max_workers, thread_name_prefix="fedhive-rpc"
-        ),
+        ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="fedhive-rpc"),
         options=grpc_options(config),
         maximum_concurrent_rpcs=config.max_workers,
     )
