@@ -37,7 +37,22 @@ class CoordinatorThread:
         return history
 
     def stop(self) -> None:
+        """Stop the server and the run; join the run's thread (idempotent)."""
         self.running.stop(grace=0.5)
+        self.thread.join(STOP_JOIN_S)
+
+
+STOP_JOIN_S = 30.0
+# every coordinator started, stopped after the test (or module fixture) that started it
+# (tests/integration/conftest.py): no gRPC server or run thread lives on into the next test, or
+# into interpreter shutdown
+STARTED: list[CoordinatorThread] = []
+
+
+def stop_started(keep: int = 0) -> None:
+    """Stop the coordinators started after the first ``keep``."""
+    while len(STARTED) > keep:
+        STARTED.pop().stop()
 
 
 def start_coordinator(tmp_path: Path, listener: Any = None, **overrides: Any) -> CoordinatorThread:
@@ -69,6 +84,7 @@ def start_coordinator(tmp_path: Path, listener: Any = None, **overrides: Any) ->
 
     holder.thread = threading.Thread(target=target, name="coordinator", daemon=True)
     holder.thread.start()
+    STARTED.append(holder)
     return holder
 
 

@@ -1,4 +1,4 @@
-"""The shared training loop: config validation, optimiser lifetime, FedProx, metrics, CUDA/AMP."""
+"""The shared training loop: config, optimiser state per round, FedProx, metrics, CUDA/AMP."""
 
 from __future__ import annotations
 
@@ -83,22 +83,38 @@ def test_training_learns_separable_data() -> None:
     assert set(after) == {"loss", "accuracy", "macro_f1"}
 
 
-def test_optimiser_lives_across_rounds_and_takes_new_hyper_parameters() -> None:
+def test_each_round_gets_the_optimiser_and_hyper_parameters_it_asks_for() -> None:
     # Prepare
-    model, data, trainer = tiny_model(), blobs(), Trainer("cpu")
-    trainer.fit(model, data, TrainConfig(optimizer="adam", lr=0.01, round=1))
-    first = trainer._opt
+    model = tiny_model()
 
     # Execute
-    trainer.fit(model, data, TrainConfig(optimizer="adam", lr=0.001, round=2))
-    kept = trainer._opt
-    trainer.fit(model, data, TrainConfig(optimizer="sgd", lr=0.001, round=3))
+    adam = Trainer.optimizer(model, TrainConfig(optimizer="adam", lr=0.01, weight_decay=0.1))
+    sgd = Trainer.optimizer(model, TrainConfig(optimizer="sgd", lr=0.001, momentum=0.5))
 
-    # Assert: same optimiser object (state kept), lr updated; a new kind rebuilds it
-    assert kept is first
-    assert isinstance(kept, torch.optim.Adam)
-    assert isinstance(trainer._opt, torch.optim.SGD)
-    assert trainer._opt.param_groups[0]["lr"] == 0.001
+    # Assert
+    assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["weight_decay"] == 0.1
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["lr"] == 0.001
+    assert sgd.param_groups[0]["momentum"] == 0.5
+
+
+def test_optimiser_state_is_fresh_each_round() -> None:
+    # Prepare: the same start, trained for round 2 by a new node and by one that trained round 1
+    data = blobs()
+    start = tiny_model().state_dict()
+    cfg = TrainConfig(optimizer="sgd", momentum=0.9, lr=0.05, round=2)
+    trained = tiny_model()
+    trainer = Trainer("cpu")
+    trainer.fit(trained, data, TrainConfig(optimizer="sgd", momentum=0.9, lr=0.05, round=1))
+
+    # Execute
+    trained.load_state_dict(start)
+    trainer.fit(trained, data, cfg)
+    new = tiny_model()
+    Trainer("cpu").fit(new, data, cfg)
+
+    # Assert: round 1's momentum did not leak into round 2
+    pairs = zip(trained.parameters(), new.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
 
 
 def test_fedprox_term_keeps_weights_near_the_global_model() -> None:

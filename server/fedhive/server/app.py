@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import secrets
 import signal
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
-from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor  # its exit hook is registered before ours
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -125,11 +127,31 @@ class RunningServer:
     watchdog: Watchdog | None = None  # started with the server, stopped after it
 
     def stop(self, grace: float = 2.0) -> None:
+        _LIVE.pop(id(self), None)
         self.health.enter_graceful_shutdown()
         self.coordinator.stop()
         self.server.stop(grace).wait()
         if self.watchdog is not None:
             self.watchdog.stop()
+
+
+# Servers started in this process and not stopped by their owner yet: stopped when the main thread
+# ends, before Python joins the other threads. Otherwise concurrent.futures shuts the RPC thread
+# pool down first, gRPC's serving thread dies on its next event ("cannot schedule new futures"), an
+# RPC still open waits forever, and the process hangs on exit; or gRPC is still running while the
+# interpreter and the native libraries tear down (SIGABRT, "terminate called ...").
+_LIVE: weakref.WeakValueDictionary[int, RunningServer] = weakref.WeakValueDictionary()
+EXIT_GRACE_S = 0.5
+
+
+def _stop_live_servers() -> None:
+    for running in list(_LIVE.values()):
+        running.stop(EXIT_GRACE_S)
+
+
+# threading's exit hooks run last-registered first and before the non-daemon threads are joined;
+# concurrent.futures (ThreadPoolExecutor, imported above) registered its pool shutdown already
+getattr(threading, "_register_atexit", atexit.register)(_stop_live_servers)
 
 
 def serve_health(server: grpc.Server) -> health.HealthServicer:
@@ -199,9 +221,7 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
         identity_verifier=gate.verify_identity if gate is not None else None,
     )
     server = grpc.server(
-        futures.ThreadPoolExecutor(
-            max_workers=config.max_workers, thread_name_prefix="fedhive-rpc"
-        ),
+        ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="fedhive-rpc"),
         options=grpc_options(config),
         maximum_concurrent_rpcs=config.max_workers,
     )
@@ -231,7 +251,9 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
         coordinator.model_bytes / 1e6,
         config.run_dir,
     )
-    return RunningServer(server, port, coordinator, health_servicer, watchdog)
+    running = RunningServer(server, port, coordinator, health_servicer, watchdog)
+    _LIVE[id(running)] = running
+    return running
 
 
 def serve(

@@ -85,6 +85,7 @@ log = logging.getLogger("fedhive.server")
 MAX_PULL_WAIT_S = 60.0
 PULL_CHECK_S = 0.5  # a waiting pull checks this often whether its caller is still there
 DEFAULT_SPOOL_MEMORY = 256 << 20
+RECORDS = ("round", "evaluate")  # the events a run's history (its summary) is made of
 
 
 class RunAborted(FedhiveError):
@@ -776,6 +777,16 @@ class Coordinator:
     def run(self) -> list[dict[str, Any]]:
         """Run every round, then the final federated evaluation; returns the round records."""
         cfg = self.config
+        if self.resume is not None and self.resume.finished:
+            log.info(
+                "run %s already finished (round %d committed, results in %s): nothing to do",
+                self.run_id,
+                self.resume.round,
+                cfg.run_dir,
+            )
+            self._finish(grace_s=0.0)  # a node that calls now is told the run is over
+            self.history = [e for e in self.store.events() if e["event"] in RECORDS]
+            return self.history
         base = {"run_id": self.run_id, "time": time.time(), "model_bytes": self.model_bytes}
         if self.resume is None:
             self.store.append_event({"event": "start", "tensors": len(self.specs), **base})

@@ -104,6 +104,7 @@ class ResumePoint:
     model_path: Path | None
     strategy_state: dict[str, Any]
     next_node_seq: int
+    finished: bool = False  # the run ended (every round and its final evaluation are recorded)
 
 
 class RunStore:
@@ -209,6 +210,7 @@ class RunStore:
             model_path=path,
             strategy_state=json.loads(state_row[0]) if state_row else {},
             next_node_seq=int(seq),
+            finished=any(e["event"] == "finished" for e in self.events()),
         )
 
     # ------------------------------------------------------------------ models and rounds

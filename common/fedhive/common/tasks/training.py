@@ -3,8 +3,10 @@
 * :class:`TrainConfig`: the coordinator's per-round ``[train]`` table, validated on the node
   (pydantic, frozen, ``extra="forbid"``): a wrong or misspelled key is a
   :class:`~fedhive.common.errors.TaskError` naming the field.
-* :class:`Trainer`: one per node, kept for the node's lifetime together with its optimiser (the
-  optimiser is rebuilt only when its kind changes; lr/momentum/weight decay are updated in place).
+* :class:`Trainer`: one per node. Each round starts from fresh optimiser state (what FedAvg
+  assumes) and a random state derived from (node seed, round): data order, dropout and optimiser
+  state depend only on the received model, the node's seed and the round number, so a round trained
+  again (its upload lost to a coordinator crash, or the node restarted) gives the same update.
   CUDA when the task's device says so, automatic mixed precision there (bf16 where supported, else
   fp16 with a grad scaler), pinned host batches copied with ``non_blocking=True``; optional FedProx
   proximal term ``mu/2 * ||w - w_global||^2`` over the trainable parameters.
@@ -128,8 +130,26 @@ def default_forward(model: nn.Module, inputs: Sequence[torch.Tensor]) -> torch.T
     return out.logits if hasattr(out, "logits") else out
 
 
+RNG_SALT = 0x6665_6468  # keeps the torch state's stream apart from the data order's
+
+
+def round_seeds(seed: int, round_: int) -> tuple[int, int]:
+    """(data order, torch random state) seeds of one node's round: a function of both alone."""
+    data = seed * 1_000_003 + round_
+    words = np.random.SeedSequence([seed % 2**64, round_, RNG_SALT]).generate_state(1, np.uint64)
+    return data, int(words[0])
+
+
 class Trainer:
-    """Trains and evaluates one model on in-memory tensors; lives as long as the node."""
+    """Trains and evaluates one model on in-memory tensors; lives as long as the node.
+
+    A round (:meth:`fit`) depends only on the model it starts from, the node's seed and
+    ``cfg.round``: the batches are drawn from a generator seeded by (seed, round); dropout and any
+    other use of torch's global random state run under a state seeded the same way (the caller's
+    state is restored afterwards); the optimiser (and fp16 grad scaler) start fresh, as FedAvg
+    assumes: no momentum or Adam moments carry over from the node's earlier rounds, lost ones
+    included. So a round trained twice gives the same update, bit for bit on the CPU.
+    """
 
     def __init__(self, device: str | torch.device = "cpu", forward: Forward = default_forward):
         self.device = torch.device(device)
@@ -138,32 +158,21 @@ class Trainer:
         self.amp_dtype: torch.dtype | None = None
         if self.cuda:
             self.amp_dtype = self.resolve_amp_dtype("auto")
-        self.scaler: torch.amp.GradScaler | None = None
-        self._opt: torch.optim.Optimizer | None = None
-        self._opt_key: tuple[int, str] | None = None
+        self.scaler: torch.amp.GradScaler | None = None  # the last round's (fp16 AMP only)
 
     # -------------------------------------------------------------- pieces
 
-    def optimizer(self, model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-        """The node's optimiser: built once per (model, kind); hyper-parameters updated in place."""
-        key = (id(model), cfg.optimizer)
+    @staticmethod
+    def optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+        """A fresh optimiser for one round over the model's trainable parameters."""
         params = [p for p in model.parameters() if p.requires_grad]
-        if self._opt is None or self._opt_key != key:
-            if cfg.optimizer == "sgd":
-                self._opt = torch.optim.SGD(
-                    params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-                )
-            elif cfg.optimizer == "adam":
-                self._opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-            else:
-                self._opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-            self._opt_key = key
-        for group in self._opt.param_groups:
-            group["lr"] = cfg.lr
-            group["weight_decay"] = cfg.weight_decay
-            if cfg.optimizer == "sgd":
-                group["momentum"] = cfg.momentum
-        return self._opt
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(
+                params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            )
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     @staticmethod
     def resolve_amp_dtype(name: str) -> torch.dtype:
@@ -214,15 +223,29 @@ class Trainer:
     ) -> FitStats:
         if len(data[-1]) == 0:
             raise TaskError("no training examples on this node")
+        data_seed, torch_seed = round_seeds(seed, cfg.round)
+        devices = []
+        if self.cuda:
+            index = self.device.index
+            devices = [torch.cuda.current_device() if index is None else index]
+        with torch.random.fork_rng(devices=devices, device_type="cuda"):
+            torch.manual_seed(torch_seed)
+            return self._fit(model, data, cfg, torch.Generator().manual_seed(data_seed))
+
+    def _fit(
+        self,
+        model: nn.Module,
+        data: Sequence[torch.Tensor],
+        cfg: TrainConfig,
+        gen: torch.Generator,
+    ) -> FitStats:
         opt = self.optimizer(model, cfg)
         if self.cuda:
             self.amp_dtype = self.resolve_amp_dtype(cfg.amp_dtype)
         use_scaler = self.cuda and cfg.amp and self.amp_dtype == torch.float16
-        if use_scaler and self.scaler is None:
-            self.scaler = torch.amp.GradScaler("cuda")
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         trainable = [p for p in model.parameters() if p.requires_grad]
         anchor = [p.detach().clone() for p in trainable] if cfg.mu > 0 else []
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + cfg.round)
         model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
