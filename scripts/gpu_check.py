@@ -220,6 +220,34 @@ def step_times(spec: dict[str, Any], steps: int, gpu: str) -> dict[str, Any]:
     return out
 
 
+def retrain_difference(device: str) -> dict[str, Any]:
+    """A round trained twice from the same model on ``device``: the largest difference between the
+    two updates (0 means a resumed run retrains it bit for bit there)."""
+    import torch
+
+    from fedhive.common.task import TaskContext, exchanged_state, load_task
+
+    spec = FEDERATIONS["digits"]
+    module = __import__(spec["task"].split(":")[0], fromlist=["prepare_simulation"])
+    with tempfile.TemporaryDirectory() as tmp:
+        _, dirs = module.prepare_simulation(Path(tmp), 1, None, 0)
+        ctx = TaskContext(role="node", data_dir=dirs[0], device=device, seed=3)
+        task = load_task(spec["task"], ctx)
+        model = task.build_model().to(device)
+        start = {k: v.detach().clone() for k, v in exchanged_state(model, task).items()}
+        results = []
+        for _ in range(2):
+            with torch.no_grad():
+                for k, v in exchanged_state(model, task).items():
+                    v.copy_(start[k])
+            task.fit(model, {"round": 4, "steps": 20})
+            results.append(
+                {k: v.detach().cpu().clone() for k, v in exchanged_state(model, task).items()}
+            )
+    diff = max(float((results[0][k].double() - results[1][k].double()).abs().max()) for k in start)
+    return {"device": device, "max_abs_difference": diff, "bit_identical": diff == 0.0}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path)
@@ -264,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # a figure that failed is reported, the rest still runs
             report["step_times"][name] = {"error": f"{type(exc).__name__}: {exc}"}
         save()
+    try:
+        report["retrain"] = retrain_difference(ns.device)
+    except Exception as exc:  # a figure, not a check
+        report["retrain"] = {"error": f"{type(exc).__name__}: {exc}"}
+    save()
     with tarfile.open(out / "logs.tar.gz", "w:gz") as tar:
         tar.add(
             work,
