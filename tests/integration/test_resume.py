@@ -21,6 +21,7 @@ from tests.integration.harness import CONSTANT_TASK, start_node, wait_all
 from tests.integration.test_node_lifecycle import free_port
 
 ROUNDS = 6
+KILL_WITHIN_S = 0.2  # after a commit; a round (30 steps) takes longer, so every kill lands mid-run
 DIGITS = "fedhive.common.tasks.digits:make_task"
 CONFIG = "federated_evaluation = false\nheartbeat_interval_s = 0.5\nmin_updates = 2\n"
 
@@ -29,7 +30,7 @@ def coordinator_cmd(port: int, run_dir: Path, config: Path) -> list[str]:
     return [
         sys.executable, "-m", "fedhive.common.cli", "server", "--config", str(config),
         "--address", f"127.0.0.1:{port}", "--run-dir", str(run_dir), "--task", DIGITS,
-        "--rounds", str(ROUNDS), "--min-nodes", "2", "--train", "steps=10", "--no-progress",
+        "--rounds", str(ROUNDS), "--min-nodes", "2", "--train", "steps=30", "--no-progress",
         "--insecure",
     ]  # fmt: skip
 
@@ -93,7 +94,7 @@ def run_digits(tmp_path: Path, extra: str, kill_at: random.Random | None) -> tup
                 break
             # kill at a random instant once this coordinator has committed a new round
             seen = wait_for_progress(run_dir, seen, coord)
-            time.sleep(kill_at.uniform(0.0, 0.6))
+            time.sleep(kill_at.uniform(0.0, KILL_WITHIN_S))
             if coord.poll() is None:
                 coord.send_signal(signal.SIGKILL)
                 kills += 1
@@ -108,10 +109,45 @@ def run_digits(tmp_path: Path, extra: str, kill_at: random.Random | None) -> tup
     return run_dir, kills
 
 
+FEDADAM = 'strategy = "fedadam"\n[strategy_args]\neta = 0.01\n'
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, np.ndarray]]:
     run_dir, _ = run_digits(tmp_path_factory.mktemp("uninterrupted"), "", None)
     return models(run_dir)
+
+
+def assert_same_run(run_dir: Path, kills: int, reference: list[dict[str, np.ndarray]]) -> None:
+    """Killed at least twice mid-run, every round committed once, every model bit for bit."""
+    assert kills >= 2
+    with sqlite3.connect(run_dir / "run.sqlite") as db:
+        committed = [r[0] for r in db.execute("SELECT round FROM rounds ORDER BY round")]
+    assert committed == list(range(ROUNDS + 1))
+    events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+    rounds = [e["round"] for e in events if e["event"] == "round" and e["committed"]]
+    assert rounds == list(range(1, ROUNDS + 1))
+    assert sum(e["event"] == "resumed" for e in events) >= 2
+    for r, (got, want) in enumerate(zip(models(run_dir), reference, strict=True)):
+        assert sorted(got) == sorted(want)
+        for name in want:
+            assert got[name].tobytes() == want[name].tobytes(), f"round {r}: {name} differs"
+
+
+def test_sigkill_at_random_moments_with_fedadam_continues_its_moments(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # Prepare: FedAdam, whose moments must survive each kill (committed next to each round's
+    # model); the same run without interruption
+    reference, _ = run_digits(tmp_path_factory.mktemp("fedadam-whole"), FEDADAM, None)
+
+    # Execute
+    run_dir, kills = run_digits(
+        tmp_path_factory.mktemp("fedadam-killed"), FEDADAM, random.Random(11)
+    )
+
+    # Assert: bit for bit, every round
+    assert_same_run(run_dir, kills, models(reference))
 
 
 @pytest.mark.parametrize(
@@ -127,20 +163,9 @@ def test_sigkill_at_random_moments_loses_nothing(
     # Execute: start, SIGKILL after a random delay, restart ... then let the last one finish
     run_dir, kills = run_digits(tmp_path, extra, random.Random(7))
 
-    # Assert: killed at least twice mid-run, every round committed exactly once
-    assert kills >= 2
-    with sqlite3.connect(run_dir / "run.sqlite") as db:
-        committed = [r[0] for r in db.execute("SELECT round FROM rounds ORDER BY round")]
-    assert committed == list(range(ROUNDS + 1))
-    events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
-    rounds = [e["round"] for e in events if e["event"] == "round" and e["committed"]]
-    assert rounds == list(range(1, ROUNDS + 1))
-    assert sum(e["event"] == "resumed" for e in events) >= 2
-    # every round's model equals that of the uninterrupted run, bit for bit
-    for r, (got, want) in enumerate(zip(models(run_dir), uninterrupted, strict=True)):
-        assert sorted(got) == sorted(want)
-        for name in want:
-            assert got[name].tobytes() == want[name].tobytes(), f"round {r}: {name} differs"
+    # Assert: killed at least twice mid-run, every round committed exactly once, and every
+    # round's model equals that of the uninterrupted run, bit for bit
+    assert_same_run(run_dir, kills, uninterrupted)
 
 
 def test_resume_with_another_config_is_refused(tmp_path: Path) -> None:
