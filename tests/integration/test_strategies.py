@@ -124,3 +124,25 @@ def test_fedadam_commits_its_moments_with_each_round(tmp_path: Path) -> None:
     expected = 0.5 * np.sqrt(1 - 0.99**2) / (1 - 0.9**2)
     for name in before:
         np.testing.assert_allclose(np.abs(after[name] - before[name]), expected, rtol=1e-3)
+
+
+def test_a_user_strategy_chooses_the_nodes_and_the_metrics(tmp_path: Path) -> None:
+    # Prepare: 3 nodes; the strategy takes the first two by id and counts its reports
+    coord = start_coordinator(
+        tmp_path,
+        strategy="tests.integration.selecting_strategy:make",
+        rounds=2,
+        min_nodes=3,
+    )
+    procs = [start_node(coord.address, f"n{i}", i) for i in range(3)]
+
+    # Execute
+    history = coord.join(timeout=120)
+    wait_all(procs)
+
+    # Assert: every round went to the same two nodes, and its record holds the strategy's metrics
+    rounds = [e for e in history if e["event"] == "round"]
+    assert len(rounds) == 2 and all(e["committed"] for e in rounds)
+    assert all(len(e["selected"]) == 2 for e in rounds)
+    assert rounds[0]["selected"] == rounds[1]["selected"]
+    assert all(e["train"] == {"reported": 2, "examples": e["examples"]} for e in rounds)

@@ -10,12 +10,17 @@ what it needs without the engine asking which one it is:
 * ``from_mean``: the new model from a mean computed elsewhere (SecAgg+'s unmasked sum), for the
   rules that need only the sum;
 * ``state`` / ``restore``: the JSON state committed with each round, plus model-sized arrays (a
-  server optimizer's moments) written next to the model as safetensors, their digest in the state.
+  server optimizer's moments) written next to the model as safetensors, their digest in the state;
+* ``select``, ``configure``, ``aggregate_metrics``: the round's nodes, its training config and its
+  metrics, by the strategy's own optional methods of those names, else as FedAvg does (a seeded
+  sample of the connected nodes, the run's ``[train]`` table, example-weighted means).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import random
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +33,22 @@ from fedhive.common.tensors import DTYPES, TensorSpec, raw_view
 from fedhive.server.strategy.base import Aggregator
 from fedhive.server.strategy.fedavg import FedAvg
 
+ENGINE_KEYS = ("round", "evaluate")
+"""Keys of a round's training config that the round engine sets and a strategy cannot change."""
+
 ARRAYS_KEY = "_arrays"
 """Where the strategy state names its arrays file and digest (the rest is the aggregator's)."""
+
+
+def weighted_mean(items: Sequence[tuple[int, Mapping[str, float]]]) -> dict[str, float]:
+    """Example-weighted mean of each metric over the items that report it."""
+    sums: dict[str, float] = {}
+    weights: dict[str, int] = {}
+    for n, metrics in items:
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + n * float(value)
+            weights[key] = weights.get(key, 0) + n
+    return {k: sums[k] / weights[k] for k in sorted(sums) if weights[k] > 0}
 
 
 class CheckpointModel(Sequence[np.ndarray]):
@@ -63,6 +82,12 @@ class CheckpointModel(Sequence[np.ndarray]):
         return (self[i] for i in range(len(self)))
 
 
+def _scalar(value: object) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, bool | int | str)
+
+
 class StrategyHost:
     def __init__(self, aggregator: Aggregator | None, models_dir: Path) -> None:
         self.aggregator: Aggregator = aggregator if aggregator is not None else FedAvg()
@@ -89,6 +114,46 @@ class StrategyHost:
             return step(specs, mean, CheckpointModel(global_path, specs)), ""
         except AggregationError as exc:
             return [], f"the strategy could not aggregate: {exc}"
+
+    def select(
+        self, round_: int, attempt: int, candidates: Sequence[str], k: int, seed: int
+    ) -> set[str]:
+        """The round's nodes among ``candidates``: the strategy's ``select(round, candidates,
+        k)``, else ``k`` of them sampled with the run's seed."""
+        ordered = sorted(candidates)
+        choose = getattr(self.aggregator, "select", None)
+        if choose is None:
+            return set(random.Random(f"{seed}:{round_}:{attempt}").sample(ordered, k))
+        chosen = set(choose(round_, ordered, k))
+        strangers = chosen - set(ordered)
+        if not chosen or strangers:
+            raise AggregationError(
+                f"the strategy's select() returned {sorted(chosen)[:5]}: it must name at least "
+                "one of the connected nodes it was offered, and only those"
+                + (f" (not {sorted(strangers)[:3]})" if strangers else "")
+            )
+        return chosen
+
+    def configure(self, round_: int, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The round's training config: the strategy's ``configure(round, config)``, else as is.
+        The keys the engine sets (``round``, ``evaluate``) keep the engine's values."""
+        hook = getattr(self.aggregator, "configure", None)
+        if hook is None:
+            return dict(config)
+        new = dict(hook(round_, dict(config)))
+        bad = [k for k, v in new.items() if not isinstance(k, str) or not _scalar(v)]
+        if bad:
+            raise AggregationError(
+                f"the strategy's configure() returned non-scalar values for {bad[:5]}: a training "
+                "config holds bool, int, finite float or str values"
+            )
+        return {**new, **{k: config[k] for k in ENGINE_KEYS if k in config}}
+
+    def aggregate_metrics(self, items: Sequence[tuple[int, Mapping[str, float]]]) -> dict[str, Any]:
+        """The round's metrics from each node's (examples, metrics): the strategy's
+        ``aggregate_metrics(items)``, else example-weighted means."""
+        hook = getattr(self.aggregator, "aggregate_metrics", None)
+        return dict(hook(list(items))) if hook is not None else weighted_mean(items)
 
     def abandon(self) -> None:
         """A round that will not finalize: the strategy drops what it kept for it."""

@@ -23,7 +23,6 @@ import hashlib
 import hmac
 import logging
 import math
-import random
 import secrets
 import threading
 import time
@@ -39,6 +38,7 @@ from fedhive.common.chunks import Chunk, StreamChecker
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import (
     AccessDeniedError,
+    AggregationError,
     ConfigError,
     CoordinatorStopping,
     DuplicateUpdateError,
@@ -65,7 +65,7 @@ from fedhive.common.messages import (
 from fedhive.common.secagg.messages import SecAggReply, SecAggRequest
 from fedhive.common.tensors import TensorSpec, check_finite, payload_bytes, raw_view
 from fedhive.server import waiting
-from fedhive.server.aggregation import StrategyHost
+from fedhive.server.aggregation import StrategyHost, weighted_mean
 from fedhive.server.broadcast import (
     DEFAULT_BROADCAST_MEMORY,
     EMPTY_BROADCAST,
@@ -107,17 +107,6 @@ class RoundListener(Protocol):
 
 
 Evaluator = Callable[[int, Sequence[TensorSpec], Sequence[np.ndarray]], Mapping[str, float] | None]
-
-
-def weighted_mean(items: Sequence[tuple[int, Mapping[str, float]]]) -> dict[str, float]:
-    """Example-weighted mean of each metric over the items that report it."""
-    sums: dict[str, float] = {}
-    weights: dict[str, int] = {}
-    for n, metrics in items:
-        for key, value in metrics.items():
-            sums[key] = sums.get(key, 0.0) + n * float(value)
-            weights[key] = weights.get(key, 0) + n
-    return {k: sums[k] / weights[k] for k in sorted(sums) if weights[k] > 0}
 
 
 @dataclass
@@ -863,10 +852,12 @@ class Coordinator:
                 self._cv.wait(0.1)
 
     def _select(self, number: int, attempt: int, alive: list[NodeRecord]) -> set[str]:
-        ids = sorted(n.node_id for n in alive)
+        ids = [n.node_id for n in alive]
         k = min(len(ids), max(self.config.min_nodes, math.ceil(self.config.fraction * len(ids))))
-        rng = random.Random(f"{self.config.seed}:{number}:{attempt}")
-        return set(rng.sample(ids, k))
+        try:
+            return self.strategy.select(number, attempt, ids, k, self.config.seed)
+        except AggregationError as exc:
+            raise RunAborted(f"round {number}: {exc}") from exc
 
     def _run_round(self, number: int, attempt: int, kind: TaskKind) -> dict[str, Any]:
         cfg = self.config
@@ -878,6 +869,10 @@ class Coordinator:
         secure_mode = kind == TaskKind.TRAIN and cfg.secure_aggregation == "secagg+"
         if kind == TaskKind.TRAIN:
             train_config["evaluate"] = cfg.federated_evaluation
+            try:
+                train_config = self.strategy.configure(number, train_config)
+            except AggregationError as exc:
+                raise RunAborted(f"round {number}: {exc}") from exc
             if not secure_mode:  # a secure round sums masked words itself
                 self.strategy.begin(self.specs, self.store.model_path(self.committed_rounds))
         with self._cv:
@@ -1061,7 +1056,9 @@ class Coordinator:
                 st.number, self.specs, [raw_view(a) for a in new_flat]
             )
             event["committed"] = True
-            event["train"] = weighted_mean([(c.num_examples, c.metrics) for c in contributions])
+            event["train"] = self.strategy.aggregate_metrics(
+                [(c.num_examples, c.metrics) for c in contributions]
+            )
             evals = [(c.eval_examples, c.eval_metrics) for c in contributions if c.eval_examples]
             if evals:
                 event["evaluate"] = {
