@@ -95,3 +95,22 @@ def test_a_stopped_run_says_so_until_it_resumes(tmp_path: Path) -> None:
     # Assert
     assert first.status == "stopped after round 2 (resumes on restart)"
     assert second.status == "running or interrupted"
+
+
+def test_several_runs_are_compared_side_by_side_by_strategy(tmp_path: Path, capsys) -> None:
+    # Prepare: two runs of the same events, one of them with FedAdam's settings
+    write_events(tmp_path / "runs" / "a")
+    write_events(tmp_path / "runs" / "b")
+    settings = {"strategy": "fedadam", "strategy_args": {"eta": 0.01}}
+    (tmp_path / "runs" / "b" / "config.json").write_text(json.dumps(settings))
+
+    # Execute
+    code = main([str(tmp_path / "runs" / "a"), str(tmp_path / "runs" / "b")])
+
+    # Assert: one table row per run, labelled; best 0.8 at round 2, final 0.7; a plot beside them
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| a | 3 | 0.8000 (2) | 0.7000 | 2 | 2.00 |" in out
+    assert "| b: fedadam(eta=0.01) | 3 | 0.8000 (2) | 0.7000 | 2 | 2.00 |" in out
+    assert (tmp_path / "runs" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "runs" / "compare.md").read_text().startswith("# Runs side by side")

@@ -4,6 +4,7 @@ Writes ``RUN_DIR/report.png`` (loss and accuracy per round: training, federated 
 coordinator-side evaluation, and each node's thin line where the run recorded them) and
 ``RUN_DIR/report.md`` (best round, final metrics, bytes moved, time), and prints the markdown.
 ``--tensorboard`` also writes TensorBoard event files to ``RUN_DIR/tensorboard``.
+Several run directories are compared side by side instead (``fedhive.common.report_compare``).
 The plot needs matplotlib (``pip install 'fedhive[report]'``); without it, only the summary.
 """
 
@@ -189,6 +190,25 @@ def write_tensorboard(summary: RunSummary, out: Path) -> Path:
     return out
 
 
+def compare_main(run_dirs: list[Path], out: Path | None, title: str) -> int:
+    from fedhive.common import report_compare
+
+    try:
+        runs = report_compare.load_runs(run_dirs)
+    except (FileNotFoundError, json.JSONDecodeError) as exc:
+        print(f"fedhive report: {exc}", file=sys.stderr)
+        return 2
+    png = out or run_dirs[0].resolve().parent / "compare.png"
+    text = report_compare.markdown(runs)
+    png.with_suffix(".md").write_text(text, encoding="utf-8")
+    print(text)
+    try:
+        print(f"curves: {report_compare.plot(runs, png, title)}")
+    except ImportError:
+        print("matplotlib is not installed (pip install 'fedhive[report]'): no plot written")
+    return 0
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="fedhive report",
@@ -196,10 +216,20 @@ def main(argv: Iterable[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", type=Path, help="a run directory (holds events.jsonl)")
-    p.add_argument("--out", type=Path, help="PNG path (default RUN_DIR/report.png)")
+    p.add_argument(
+        "more_runs",
+        type=Path,
+        nargs="*",
+        metavar="RUN_DIR",
+        help="more run directories: compare them all side by side (compare.md and compare.png "
+        "beside the first run's directory, or --out)",
+    )
+    p.add_argument("--out", type=Path, help="PNG path (default RUN_DIR/report.png, or compare.png)")
     p.add_argument("--title", default="", help="title of the plot (default none)")
     p.add_argument("--tensorboard", action="store_true", help="also write RUN_DIR/tensorboard")
     ns = p.parse_args(list(argv) if argv is not None else None)
+    if ns.more_runs:
+        return compare_main([ns.run_dir, *ns.more_runs], ns.out, ns.title)
     try:
         summary = load_run(ns.run_dir)
     except (FileNotFoundError, json.JSONDecodeError) as exc:
