@@ -13,14 +13,7 @@ from fedhive.common.datasets import write_table
 from fedhive.common.task import TaskContext, exchanged_state
 from fedhive.common.tasks import text, triage_data
 from fedhive.common.tasks.training import TrainConfig, Trainer
-
-
-def blobs(n: int = 256, classes: int = 3, seed: int = 0) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, classes, (n,), generator=g)
-    centers = torch.eye(classes, 4) * 4
-    x = centers[y] + torch.randn(n, 4, generator=g)
-    return [x, y]
+from tests.unit.test_training import blobs
 
 
 def tiny_model(classes: int = 3) -> nn.Module:
@@ -36,8 +29,8 @@ def test_amp_trains_with_float32_weights(amp_dtype: str) -> None:
     cfg = TrainConfig(epochs=3, lr=0.1, batch_size=32, amp_dtype=amp_dtype)  # type: ignore[arg-type]
 
     # Execute
-    stats = trainer.fit(model, blobs(), cfg)
-    ev = trainer.evaluate(model, blobs(seed=1))
+    stats = trainer.fit(model, blobs(n=256), cfg)
+    ev = trainer.evaluate(model, blobs(n=256, seed=1))
 
     # Assert: autocast in the asked dtype; a grad scaler exactly for fp16; weights stay fp32
     assert trainer.amp_dtype == getattr(torch, amp_dtype)
@@ -82,8 +75,8 @@ def test_gpu_without_amp_matches_the_cpu() -> None:
     cpu_model, gpu_model = tiny_model(), tiny_model().cuda()
 
     # Execute
-    Trainer("cpu").fit(cpu_model, blobs(), cfg, seed=3)
-    Trainer("cuda").fit(gpu_model, blobs(), cfg, seed=3)
+    Trainer("cpu").fit(cpu_model, blobs(n=256), cfg, seed=3)
+    Trainer("cuda").fit(gpu_model, blobs(n=256), cfg, seed=3)
 
     # Assert: float32 arithmetic on two devices: equal up to rounding
     for a, b in zip(cpu_model.parameters(), gpu_model.parameters(), strict=True):

@@ -259,14 +259,20 @@ def _check_task_path(path: str) -> None:
 C = TypeVar("C", bound=_Config)
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
+def validation_problems(
+    exc: ValidationError, unknown: str = "unknown setting (misspelled?)"
+) -> list[str]:
+    """One ``field: problem`` line per error of a pydantic model (``unknown``: a key it forbids)."""
+    problems = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown setting (misspelled?)"
-        lines.append(f"  {loc}: {msg}")
+        problems.append(f"{loc}: {unknown if err['type'] == 'extra_forbidden' else err['msg']}")
+    return problems
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    lines += [f"  {problem}" for problem in validation_problems(exc)]
     return "\n".join(lines)
 
 

@@ -28,6 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
+from fedhive.common.config import validation_problems
 from fedhive.common.errors import TaskError
 
 Forward = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
@@ -64,11 +65,7 @@ def parse_train_config(
     try:
         return model.model_validate(dict(config))
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-            msg = "unknown training setting" if err["type"] == "extra_forbidden" else err["msg"]
-            problems.append(f"{loc}: {msg}")
+        problems = validation_problems(exc, "unknown training setting")
         raise TaskError(
             "invalid training config from the coordinator: " + "; ".join(problems)
         ) from None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +119,24 @@ class _ArrayUpdate:
 
     def pieces(self, tensor: int) -> Iterator[memoryview]:
         yield raw_view(self.arrays[tensor])
+
+
+def map_blocks(
+    blocks: UpdateBlocks, reduce: Callable[[np.ndarray], np.ndarray]
+) -> list[np.ndarray]:
+    """The new model, block by block: ``reduce`` turns each (N, block) array of the updates'
+    values into the block's new values; one array per tensor, shaped like it."""
+    out = []
+    for index, spec in enumerate(blocks.specs):
+        result: np.ndarray | None = None
+        for start, stop in blocks.spans(index):
+            values = reduce(blocks.block(index, start, stop))
+            if result is None:
+                result = np.empty(spec.numel, dtype=values.dtype)
+            result[start:stop] = values
+        assert result is not None  # spans() yields at least one block, empty tensors too
+        out.append(result.reshape(spec.shape))
+    return out
 
 
 def pairwise_sq_distances(blocks: UpdateBlocks) -> np.ndarray:

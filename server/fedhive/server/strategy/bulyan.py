@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedhive.common.errors import AggregationError
 from fedhive.server.strategy.base import UpdateBlocks
-from fedhive.server.strategy.blocks import pairwise_sq_distances
+from fedhive.server.strategy.blocks import map_blocks, pairwise_sq_distances
 from fedhive.server.strategy.krum import krum_select
 
 
@@ -49,17 +49,11 @@ class Bulyan:
         self.check(n)
         picked = self.select(pairwise_sq_distances(blocks))
         beta = len(picked) - 2 * self.f
-        out = []
-        for index, spec in enumerate(blocks.specs):
-            result: np.ndarray | None = None
-            for start, stop in blocks.spans(index):
-                chosen = blocks.block(index, start, stop)[picked]
-                median = np.median(chosen, axis=0)
-                order = np.argpartition(np.abs(median - chosen), kth=beta - 1, axis=0)
-                closest = np.take_along_axis(chosen, order, axis=0)[:beta]
-                if result is None:
-                    result = np.empty(spec.numel, dtype=chosen.dtype)
-                result[start:stop] = np.mean(closest, axis=0)
-            assert result is not None
-            out.append(result.reshape(spec.shape))
-        return out
+
+        def closest_to_median(values: np.ndarray) -> np.ndarray:
+            chosen = values[picked]
+            median = np.median(chosen, axis=0)
+            order = np.argpartition(np.abs(median - chosen), kth=beta - 1, axis=0)
+            return np.asarray(np.mean(np.take_along_axis(chosen, order, axis=0)[:beta], axis=0))
+
+        return map_blocks(blocks, closest_to_median)

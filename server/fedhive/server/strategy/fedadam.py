@@ -7,16 +7,12 @@
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+
+from fedhive.server.strategy.fedopt import AdaptiveArgs, first_moment
 
 
-class FedAdamArgs(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    eta: float = Field(default=0.1, gt=0, description="server learning rate")
-    beta_1: float = Field(default=0.9, ge=0, lt=1)
-    beta_2: float = Field(default=0.99, ge=0, lt=1)
-    tau: float = Field(default=1e-9, gt=0, description="adaptivity (epsilon)")
+class FedAdamArgs(AdaptiveArgs):
+    pass
 
 
 class FedAdam:
@@ -30,9 +26,8 @@ class FedAdam:
     ) -> np.ndarray:
         a = self.args
         delta = mean - current
-        m, v = state["m"], state["v"]
-        m *= a.beta_1
-        m += (1 - a.beta_1) * delta
+        m = first_moment(state["m"], delta, a.beta_1)
+        v = state["v"]
         delta *= delta
         v *= a.beta_2
         v += (1 - a.beta_2) * delta

@@ -11,6 +11,7 @@ import numpy as np
 
 from fedhive.common.errors import AggregationError
 from fedhive.server.strategy.base import UpdateBlocks
+from fedhive.server.strategy.blocks import map_blocks
 
 
 class FedMedian:
@@ -20,14 +21,4 @@ class FedMedian:
 
     def aggregate(self, blocks: UpdateBlocks) -> list[np.ndarray]:
         self.check(len(blocks.examples))
-        out = []
-        for index, spec in enumerate(blocks.specs):
-            result: np.ndarray | None = None
-            for start, stop in blocks.spans(index):
-                block = blocks.block(index, start, stop)
-                if result is None:
-                    result = np.empty(spec.numel, dtype=block.dtype)
-                result[start:stop] = np.median(block, axis=0)
-            assert result is not None
-            out.append(result.reshape(spec.shape))
-        return out
+        return map_blocks(blocks, lambda values: np.median(values, axis=0))

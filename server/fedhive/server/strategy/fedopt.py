@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedhive.common.errors import AggregationError
 from fedhive.common.tensors import TensorSpec, from_float, to_float
@@ -24,6 +25,24 @@ from fedhive.server.strategy.fedavg import FedAvg
 
 SLICE = 2**18
 """Values per optimizer step call: temporaries stay this size, not the model's."""
+
+
+class AdaptiveArgs(BaseModel):
+    """The adaptive optimizers' settings (Reddi et al. 2021); each rule sets its own defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    eta: float = Field(default=0.1, gt=0, description="server learning rate")
+    beta_1: float = Field(default=0.9, ge=0, lt=1)
+    beta_2: float = Field(default=0.99, ge=0, lt=1)
+    tau: float = Field(default=1e-9, gt=0, description="adaptivity (epsilon)")
+
+
+def first_moment(m: np.ndarray, delta: np.ndarray, beta_1: float) -> np.ndarray:
+    """``m <- beta_1 m + (1 - beta_1) delta``, in place."""
+    m *= beta_1
+    m += (1 - beta_1) * delta
+    return m
 
 
 class ServerOptimizer(Protocol):

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedhive.common.errors import AggregationError
 from fedhive.server.strategy.base import UpdateBlocks
+from fedhive.server.strategy.blocks import map_blocks
 
 
 class FedTrimmedAvgArgs(BaseModel):
@@ -33,14 +34,9 @@ class FedTrimmedAvg:
         self.check(n)
         low = int(self.beta * n)
         high = n - low
-        out = []
-        for index, spec in enumerate(blocks.specs):
-            result: np.ndarray | None = None
-            for start, stop in blocks.spans(index):
-                block = np.partition(blocks.block(index, start, stop), (low, high - 1), axis=0)
-                if result is None:
-                    result = np.empty(spec.numel, dtype=block.dtype)
-                result[start:stop] = np.mean(block[low:high], axis=0)
-            assert result is not None
-            out.append(result.reshape(spec.shape))
-        return out
+
+        def trimmed_mean(values: np.ndarray) -> np.ndarray:
+            ordered = np.partition(values, (low, high - 1), axis=0)
+            return np.asarray(np.mean(ordered[low:high], axis=0))
+
+        return map_blocks(blocks, trimmed_mean)

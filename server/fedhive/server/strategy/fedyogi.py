@@ -7,15 +7,13 @@
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from fedhive.server.strategy.fedopt import AdaptiveArgs, first_moment
 
 
-class FedYogiArgs(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class FedYogiArgs(AdaptiveArgs):
     eta: float = Field(default=0.01, gt=0, description="server learning rate")
-    beta_1: float = Field(default=0.9, ge=0, lt=1)
-    beta_2: float = Field(default=0.99, ge=0, lt=1)
     tau: float = Field(default=1e-3, gt=0, description="adaptivity (epsilon)")
 
 
@@ -30,9 +28,8 @@ class FedYogi:
     ) -> np.ndarray:
         a = self.args
         delta = mean - current
-        m, v = state["m"], state["v"]
-        m *= a.beta_1
-        m += (1 - a.beta_1) * delta
+        m = first_moment(state["m"], delta, a.beta_1)
+        v = state["v"]
         delta *= delta
         v -= (1.0 - a.beta_2) * delta * np.sign(v - delta)
         return current + a.eta * m / (np.sqrt(v) + a.tau)

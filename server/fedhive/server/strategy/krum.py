@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedhive.common.errors import AggregationError
 from fedhive.server.strategy.base import UpdateBlocks
-from fedhive.server.strategy.blocks import pairwise_sq_distances
+from fedhive.server.strategy.blocks import map_blocks, pairwise_sq_distances
 
 
 class KrumArgs(BaseModel):
@@ -58,17 +58,10 @@ def weighted_mean(
         [blocks.examples[i] for i in chosen] if weights is None else weights, dtype=np.float64
     )
     w = w / w.sum()
-    out = []
-    for index, spec in enumerate(blocks.specs):
-        result: np.ndarray | None = None
-        for start, stop in blocks.spans(index):
-            block = blocks.block(index, start, stop)
-            if result is None:
-                result = np.empty(spec.numel, dtype=block.dtype)
-            result[start:stop] = w @ block[list(chosen)].astype(np.float64)
-        assert result is not None
-        out.append(result.reshape(spec.shape))
-    return out
+    rows = list(chosen)
+    return map_blocks(
+        blocks, lambda values: (w @ values[rows].astype(np.float64)).astype(values.dtype)
+    )
 
 
 class Krum:

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fedhive.common.config import validation_problems
 from fedhive.common.errors import ConfigError
 from fedhive.server.strategy.base import Aggregator
 from fedhive.server.strategy.bulyan import Bulyan, BulyanArgs
@@ -105,11 +106,7 @@ def validate_args(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
     try:
         return builtin.args.model_validate(dict(args)).model_dump()
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-            msg = "unknown argument" if err["type"] == "extra_forbidden" else err["msg"]
-            problems.append(f"{loc}: {msg}")
+        problems = validation_problems(exc, "unknown argument")
         raise ConfigError(f"strategy {name}: " + "; ".join(problems)) from None
 
 
