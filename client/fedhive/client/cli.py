@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from fedhive.common.config import ClientConfig, build_config, parse_assignments
 from fedhive.common.errors import FedhiveError, HandshakeRefused
-from fedhive.common.helptext import dflt, plain, toml_only
+from fedhive.common.helptext import add_assignments, dflt, plain, toml_only
 from fedhive.common.logs import setup_logging
 from fedhive.common.memory import startup_gc
 
@@ -70,12 +70,10 @@ def parser() -> argparse.ArgumentParser:
         "process may use divided by the fedhive nodes on this machine; logged)",
     )
     p.add_argument("--seed", type=int, help=f"seed of this node's training {d('seed')}")
-    p.add_argument(
+    add_assignments(
+        p,
         "--task-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="argument of the task factory (repeat; default none)",
+        "argument of the task factory (repeat; default none)",
     )
     p.add_argument(
         "--max-connect-attempts",

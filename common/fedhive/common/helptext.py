@@ -3,6 +3,7 @@ file sets, and docstrings without their reStructuredText markup."""
 
 from __future__ import annotations
 
+import argparse
 import re
 import textwrap
 from collections.abc import Iterable
@@ -61,3 +62,8 @@ def plain(doc: str | None) -> str:
     text = text.replace("``", "`")
     text = re.sub(r"\n\s*::[ \t]*\n", "\n", text)
     return re.sub(r"::\n", ":\n", text).strip()
+
+
+def add_assignments(p: argparse.ArgumentParser, flag: str, help: str) -> None:
+    """A repeatable ``--flag KEY=VALUE`` option (parsed by ``config.parse_assignments``)."""
+    p.add_argument(flag, action="append", default=[], metavar="KEY=VALUE", help=help)

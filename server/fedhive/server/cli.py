@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from fedhive.common.config import ServerConfig, build_config, parse_assignments
 from fedhive.common.errors import ConfigError, FedhiveError
-from fedhive.common.helptext import dflt, plain, toml_only
+from fedhive.common.helptext import add_assignments, dflt, plain, toml_only
 from fedhive.common.logs import setup_logging
 from fedhive.server.strategy.registry import describe_builtins
 
@@ -105,12 +105,10 @@ def add_server_args(p: argparse.ArgumentParser, *, simulate: bool = False) -> No
         + ("(node i gets seed + i) " if simulate else "")
         + d("seed"),
     )
-    p.add_argument(
+    add_assignments(
+        p,
         "--task-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="argument of the task factory (repeat; default none)",
+        "argument of the task factory (repeat; default none)",
     )
     p.add_argument(
         "--max-node-examples",
@@ -122,24 +120,20 @@ def add_server_args(p: argparse.ArgumentParser, *, simulate: bool = False) -> No
         "--strategy",
         help="aggregation rule: a built-in (below) or package.module:factory " + d("strategy"),
     )
-    p.add_argument(
+    add_assignments(
+        p,
         "--strategy-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="argument of the strategy (repeat; default: the rule's own, listed below)",
+        "argument of the strategy (repeat; default: the rule's own, listed below)",
     )
     p.epilog = (
         (p.epilog or "")
         + "\n\nstrategies (--strategy NAME, --strategy-arg KEY=VALUE):\n"
         + ("\n".join("  " + line for line in describe_builtins().splitlines()))
     )
-    p.add_argument(
+    add_assignments(
+        p,
         "--train",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="training config sent to nodes each round: epochs, batch_size, lr ... (repeat; "
+        "training config sent to nodes each round: epochs, batch_size, lr ... (repeat; "
         "default: the task's)",
     )
     if not simulate:
