@@ -160,11 +160,11 @@ def test_a_secure_round_selects_only_nodes_that_sent_an_identity_key(tmp_path: P
 def test_a_custom_aggregator_cannot_run_under_secure_aggregation(tmp_path: Path) -> None:
     # Prepare: an aggregator that would need to see each update
     class Median(FedAvg):
-        pass
+        needs_updates = True
 
     config = ServerConfig(secure_aggregation="secagg+", run_dir=tmp_path / "run")
     initial = [np.zeros(10, np.float32), np.zeros(3, np.float32)]
 
     # Execute / Assert
-    with pytest.raises(ConfigError, match="cannot run the aggregator Median"):
+    with pytest.raises(ConfigError, match="the strategy Median must see each update"):
         Coordinator(config, SPECS, initial, RunStore(tmp_path / "run"), aggregator=Median())
