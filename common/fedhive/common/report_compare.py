@@ -42,6 +42,8 @@ def label_of(run_dir: Path) -> str:
             if args:
                 strategy += "(" + ", ".join(f"{k}={v}" for k, v in sorted(args.items())) + ")"
     name = run_dir.resolve().name
+    if name == "run":  # `fedhive simulate --workdir W` keeps its run in W/run: W names it
+        name = run_dir.resolve().parent.name
     return f"{name}: {strategy}" if strategy and strategy not in name else name
 
 
