@@ -1,0 +1,6 @@
+"""Flower apps written as Flower's documentation writes them (flwr 1.41), never adapted to fedhive.
+
+``task.py`` (model, data, train/test), ``client_app.py`` (Message API ClientApp) and
+``numpy_client.py`` (the legacy NumPyClient + client_fn) follow the layout of ``flwr new``'s
+PyTorch template, with scikit-learn's bundled digits instead of a downloaded dataset.
+"""
