@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -257,3 +258,31 @@ def test_config_error_type_is_reported_by_build_config() -> None:
 
     with pytest.raises(ConfigError, match="flower_app must look like"):
         build_config(ClientConfig, None, {"flower_app": "no-colon", "insecure": True})
+
+
+def test_simulate_without_init_stops_with_the_task_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare
+    from fedhive.server import simulate
+
+    argv = ["--flower-app", MESSAGE_APP, "--nodes", "1", "--rounds", "1", "--insecure"]
+
+    # Execute
+    code = simulate.main([*argv, "--workdir", str(tmp_path), "--no-progress"])
+
+    # Assert: exit 2 and the task's own message, no traceback, no node started
+    assert code == 2
+    assert "init=package.module:name" in capsys.readouterr().err
+    assert not (tmp_path / "logs").exists()
+
+
+def test_simulated_flower_nodes_get_their_partition() -> None:
+    from fedhive.server.simulate import flower_node_args
+
+    assert flower_node_args(MESSAGE_APP, 2, 4) == [
+        f"app={MESSAGE_APP}",
+        "partition-id=2",
+        "num-partitions=4",
+    ]
+    assert flower_node_args(None, 2, 4) == []

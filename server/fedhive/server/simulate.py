@@ -200,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
 
     console = make_console()
     progress = RichProgress(config.rounds, console)
-    running = start_server(config, progress)
+    try:  # the task and the run's settings are checked here: a bad one stops before any node
+        running = start_server(config, progress)
+    except FedhiveError as exc:
+        print(f"fedhive simulate: {exc}", file=sys.stderr)
+        return 2
     address = f"127.0.0.1:{running.port}"
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)

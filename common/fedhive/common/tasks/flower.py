@@ -94,7 +94,10 @@ def load_object(path: str, what: str) -> Any:
         with _quiet():
             module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise TaskError(f"cannot import {what} module {module_name!r}: {exc}") from exc
+        raise TaskError(
+            f"cannot import {what} module {module_name!r}: {exc} (the app must be importable by "
+            "this Python: installed, or its folder on PYTHONPATH)"
+        ) from exc
     if not hasattr(module, attr):
         raise TaskError(f"{what} module {module_name!r} has no {attr!r}")
     return getattr(module, attr)
