@@ -6,9 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+import torch
+from safetensors.numpy import load_file
 
 from fedhive.common.config import FLOWER_TASK
 from tests.integration.harness import start_coordinator, wait_all
@@ -16,14 +21,17 @@ from tests.integration.harness import start_coordinator, wait_all
 INIT = "tests.flower_apps.task:Net"
 NODES = 2
 ROUNDS = 3
+TOLERANCE = 1e-6  # largest absolute difference from Flower's global model (measured 1.8e-7)
 
 
-def flower_node(address: str, app: str, index: int, log: Path) -> subprocess.Popen[bytes]:
+def flower_node(
+    address: str, app: str, index: int, log: Path, *extra: str
+) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable, "-m", "fedhive.common.cli", "client", "--server", address, "--insecure",
         "--name", f"site-{index}", "--device", "cpu", "--max-connect-attempts", "10",
         "--flower-app", app, "--task-arg", f"init={INIT}",
-        "--task-arg", f"partition-id={index}", "--task-arg", f"num-partitions={NODES}",
+        "--task-arg", f"partition-id={index}", "--task-arg", f"num-partitions={NODES}", *extra,
     ]  # fmt: skip
     with open(log, "wb") as out:  # the child keeps its own descriptor
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -86,3 +94,86 @@ def test_simulate_runs_a_flower_app_with_partitions(tmp_path: Path) -> None:
     events = [json.loads(x) for x in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     rounds = [e for e in events if e["event"] == "round"]
     assert [e["examples"] for e in rounds] == [719 + 718] * 2
+
+
+# ---------------------------------------------------------------- the same app under Flower
+
+
+class LoopbackGrid:
+    """What Flower's ServerApp + strategy need of a Grid (node ids, send and receive), with each
+    node's ClientApp called in this process with its own Context: Flower's simulation without
+    its Ray backend (Ray is not installed here) and without serialization."""
+
+    def __init__(self, app: Any, contexts: dict[int, Any]) -> None:
+        self.app, self.contexts = app, contexts
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Any]:
+        return [self.app(msg, self.contexts[msg.metadata.dst_node_id]) for msg in messages]
+
+
+def run_under_flower(run_config: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The Flower ServerApp (tests/flower_apps/server_app.py) with FedAvg over NODES ClientApps;
+    its final model as it saves it (final_model.pt in the working directory)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from flwr.app import Context, RecordDict
+        from flwr.supercore.task_identity import TaskIdentity
+
+        from tests.flower_apps.client_app import app as client_app
+        from tests.flower_apps.server_app import app as server_app
+
+        saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+        try:
+            contexts = {
+                i + 1: Context(1, i + 1, {"partition-id": i, "num-partitions": NODES},
+                               RecordDict(), dict(run_config))
+                for i in range(NODES)
+            }  # fmt: skip
+            grid = LoopbackGrid(client_app, contexts)
+            server_app(grid, Context(1, 0, {}, RecordDict(), dict(run_config)))  # type: ignore[arg-type]
+        finally:
+            TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    state = torch.load(Path("final_model.pt"))
+    return {name: t.numpy() for name, t in state.items()}
+
+
+def test_same_global_model_as_flowers_own_fedavg_after_three_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: one thread everywhere (the same float reduction order in every training step);
+    # the same initial model on both sides: Net() right after torch.manual_seed(0)
+    run_config = {"fraction-train": 1.0, "num-server-rounds": ROUNDS, "lr": 0.05, "local-epochs": 1}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with monkeypatch.context() as m:  # the ServerApp saves final_model.pt where it runs
+            m.chdir(tmp_path)
+            torch.manual_seed(0)
+            flower = run_under_flower(run_config)
+        torch.manual_seed(0)
+        coord = start_coordinator(
+            tmp_path, task=FLOWER_TASK, task_args={"init": INIT}, rounds=ROUNDS, min_nodes=NODES,
+            train={"lr": 0.05, "local-epochs": 1},
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    logs = [tmp_path / f"site-{i}.log" for i in range(NODES)]
+
+    # Execute: the same ClientApp as fedhive node processes
+    procs = [
+        flower_node(coord.address, "tests.flower_apps.client_app:app", i, log, "--threads", "1")
+        for i, log in enumerate(logs)
+    ]
+    coord.join(timeout=120)
+    assert wait_all(procs, timeout=60) == [0] * NODES, [log.read_text()[-2000:] for log in logs]
+
+    # Assert: the same global model, to float32 rounding (Flower adds float32 updates each scaled
+    # by its share, fedhive sums in float64 and divides; three rounds carry the difference along)
+    ours = load_file(str(tmp_path / "run" / "models" / f"round-{ROUNDS:04d}.safetensors"))
+    assert sorted(ours) == sorted(flower)
+    worst = max(float(np.max(np.abs(ours[n] - flower[n]))) for n in flower)
+    assert worst < TOLERANCE, worst
