@@ -15,7 +15,9 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
+from fedhive.common.certs import Authority
 from fedhive.common.config import FLOWER_TASK
+from tests.flower_apps.task import Net
 from tests.integration.harness import start_coordinator, wait_all
 
 INIT = "tests.flower_apps.task:Net"
@@ -25,13 +27,16 @@ TOLERANCE = 1e-6  # largest absolute difference from Flower's global model (meas
 
 
 def flower_node(
-    address: str, app: str, index: int, log: Path, *extra: str
+    address: str, app: str, index: int, log: Path, *extra: str, nodes: int = NODES
 ) -> subprocess.Popen[bytes]:
+    """``fedhive client --flower-app``: node ``index`` of ``nodes`` (plain text unless ``extra``
+    names a bundle with --tls-dir)."""
+    tls = ["--insecure"] if "--tls-dir" not in extra else []
     cmd = [
-        sys.executable, "-m", "fedhive.common.cli", "client", "--server", address, "--insecure",
+        sys.executable, "-m", "fedhive.common.cli", "client", "--server", address, *tls,
         "--name", f"site-{index}", "--device", "cpu", "--max-connect-attempts", "10",
         "--flower-app", app, "--task-arg", f"init={INIT}",
-        "--task-arg", f"partition-id={index}", "--task-arg", f"num-partitions={NODES}", *extra,
+        "--task-arg", f"partition-id={index}", "--task-arg", f"num-partitions={nodes}", *extra,
     ]  # fmt: skip
     with open(log, "wb") as out:  # the child keeps its own descriptor
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -177,3 +182,37 @@ def test_same_global_model_as_flowers_own_fedavg_after_three_rounds(
     assert sorted(ours) == sorted(flower)
     worst = max(float(np.max(np.abs(ours[n] - flower[n]))) for n in flower)
     assert worst < TOLERANCE, worst
+
+
+def test_flower_app_under_mutual_tls_and_secagg_plus(tmp_path: Path) -> None:
+    # Prepare: a consortium CA with one bundle per site; SecAgg+ over three sites (its masks
+    # need at least three); the updates quantized within a clip far above the CNN's weights
+    sites = [f"site-{i}" for i in range(3)]
+    pki = Authority(tmp_path / "pki")
+    pki.bootstrap("Flower Consortium", sites, dns=["localhost"], ips=["127.0.0.1"])
+    coord = start_coordinator(
+        tmp_path, task=FLOWER_TASK, task_args={"init": INIT}, rounds=2, min_nodes=3,
+        train={"lr": 0.05, "local-epochs": 2}, federated_evaluation=True, insecure=False,
+        tls_dir=pki.server_dir, secure_aggregation="secagg+", secagg_clip=32.0, secagg_bits=16,
+        secagg_max_weight=1024, on_failed_round="stop",
+    )  # fmt: skip
+    logs = [tmp_path / f"{site}.log" for site in sites]
+
+    # Execute: each site with only its own bundle
+    app = "tests.flower_apps.client_app:app"
+    procs = [
+        flower_node(coord.address, app, i, log, "--tls-dir", str(pki.node_dir(site)), nodes=3)
+        for i, (site, log) in enumerate(zip(sites, logs, strict=True))
+    ]
+    history = coord.join(timeout=180)
+    codes = wait_all(procs, timeout=60)
+
+    # Assert: both secure rounds committed from the three certified sites; the model learned
+    assert codes == [0, 0, 0], [log.read_text()[-2000:] for log in logs]
+    rounds = [e for e in history if e["event"] == "round"]
+    assert all(e["committed"] and sorted(e["reported"]) == sites for e in rounds), rounds
+    final = next(e for e in history if e["event"] == "evaluate")["evaluate"]["eval_acc"]
+    assert rounds[0]["evaluate"]["eval_acc"] < 0.3 < 0.7 < final
+    # each site uploaded one masked word per parameter plus the count word: the secure path
+    params = sum(t.numel() for t in Net().state_dict().values())
+    assert all(e["bytes_in"] == 3 * 4 * (params + 1) for e in rounds)
