@@ -286,3 +286,22 @@ def test_simulated_flower_nodes_get_their_partition() -> None:
         "num-partitions=4",
     ]
     assert flower_node_args(None, 2, 4) == []
+
+
+bad_count_app = ClientApp()
+
+
+@bad_count_app.train()
+def _bad_count(msg: Message, context: Context) -> Message:
+    count = context.node_config["claim"]
+    content = RecordDict(
+        {"arrays": msg.content["arrays"], "metrics": MetricRecord({"num-examples": count})}
+    )
+    return Message(content, reply_to=msg)
+
+
+@pytest.mark.parametrize("claim", [-5, 2.5, float("inf"), float("nan")])
+def test_reply_with_a_count_that_is_not_a_whole_number_is_refused(claim: float) -> None:
+    task = node_task(f"{HERE}:bad_count_app", claim=claim)
+    with pytest.raises(TaskError, match="num-examples must be a whole number >= 0"):
+        task.fit(task.build_model(), CONFIG)

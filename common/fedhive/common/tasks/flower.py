@@ -33,11 +33,14 @@ and its other numbers the metrics. A legacy ``client_fn`` gets ``FitIns`` / ``Ev
 
 from __future__ import annotations
 
+import functools
 import importlib
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -67,8 +70,9 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def flwr_modules() -> Any:
-    """flwr's app, clientapp and compat modules, or a TaskError saying how to install it."""
+@functools.cache
+def flwr_modules() -> SimpleNamespace:
+    """flwr's app, clientapp, common and compat modules, or a TaskError saying how to get them."""
     try:
         with _quiet():
             from flwr import app, clientapp, common
@@ -77,13 +81,7 @@ def flwr_modules() -> Any:
         raise TaskError(
             f"the Flower task needs flwr: pip install 'fedhive[flower]' ({exc})"
         ) from exc
-
-    class Flwr:
-        pass
-
-    out = Flwr()
-    out.app, out.clientapp, out.common, out.compat = app, clientapp, common, recorddict_compat  # type: ignore[attr-defined]
-    return out
+    return SimpleNamespace(app=app, clientapp=clientapp, common=common, compat=recorddict_compat)
 
 
 def load_object(path: str, what: str) -> Any:
@@ -344,8 +342,12 @@ class FlowerTask:
 
 
 def _count(value: Any, kind: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise TaskError(f"the Flower app's {kind} reply: num-examples must be a whole number")
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value != int(value) or value < 0:
+        raise TaskError(
+            f"the Flower app's {kind} reply: num-examples must be a whole number >= 0, "
+            f"got {value!r}"
+        )
     return int(value)
 
 
