@@ -305,3 +305,21 @@ def test_reply_with_a_count_that_is_not_a_whole_number_is_refused(claim: float) 
     task = node_task(f"{HERE}:bad_count_app", claim=claim)
     with pytest.raises(TaskError, match="num-examples must be a whole number >= 0"):
         task.fit(task.build_model(), CONFIG)
+
+
+def test_flower_app_from_a_toml_file(tmp_path: Path) -> None:
+    # Prepare
+    from fedhive.common.config import build_config
+
+    toml = tmp_path / "node.toml"
+    toml.write_text(
+        f'flower_app = "{MESSAGE_APP}"\ninsecure = true\n'
+        f'[task_args]\ninit = "{INIT}"\npartition-id = 1\n'
+    )
+
+    # Execute
+    config = build_config(ClientConfig, toml)
+
+    # Assert
+    assert config.task == FLOWER_TASK
+    assert config.task_args == {"init": INIT, "partition-id": 1, "app": MESSAGE_APP}
