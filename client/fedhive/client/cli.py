@@ -32,7 +32,7 @@ EXIT_HANDSHAKE_REFUSED = 3
 FLAGGED = (
     "server", "task", "data_dir", "name", "device", "threads", "seed", "task_args",
     "max_connect_attempts", "identity_key", "backoff_max_s", "tls_dir", "tls_cert", "tls_key",
-    "tls_ca", "tls_server_name", "insecure",
+    "tls_ca", "tls_server_name", "insecure", "flower_app",
 )  # fmt: skip
 
 
@@ -51,6 +51,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task",
         help=f"task factory, package.module:factory: the coordinator's {d('task')}",
+    )
+    p.add_argument(
+        "--flower-app",
+        metavar="MODULE:APP",
+        help="run an unchanged Flower ClientApp (or legacy client_fn) as this node's task; "
+        "give its initial model with --task-arg init=MODULE:NAME and its node_config with "
+        "--task-arg KEY=VALUE, e.g. partition-id=0 (default none; README: Coming from Flower)",
     )
     p.add_argument(
         "--data",
@@ -169,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 "tls_ca": ns.tls_ca,
                 "tls_server_name": ns.tls_server_name,
                 "insecure": ns.insecure,
+                "flower_app": ns.flower_app,
             },
         )
         with startup_gc():

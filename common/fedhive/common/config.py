@@ -19,6 +19,7 @@ from fedhive.common.errors import ConfigError
 from fedhive.common.secagg.quantize import QuantConfig
 
 Scalar = bool | int | float | str
+FLOWER_TASK = "fedhive.common.tasks.flower:make_task"  # serves a Flower ClientApp (flower_app)
 
 
 class _Config(BaseModel):
@@ -176,11 +177,19 @@ class ClientConfig(_Config):
     tls_key: Path | None = None
     tls_ca: Path | None = None
     tls_server_name: str | None = None
+    # an unchanged Flower ClientApp (or legacy client_fn), package.module:app, as this node's task:
+    # sets task to FLOWER_TASK and task_args["app"] (fedhive.common.tasks.flower)
+    flower_app: str | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _bundle(cls, data: Any) -> Any:
         return _fill_bundle(data, "node", crl=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flower(cls, data: Any) -> Any:
+        return flower_task(data)
 
     # Ed25519 identity key for secure aggregation (PEM or 32 raw bytes); absent: one per process.
     # Under mutual TLS, identity.key and identity.crt of the bundle folder (`tls_dir`): the key
@@ -248,6 +257,25 @@ def parse_assignments(items: list[str], flag: str) -> dict[str, Scalar] | None:
                     pass
         out[key] = value
     return out
+
+
+def flower_task(data: Any) -> Any:
+    """``flower_app`` names the node's Flower app: the task becomes the Flower adapter with the
+    app among its ``task_args``; another ``task`` or another ``app`` task arg is a conflict."""
+    if not isinstance(data, dict) or data.get("flower_app") is None:
+        return data
+    app = str(data["flower_app"])
+    module, sep, attr = app.partition(":")
+    if not sep or not module or not attr:
+        raise ValueError(f"flower_app must look like 'package.module:app', got {app!r}")
+    if data.get("task") not in (None, FLOWER_TASK):
+        raise ValueError(
+            f"flower_app runs the task {FLOWER_TASK}: drop task = {data['task']!r} (or flower_app)"
+        )
+    args = dict(data.get("task_args") or {})
+    if args.get("app", app) != app:
+        raise ValueError(f"flower_app {app!r} and task_args app = {args['app']!r} disagree")
+    return {**data, "task": FLOWER_TASK, "task_args": {**args, "app": app}}
 
 
 def _check_task_path(path: str) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fedhive.common.certs import Authority
+from fedhive.common.config import FLOWER_TASK
 from fedhive.common.cpus import usable_cpus
 from fedhive.common.errors import FedhiveError
 from fedhive.common.helptext import plain
@@ -98,6 +99,14 @@ def node_command(
     return cmd
 
 
+def flower_node_args(app: str | None, index: int, nodes: int) -> list[str]:
+    """A simulated Flower node's task args: its app and the node_config keys Flower's simulation
+    gives each node (partition-id, num-partitions)."""
+    if app is None:
+        return []
+    return [f"app={app}", f"partition-id={index}", f"num-partitions={nodes}"]
+
+
 def add_split_args(p: argparse.ArgumentParser) -> None:
     """How the task's data is split across the nodes (`fedhive simulate` and `fedhive prepare`)."""
     p.add_argument(
@@ -134,11 +143,26 @@ def main(argv: list[str] | None = None) -> int:
         default="cpu",
         help="device every node trains on: cpu (default), cuda, cuda:1, auto (the nodes share it)",
     )
+    p.add_argument(
+        "--flower-app",
+        metavar="MODULE:APP",
+        help="run an unchanged Flower ClientApp (or legacy client_fn) on every node, node i with "
+        "node_config partition-id=i, num-partitions=NODES; give the initial model with "
+        "--task-arg init=MODULE:NAME (default none; README: Coming from Flower)",
+    )
     ns = p.parse_args(argv)
     setup_logging(ns.log_level)
     if ns.nodes < 1:
         print("fedhive simulate: --nodes must be >= 1", file=sys.stderr)
         return 2
+    if ns.flower_app is not None:
+        if ns.task not in (None, FLOWER_TASK):
+            print(
+                f"fedhive simulate: --flower-app runs the task {FLOWER_TASK}: drop --task",
+                file=sys.stderr,
+            )
+            return 2
+        ns.task = FLOWER_TASK
     workdir = ns.workdir or Path("runs") / f"simulate-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         base = config_from_args(ns)
@@ -176,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
 
     console = make_console()
     progress = RichProgress(config.rounds, console)
-    running = start_server(config, progress)
+    try:  # the task and the run's settings are checked here: a bad one stops before any node
+        running = start_server(config, progress)
+    except FedhiveError as exc:
+        print(f"fedhive simulate: {exc}", file=sys.stderr)
+        return 2
     address = f"127.0.0.1:{running.port}"
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -193,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             node_data[i],
             names[i],
             base.seed + i,
-            ns.task_arg,
+            ns.task_arg + flower_node_args(ns.flower_app, i, ns.nodes),
             tls_dir,
             ns.node_device,
         )
