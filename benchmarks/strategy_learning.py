@@ -7,7 +7,8 @@ Two scenarios, each run once per rule, then compared with ``fedhive report RUN .
 * ``byzantine``: 8 nodes with IID shares, 2 of which train and then send their weights
   sign-flipped and scaled by 10 (``tests/integration/byzantine_task.py``); FedAvg against
   FedMedian, FedTrimmedAvg(0.25), MultiKrum(f=2, m=4) and Bulyan(f=1), and FedAvg with the two
-  hostile nodes left out (the honest-only reference).
+  hostile nodes left out (the honest-only reference). A run whose model diverges ends when its
+  nodes have declined and left (their count is in ``nodes_failed``).
 
 Prints each run's held-out accuracy per round as a JSON line, then the side-by-side table; the
 plot goes to ``OUT/<scenario>/compare.png``. Usage::
@@ -33,6 +34,7 @@ DIGITS = "fedhive.common.tasks.digits:make_task"
 HOSTILE = "tests.integration.byzantine_task:make_task"
 CLI = [sys.executable, "-m", "fedhive.common.cli"]
 TIMEOUT_S = 1800
+COORDINATOR_GRACE_S = 30
 
 
 def free_port() -> int:
@@ -115,17 +117,25 @@ def byzantine(out: Path, rounds: int, nodes: int, hostile: int) -> list[Path]:
                 subprocess.Popen(node, stdout=logs[-1], stderr=logs[-1], env=env, cwd=ROOT)
             )
         try:
-            codes = [p.wait(timeout=TIMEOUT_S) for p in procs]
+            node_codes = [p.wait(timeout=TIMEOUT_S) for p in procs[1:]]
+            # nodes whose training diverged decline and leave; the coordinator would wait for
+            # them until its join timeout: stop it then (SIGTERM: a clean stop)
+            try:
+                code = procs[0].wait(timeout=COORDINATOR_GRACE_S)
+            except subprocess.TimeoutExpired:
+                procs[0].terminate()
+                code = procs[0].wait(timeout=60)
         finally:
             for p in procs:
                 if p.poll() is None:
                     p.kill()
             for f in logs:
                 f.close()
-        if codes[0] != 0:
-            raise SystemExit(f"{label}: coordinator exit {codes[0]}; see {work}")
+        if code != 0:
+            raise SystemExit(f"{label}: coordinator exit {code}; see {work}")
         run_dir = work / "run"
         row = {"scenario": "byzantine", "rule": label, "hostile": bad, "nodes": count}
+        row["nodes_failed"] = sum(c != 0 for c in node_codes)
         print(json.dumps({**row, "accuracy": accuracy(run_dir)}), flush=True)
         runs.append(run_dir)
     return runs
