@@ -44,7 +44,9 @@ def label_of(run_dir: Path) -> str:
     name = run_dir.resolve().name
     if name == "run":  # `fedhive simulate --workdir W` keeps its run in W/run: W names it
         name = run_dir.resolve().parent.name
-    return f"{name}: {strategy}" if strategy and strategy not in name else name
+    if not strategy or strategy == name:
+        return name
+    return strategy if strategy.split("(")[0] == name else f"{name}: {strategy}"
 
 
 def load_runs(run_dirs: Sequence[Path]) -> list[Compared]:
@@ -78,6 +80,7 @@ def plot(runs: Sequence[Compared], path: Path, title: str = "") -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for i, run in enumerate(runs):
@@ -94,6 +97,7 @@ def plot(runs: Sequence[Compared], path: Path, title: str = "") -> Path:
     axes[1].set_ylabel("held-out accuracy")
     for ax in axes:
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[1].legend(loc="lower right", fontsize=8)
     fig.suptitle(title or "runs side by side")
