@@ -93,7 +93,8 @@ def plot(runs: Sequence[Compared], path: Path, title: str = "") -> Path:
         if loss:
             xs, ys = zip(*loss, strict=True)
             axes[0].plot(xs, ys, marker="o", ms=3, color=color, label=run.label)
-    axes[0].set_ylabel("training loss")
+    axes[0].set_ylabel("training loss (log scale)")
+    axes[0].set_yscale("log")  # a diverging run would flatten the others
     axes[1].set_ylabel("held-out accuracy")
     for ax in axes:
         ax.set_xlabel("round")
