@@ -12,13 +12,13 @@ pushing the update, heartbeats, reconnects. The model object lives as long as th
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from fedhive.common.errors import TaskError
+from fedhive.common.imports import import_object
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -96,15 +96,9 @@ def validate_config(task: object, config: Mapping[str, Scalar]) -> None:
 
 def load_task(path: str, ctx: TaskContext) -> Task:
     """Import ``package.module:factory`` and call it with ``ctx``."""
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise TaskError(f"task must look like 'package.module:factory', got {path!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise TaskError(f"cannot import task module {module_name!r}: {exc}") from exc
-    factory: Callable[[TaskContext], Task] | None = getattr(module, attr, None)
+    factory: Callable[[TaskContext], Task] | None = import_object(path, "task", TaskError)
     if factory is None or not callable(factory):
+        module_name, _, attr = path.partition(":")
         raise TaskError(f"task module {module_name!r} has no callable {attr!r}")
     try:
         task = factory(ctx)

@@ -34,7 +34,6 @@ and its other numbers the metrics. A legacy ``client_fn`` gets ``FitIns`` / ``Ev
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 import time
 import warnings
@@ -49,6 +48,7 @@ from torch import nn
 
 from fedhive.common.config import FLOWER_TASK
 from fedhive.common.errors import TaskError
+from fedhive.common.imports import import_object
 from fedhive.common.task import EvalResult, FitResult, Scalar, TaskContext
 
 TASK_PATH = FLOWER_TASK
@@ -85,20 +85,13 @@ def flwr_modules() -> SimpleNamespace:
 
 
 def load_object(path: str, what: str) -> Any:
-    module_name, _, attr = str(path).partition(":")
-    if not module_name or not attr:
-        raise TaskError(f"{what} must look like 'package.module:name', got {path!r}")
-    try:
-        with _quiet():
-            module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise TaskError(
-            f"cannot import {what} module {module_name!r}: {exc} (the app must be importable by "
-            "this Python: installed, or its folder on PYTHONPATH)"
-        ) from exc
-    if not hasattr(module, attr):
+    hint = " (the app must be importable by this Python: installed, or its folder on PYTHONPATH)"
+    with _quiet():
+        obj = import_object(path, what, TaskError, hint, form="name")
+    if obj is None:
+        module_name, _, attr = str(path).partition(":")
         raise TaskError(f"{what} module {module_name!r} has no {attr!r}")
-    return getattr(module, attr)
+    return obj
 
 
 def load_client_app(path: str) -> tuple[Any, bool]:

@@ -8,7 +8,6 @@ created. A user's factory is called with the arguments as keywords and must retu
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedhive.common.config import validation_problems
 from fedhive.common.errors import ConfigError
+from fedhive.common.imports import import_object
 from fedhive.server.strategy.base import Aggregator
 from fedhive.server.strategy.bulyan import Bulyan, BulyanArgs
 from fedhive.server.strategy.fedadagrad import FedAdagrad, FedAdagradArgs
@@ -122,13 +122,9 @@ def build_strategy(name: str, args: Mapping[str, Any], workdir: Path | None = No
     builtin = BUILTINS.get(name)
     if builtin is not None:
         return builtin.build(valid, workdir)
-    module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import strategy module {module_name!r}: {exc}") from exc
-    factory = getattr(module, attr, None)
+    factory = import_object(name, "strategy", ConfigError)
     if factory is None or not callable(factory):
+        module_name, _, attr = name.partition(":")
         raise ConfigError(f"strategy module {module_name!r} has no callable {attr!r}")
     try:
         strategy = factory(**valid)
