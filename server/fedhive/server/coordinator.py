@@ -15,12 +15,11 @@ on arrival, length and digest at the end); a refused or broken update leaves no 
 Identity: under mutual TLS the servicer passes each call's verified certificate name as
 ``peer_id``. A node joined with a ``peer_id`` *is* that id, and every later call must come from the
 same identity as well as carry the node's token (a token is useless with another certificate).
+The node registry (:mod:`fedhive.server.registry`) checks both; the engine calls it under its lock.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import math
 import secrets
@@ -37,7 +36,6 @@ from fedhive.common import serde
 from fedhive.common.chunks import Chunk, StreamChecker
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import (
-    AccessDeniedError,
     AggregationError,
     ConfigError,
     CoordinatorStopping,
@@ -46,10 +44,8 @@ from fedhive.common.errors import (
     InvalidUpdateError,
     LimitExceededError,
     NotSelectedError,
-    PkiError,
     RequestRefused,
     StaleRoundError,
-    UnknownNodeError,
 )
 from fedhive.common.messages import (
     EvaluationReport,
@@ -74,7 +70,8 @@ from fedhive.server.broadcast import (
     FileModel,
     ModelSource,
 )
-from fedhive.server.limits import check_examples, make_room, wire_wait
+from fedhive.server.limits import check_examples, wire_wait
+from fedhive.server.registry import NodeRecord, NodeRegistry
 from fedhive.server.secure import SecureRound, finalize_secure, open_secure_round, watch_secure
 from fedhive.server.spool import Spool, SpoolBudget
 from fedhive.server.store import ResumePoint, RunStore
@@ -107,21 +104,6 @@ class RoundListener(Protocol):
 
 
 Evaluator = Callable[[int, Sequence[TensorSpec], Sequence[np.ndarray]], Mapping[str, float] | None]
-
-
-@dataclass
-class NodeRecord:
-    node_id: str
-    name: str
-    device: str
-    num_examples: int
-    token_sha256: bytes
-    last_seen: float
-    alive: bool = True
-    finished: bool = False
-    peer_id: str | None = None
-    identity_key: bytes = b""  # Ed25519 public key, for secure aggregation
-    identity_cert: bytes = b""  # its CA certificate (DER), verified at join (mutual TLS)
 
 
 @dataclass
@@ -268,8 +250,6 @@ class Coordinator:
         self.evaluator = evaluator
         self.listener = listener
         self.resume = resume
-        # (identity certificate DER, node id) -> its raw Ed25519 key; raises PkiError
-        self.identity_verifier = identity_verifier
         self.run_id = resume.run_id if resume else (run_id or secrets.token_hex(8))
         self.model_bytes = payload_bytes(self.specs)
         budget = config.spool_memory_bytes
@@ -294,8 +274,9 @@ class Coordinator:
         del initial
         self._cv = threading.Condition()
         self._fold_lock = threading.Lock()
-        self._nodes: dict[str, NodeRecord] = {}
-        self._next_node = resume.next_node_seq if resume else 0
+        self.registry = NodeRegistry(
+            config, store, resume=resume, identity_verifier=identity_verifier
+        )
         self._round: RoundState | None = None
         self._broadcast: Broadcast | None = None
         self._broadcast_kind: tuple[int, TaskKind] | None = None
@@ -304,18 +285,6 @@ class Coordinator:
         self.committed_rounds = resume.round if resume else 0
         if resume is not None:
             self.strategy.restore(resume.strategy_state)
-            for node_id, name, token_sha256 in store.nodes():
-                self._nodes[node_id] = NodeRecord(
-                    node_id,
-                    name,
-                    "?",
-                    config.max_node_examples,  # its declaration is lost: the policy's cap
-                    token_sha256,
-                    time.monotonic(),
-                    alive=False,
-                    # under mutual TLS a node's id is its certificate name
-                    peer_id=None if config.insecure else node_id,
-                )
         self.history: list[dict[str, Any]] = []
 
     def _check_initial(self, initial: Sequence[np.ndarray]) -> None:
@@ -332,114 +301,36 @@ class Coordinator:
     def join(self, req: JoinRequest, peer_id: str | None = None) -> JoinReply:
         """A node joins; with ``peer_id`` (its verified certificate name) that is its node id,
         and joining again under the same identity replaces the old session."""
-        if not req.name or len(req.name) > 128:
-            raise InvalidUpdateError("node name must be 1-128 characters")
-        if req.protocol_version != 1:
-            raise InvalidUpdateError(
-                f"protocol version {req.protocol_version} is not supported (1)"
-            )
-        cap = self.config.max_node_examples
-        if req.num_examples > cap:
-            raise LimitExceededError(
-                f"node {req.name!r} declares {req.num_examples} examples; this coordinator "
-                f"accepts at most {cap} per node (max_node_examples)"
-            )
-        identity_key, identity_cert = self._identity(req, peer_id)
+        identity = self.registry.check_join(req, peer_id)
         with self._cv:
-            cfg = self.config
             st = self._round
-            make_room(
-                self._nodes,
-                cfg.max_registered_nodes,
-                max(cfg.node_expiry_s, cfg.heartbeat_timeout_s),
-                st.pending() | set(st.uploads) if st is not None and not st.closed else (),
-                peer_id,
-            )
-            self._next_node += 1
-            node_id = peer_id if peer_id is not None else f"{req.name}-{self._next_node}"
-            again = node_id in self._nodes
-            token = secrets.token_bytes(32)
-            digest = hashlib.sha256(token).digest()
-            self.store.add_node(node_id, req.name, token, self._next_node)
-            self._nodes[node_id] = NodeRecord(
-                node_id,
-                peer_id or req.name,
-                req.device,
-                req.num_examples,
-                digest,
-                time.monotonic(),
-                peer_id=peer_id,
-                identity_key=identity_key,
-                identity_cert=identity_cert,
-            )
+            busy = st.pending() | set(st.uploads) if st is not None and not st.closed else ()
+            auth, again = self.registry.register(req, peer_id, identity, busy)
             self._cv.notify_all()
         log.info(
             "node %s %s (device=%s, examples=%d%s)",
-            node_id,
+            auth.node_id,
             "joined again" if again else "joined",
             req.device,
             req.num_examples,
             ", identity from its certificate" if peer_id is not None else "",
         )
-        return JoinReply(NodeAuth(node_id, token), self.run_id, self.config.heartbeat_interval_s)
+        return JoinReply(auth, self.run_id, self.config.heartbeat_interval_s)
 
-    def _identity(self, req: JoinRequest, peer_id: str | None) -> tuple[bytes, bytes]:
-        """The node's secure-aggregation identity key (and certificate) as it may be relayed.
-
-        Under mutual TLS only a key certified by the consortium CA for this very node counts:
-        a bad certificate refuses the join; none leaves the node out of secure rounds. Without
-        TLS the key is taken as sent (trust on first use)."""
-        if peer_id is None or self.identity_verifier is None:
-            return req.identity_key, b""
-        if not req.identity_cert:
-            if req.identity_key:
-                log.warning(
-                    "node %s sent an identity key without its certificate: it cannot take part "
-                    "in secure aggregation (issue one with `fedhive certs node`)",
-                    peer_id,
-                )
-            return b"", b""
-        try:
-            key = self.identity_verifier(req.identity_cert, peer_id)
-        except PkiError as exc:
-            log.warning("refused node %s: %s", peer_id, exc)
-            raise AccessDeniedError(f"secure-aggregation identity refused: {exc}") from exc
-        if req.identity_key and not hmac.compare_digest(key, req.identity_key):
-            log.warning("refused node %s: identity key and certificate differ", peer_id)
-            raise AccessDeniedError(
-                "secure-aggregation identity refused: the identity key is not the one its "
-                "certificate names"
-            )
-        return key, req.identity_cert
+    def nodes(self) -> dict[str, NodeRecord]:
+        """A snapshot of the node registry, by node id."""
+        with self._cv:
+            return self.registry.snapshot()
 
     def _auth(self, auth: NodeAuth, peer_id: str | None = None) -> NodeRecord:
-        node = self._nodes.get(auth.node_id)
-        given = hashlib.sha256(auth.token).digest()
-        if node is None or not hmac.compare_digest(node.token_sha256, given):
-            raise UnknownNodeError(
-                f"unknown node {auth.node_id!r} or wrong token (not joined, or the coordinator "
-                "restarted): join again"
-            )
-        if node.peer_id != peer_id:
-            log.warning("refused peer %s: it presented the token of node %s", peer_id, node.node_id)
-            raise AccessDeniedError(
-                f"the certificate of {peer_id!r} cannot act for node {node.node_id!r}"
-            )
-        node.last_seen = time.monotonic()
-        if not node.alive:
-            node.alive = True
-            log.info("node %s is back", node.node_id)
-        return node
+        return self.registry.auth(auth, peer_id)
 
     def evict_peer(self, peer_id: str, reason: object) -> None:
         """The gate refused this identity (e.g. its certificate was just revoked): it leaves the
         run now, and its pending round stops waiting for it."""
         with self._cv:
-            node = self._nodes.get(peer_id)
-            if node is None or node.peer_id != peer_id or node.finished:
+            if not self.registry.evict(peer_id):
                 return
-            node.alive = False
-            node.finished = True
             if self._round is not None and peer_id in self._round.pending():
                 self._round.dropped.add(peer_id)
             self._cv.notify_all()
@@ -454,8 +345,7 @@ class Coordinator:
     def leave(self, auth: NodeAuth, reason: str = "", peer_id: str | None = None) -> None:
         with self._cv:
             node = self._auth(auth, peer_id)
-            node.alive = False
-            node.finished = True
+            self.registry.leave(node)
             st = self._round
             if st is not None and (
                 node.node_id in st.pending()
@@ -583,7 +473,7 @@ class Coordinator:
             raise InvalidUpdateError(
                 f"{what}: example count must be > 0, got {header.num_examples}"
             )
-        declared = self._nodes[nid].num_examples
+        declared = self.registry[nid].num_examples
         if header.num_examples > declared:
             raise InvalidUpdateError(
                 f"{what}: claims {header.num_examples} examples, more than the {declared} it "
@@ -728,37 +618,22 @@ class Coordinator:
             self.model_bytes,
         )
 
-    def _alive(self) -> list[NodeRecord]:
-        now = time.monotonic()
-        out = []
-        for node in self._nodes.values():
-            if node.alive and now - node.last_seen > self.config.heartbeat_timeout_s:
-                node.alive = False
-                log.warning("node %s missed its heartbeats; considered gone", node.node_id)
-            if node.alive and not node.finished:
-                out.append(node)
-        return out
-
     def _wait_for_nodes(self, count: int, what: str) -> None:
         started = time.monotonic()
         deadline = started + self.config.join_timeout_s
         say = waiting.WaitLog(started, waiting.WAIT_LOG_INTERVAL_S)
         with self._cv:
-            while len(self._alive()) < count:
+            while len(self.registry.alive()) < count:
                 if self._stop.is_set():
                     raise RunStopped("stopped while waiting for nodes")
                 if time.monotonic() >= deadline:
                     raise RunAborted(
-                        f"only {len(self._alive())} of the {count} nodes needed joined within "
-                        f"{self.config.join_timeout_s:g}s"
+                        f"only {len(self.registry.alive())} of the {count} nodes needed joined "
+                        f"within {self.config.join_timeout_s:g}s"
                     )
                 now = time.monotonic()
                 if say.due(now):
-                    alive = {n.node_id for n in self._alive()}
-                    known = [
-                        waiting.Known(n.node_id, n.node_id in alive, n.finished)
-                        for n in self._nodes.values()
-                    ]
+                    known = self.registry.known()
                     timeout = self.config.join_timeout_s
                     log.info(waiting.waiting_message(count, known, now - started, timeout, what))
                 self._cv.wait(0.5)
@@ -846,9 +721,7 @@ class Coordinator:
             self._finished = True
             self._round = None
             self._cv.notify_all()
-            while time.monotonic() < deadline and any(
-                n.alive and not n.finished for n in self._nodes.values()
-            ):
+            while time.monotonic() < deadline and self.registry.any_active():
                 self._cv.wait(0.1)
 
     def _select(self, number: int, attempt: int, alive: list[NodeRecord]) -> set[str]:
@@ -876,7 +749,7 @@ class Coordinator:
             if not secure_mode:  # a secure round sums masked words itself
                 self.strategy.begin(self.specs, self.store.model_path(self.committed_rounds))
         with self._cv:
-            alive = self._alive()
+            alive = self.registry.alive()
             if secure_mode:  # only nodes that sent an identity key can take part
                 alive = [n for n in alive if n.identity_key]
             selected = (
@@ -884,10 +757,9 @@ class Coordinator:
                 if kind == TaskKind.TRAIN
                 else {n.node_id for n in alive}
             )
-            keys = {u: self._nodes[u].identity_key for u in selected}
-            certs = {
-                u: self._nodes[u].identity_cert for u in selected if self._nodes[u].identity_cert
-            }
+            chosen = [self.registry[u] for u in selected]
+            keys = {n.node_id: n.identity_key for n in chosen}
+            certs = {n.node_id: n.identity_cert for n in chosen if n.identity_cert}
         secure: SecureRound | None = None
         deadline = time.monotonic() + cfg.round_timeout_s
         if secure_mode:  # parameters differ per attempt: encode the broadcast each time
@@ -921,17 +793,9 @@ class Coordinator:
             while True:
                 now = time.monotonic()
                 watched = st.pending() if secure is None else st.selected - st.dropped
-                for nid in list(watched):
-                    node = self._nodes.get(nid)
-                    if nid not in st.uploads and (
-                        node is None
-                        or not node.alive
-                        or now - node.last_seen > cfg.heartbeat_timeout_s
-                    ):
-                        if node is not None:
-                            node.alive = False
-                        st.dropped.add(nid)
-                        log.warning("round %d: node %s dropped (no heartbeat)", number, nid)
+                for nid in self.registry.silent([n for n in watched if n not in st.uploads], now):
+                    st.dropped.add(nid)
+                    log.warning("round %d: node %s dropped (no heartbeat)", number, nid)
                 if secure is not None:
                     if watch_secure(st, secure):
                         break
