@@ -1,8 +1,9 @@
 """The round engine. Imports no grpc: the servicer (or a test) calls the node-facing methods.
 
 Node-facing, thread-safe: :meth:`Coordinator.join`, :meth:`pull`, :meth:`open_update` (returns an
-:class:`UpdateSession` that takes checked chunks and a trailer), :meth:`report_evaluation`,
-:meth:`heartbeat`, :meth:`leave`. The driver, :meth:`Coordinator.run`, loops over rounds:
+:class:`~fedhive.server.rounds.UpdateSession` that takes checked chunks and a trailer),
+:meth:`report_evaluation`, :meth:`heartbeat`, :meth:`leave`. The driver, :meth:`Coordinator.run`,
+loops over rounds:
 
     wait for ``min_nodes`` -> select a fraction -> open the round (every selected node's pull now
     returns the task) -> collect until all selected nodes reported, were refused or dropped, or the
@@ -25,15 +26,13 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from fedhive.common import serde
-from fedhive.common.chunks import Chunk, StreamChecker
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import (
     AggregationError,
@@ -41,8 +40,6 @@ from fedhive.common.errors import (
     CoordinatorStopping,
     DuplicateUpdateError,
     FedhiveError,
-    InvalidUpdateError,
-    LimitExceededError,
     NotSelectedError,
     RequestRefused,
     StaleRoundError,
@@ -72,8 +69,15 @@ from fedhive.server.broadcast import (
 )
 from fedhive.server.limits import check_examples, wire_wait
 from fedhive.server.registry import NodeRecord, NodeRegistry
+from fedhive.server.rounds import (
+    Contribution,
+    RoundState,
+    UpdateSession,
+    check_header,
+    check_open,
+)
 from fedhive.server.secure import SecureRound, finalize_secure, open_secure_round, watch_secure
-from fedhive.server.spool import Spool, SpoolBudget
+from fedhive.server.spool import SpoolBudget
 from fedhive.server.store import ResumePoint, RunStore
 from fedhive.server.strategy import Aggregator
 
@@ -104,121 +108,6 @@ class RoundListener(Protocol):
 
 
 Evaluator = Callable[[int, Sequence[TensorSpec], Sequence[np.ndarray]], Mapping[str, float] | None]
-
-
-@dataclass
-class Contribution:
-    node_id: str
-    num_examples: int
-    metrics: Mapping[str, float]
-    eval_metrics: Mapping[str, float]
-    eval_examples: int
-    bytes_in: int
-    upload_s: float
-
-
-@dataclass
-class RoundState:
-    number: int
-    attempt: int
-    kind: TaskKind
-    selected: set[str]
-    deadline: float
-    opened_at: float
-    broadcast: Broadcast
-    pulled: set[str] = field(default_factory=set)
-    reported: dict[str, Contribution] = field(default_factory=dict)
-    evaluations: dict[str, tuple[int, Mapping[str, float]]] = field(default_factory=dict)
-    refused: dict[str, str] = field(default_factory=dict)
-    dropped: set[str] = field(default_factory=set)
-    uploads: dict[str, UpdateSession] = field(default_factory=dict)  # in flight, by node id
-    folding: int = 0
-    closed: bool = False
-    bytes_in: int = 0
-    bytes_out: int = 0
-    secure: SecureRound | None = None  # a SecAgg+ round: masked uploads, folded by it
-    gone: set[str] = field(default_factory=set)  # reported to `secure` as dropped
-
-    @property
-    def upload_specs(self) -> list[TensorSpec] | None:
-        return self.secure.upload_specs if self.secure is not None else None
-
-    def pending(self) -> set[str]:
-        return (
-            self.selected
-            - set(self.reported)
-            - set(self.evaluations)
-            - set(self.refused)
-            - self.dropped
-        )
-
-
-class UpdateSession:
-    """One update stream: chunks are checked and staged; the trailer commits or nothing does."""
-
-    def __init__(
-        self,
-        coord: Coordinator,
-        node: NodeRecord,
-        state: RoundState,
-        header: UpdateHeader,
-        cancel: Callable[[], None] | None = None,
-    ):
-        self._coord = coord
-        # ends the stream from the coordinator's side (the transport's cancel): an upload still
-        # open when its round closes is cut off, so its handler and staging buffer are freed
-        self.cancel = cancel
-        self.node = node
-        self.state = state
-        self.header = header
-        self.num_examples = header.num_examples
-        self.started = time.monotonic()
-        cfg = coord.config
-        specs = state.upload_specs or coord.specs
-        self.checker = StreamChecker(
-            specs,
-            max_chunk_size=cfg.chunk_size,
-            max_payload_bytes=cfg.max_update_bytes,
-            what=f"update from {node.node_id} for round {state.number}",
-        )
-        self._offsets = np.cumsum([0] + [s.nbytes for s in specs]).tolist()
-        self.spool = Spool(
-            self.checker.total, coord.spool_budget, cfg.spool_dir, wait_s=cfg.spool_wait_s
-        )
-        self.done = False
-
-    # -- StagedUpdate
-    @property
-    def peaks(self) -> list[float]:
-        """The largest |value| per tensor (bounds what this update adds to a sum)."""
-        return self.checker.peaks
-
-    def pieces(self, tensor: int) -> Iterator[memoryview]:
-        begin, end = self._offsets[tensor], self._offsets[tensor + 1]
-        return self.spool.pieces(begin, end - begin)
-
-    def add_chunk(self, chunk: Chunk) -> None:
-        self.checker.check(chunk)
-        self.spool.write(chunk.data)
-        self.checker.advance(chunk)
-
-    def finish(self, trailer: UpdateTrailer) -> Contribution:
-        self.checker.finish(trailer.digest)
-        check_examples(trailer.eval_examples, self._coord.config.max_node_examples, "eval_examples")
-        try:
-            return self._coord._commit(self, trailer)
-        finally:
-            self._close()
-
-    def abort(self, reason: str) -> None:
-        if self.done:
-            return
-        self._close()
-        self._coord._refuse(self, reason)
-
-    def _close(self) -> None:
-        self.done = True
-        self.spool.close()
 
 
 class Coordinator:
@@ -426,39 +315,23 @@ class Coordinator:
     ) -> UpdateSession:
         with self._cv:
             node = self._auth(header.auth, peer_id)
-            st = self._round
-            if st is None or st.kind != TaskKind.TRAIN or header.round != st.number:
-                current = (
-                    "no training round"
-                    if st is None or st.kind != TaskKind.TRAIN
-                    else (f"round {st.number}")
-                )
-                raise StaleRoundError(
-                    f"update from {node.node_id} is for round {header.round}, but {current} is open"
-                )
-            if st.closed:
-                raise StaleRoundError(
-                    f"update from {node.node_id} for round {st.number} is late: the round is closed"
-                )
             nid = node.node_id
-            if nid in st.reported:
-                raise DuplicateUpdateError(
-                    f"node {nid} already sent its update for round {st.number}"
-                )
-            if nid in st.uploads:
-                raise DuplicateUpdateError(
-                    f"node {nid} is already uploading an update for round {st.number}"
-                )
-            if nid not in st.selected:
-                raise NotSelectedError(f"node {nid} is not selected for round {st.number}")
-            if nid in st.refused:
-                raise NotSelectedError(
-                    f"node {nid} was dropped from round {st.number} after a refused update "
-                    f"({st.refused[nid]}); it may take part again next round"
-                )
+            st = check_open(self._round, nid, header.round)
+            st.admit(nid)
+            specs = st.upload_specs or self.specs
             try:
-                self._check_header(header, nid, st.upload_specs or self.specs)
-                session = UpdateSession(self, node, st, header, cancel)
+                check_header(header, nid, node.num_examples, specs, self.config.max_update_bytes)
+                session = UpdateSession(
+                    nid,
+                    st,
+                    header,
+                    specs,
+                    self.config,
+                    self.spool_budget,
+                    commit=self._commit,
+                    refuse=self._refuse,
+                    cancel=cancel,
+                )
             except RequestRefused as exc:
                 st.refused[nid] = str(exc)
                 self._cv.notify_all()
@@ -467,51 +340,15 @@ class Coordinator:
             st.uploads[nid] = session
             return session
 
-    def _check_header(self, header: UpdateHeader, nid: str, want: list[TensorSpec]) -> None:
-        what = f"update from {nid}"
-        if header.num_examples <= 0:
-            raise InvalidUpdateError(
-                f"{what}: example count must be > 0, got {header.num_examples}"
-            )
-        declared = self.registry[nid].num_examples
-        if header.num_examples > declared:
-            raise InvalidUpdateError(
-                f"{what}: claims {header.num_examples} examples, more than the {declared} it "
-                "declared at join"
-            )
-        got = header.tensors
-        if len(got) != len(want):
-            raise InvalidUpdateError(
-                f"{what}: {len(got)} tensors, the global model has {len(want)}"
-            )
-        for i, (g, w) in enumerate(zip(got, want, strict=True)):
-            if g.name != w.name:
-                raise InvalidUpdateError(f"{what}: tensor {i} is {g.name!r}, expected {w.name!r}")
-            if g.dtype != w.dtype:
-                raise InvalidUpdateError(
-                    f"{what}: tensor {w.name!r} has dtype {g.dtype}, expected {w.dtype}"
-                )
-            if g.shape != w.shape:
-                raise InvalidUpdateError(
-                    f"{what}: tensor {w.name!r} has shape {list(g.shape)}, expected {list(w.shape)}"
-                )
-        limit = self.config.max_update_bytes
-        size = payload_bytes(want)
-        if limit is not None and size > limit:
-            raise LimitExceededError(f"{what}: {size} bytes exceeds the limit {limit}")
-
     def _commit(self, session: UpdateSession, trailer: UpdateTrailer) -> Contribution:
         st = session.state
-        nid = session.node.node_id
+        nid = session.node_id
         with self._cv:
-            st.uploads.pop(nid, None)
-            if st.closed or self._round is not st:
+            try:
+                st.start_fold(nid, current=self._round is st)
+            except StaleRoundError:
                 self._cv.notify_all()
-                raise StaleRoundError(
-                    f"update from {nid} for round {st.number} is late: the round closed before "
-                    "its upload completed"
-                )
-            st.folding += 1
+                raise
         try:
             if st.secure is not None:  # serialised by the SecAgg round itself
                 st.secure.fold(nid, session.pieces(0))
@@ -521,31 +358,18 @@ class Coordinator:
         except RequestRefused as exc:  # e.g. it would overflow the aggregate: nothing was folded
             refusal = type(exc)(f"update from {nid} for round {st.number}: {exc}")
             with self._cv:
-                st.folding -= 1
-                st.refused[nid] = str(refusal)
+                st.fold_failed(nid, str(refusal))
                 self._cv.notify_all()
             log.warning("refused update: %s", refusal)
             raise refusal from exc
         except Exception:
             with self._cv:
-                st.folding -= 1
-                st.refused[nid] = "aggregation failed"
+                st.fold_failed(nid, "aggregation failed")
                 self._cv.notify_all()
             raise
-        contribution = Contribution(
-            node_id=nid,
-            num_examples=session.num_examples,
-            metrics=dict(trailer.metrics),
-            eval_metrics=dict(trailer.eval_metrics),
-            eval_examples=trailer.eval_examples,
-            bytes_in=session.checker.received,
-            upload_s=time.monotonic() - session.started,
-        )
+        contribution = session.contribution(trailer)
         with self._cv:
-            st.folding -= 1
-            st.reported[nid] = contribution
-            st.bytes_in += contribution.bytes_in
-            received, expected, bytes_in = len(st.reported), len(st.selected), st.bytes_in
+            received, expected, bytes_in = st.folded(contribution)
             self._cv.notify_all()
         if self.listener is not None:
             self.listener.update_received(st.number, received, expected, bytes_in)
@@ -553,12 +377,9 @@ class Coordinator:
 
     def _refuse(self, session: UpdateSession, reason: str) -> None:
         st = session.state
-        nid = session.node.node_id
+        nid = session.node_id
         with self._cv:
-            if st.uploads.get(nid) is session:
-                del st.uploads[nid]
-            if nid not in st.reported:
-                st.refused[nid] = reason
+            st.drop_upload(session, reason)
             self._cv.notify_all()
         log.warning("refused update from %s for round %d: %s", nid, st.number, reason)
 
@@ -832,7 +653,7 @@ class Coordinator:
                 log.warning(
                     "round %d: cancelling the unfinished upload from %s",
                     number,
-                    session.node.node_id,
+                    session.node_id,
                 )
                 session.cancel()
 
