@@ -55,6 +55,7 @@ from fedhive.common.messages import (
     UpdateHeader,
     UpdateTrailer,
 )
+from fedhive.common.record import EVALUATE, KINDS, ROUND, RoundRecord
 from fedhive.common.secagg.messages import SecAggReply, SecAggRequest
 from fedhive.common.tensors import TensorSpec, check_finite, payload_bytes, raw_view
 from fedhive.server import waiting
@@ -86,7 +87,7 @@ log = logging.getLogger("fedhive.server")
 MAX_PULL_WAIT_S = 60.0
 PULL_CHECK_S = 0.5  # a waiting pull checks this often whether its caller is still there
 DEFAULT_SPOOL_MEMORY = 256 << 20
-RECORDS = ("round", "evaluate")  # the events a run's history (its summary) is made of
+RECORDS = KINDS  # the events a run's history (its summary) is made of
 
 
 class RunAborted(FedhiveError):
@@ -104,7 +105,7 @@ STOPPING = "the coordinator is stopping"
 class RoundListener(Protocol):
     def round_opened(self, round_: int, kind: str, selected: Sequence[str]) -> None: ...
     def update_received(self, round_: int, received: int, expected: int, bytes_in: int) -> None: ...
-    def round_closed(self, event: Mapping[str, Any]) -> None: ...
+    def round_closed(self, event: RoundRecord) -> None: ...
 
 
 Evaluator = Callable[[int, Sequence[TensorSpec], Sequence[np.ndarray]], Mapping[str, float] | None]
@@ -174,7 +175,7 @@ class Coordinator:
         self.committed_rounds = resume.round if resume else 0
         if resume is not None:
             self.strategy.restore(resume.strategy_state)
-        self.history: list[dict[str, Any]] = []
+        self.history: list[Mapping[str, Any]] = []  # RoundRecords (stored events if finished)
 
     def _check_initial(self, initial: Sequence[np.ndarray]) -> None:
         if len(initial) != len(self.specs):
@@ -459,7 +460,7 @@ class Coordinator:
                     log.info(waiting.waiting_message(count, known, now - started, timeout, what))
                 self._cv.wait(0.5)
 
-    def run(self) -> list[dict[str, Any]]:
+    def run(self) -> list[Mapping[str, Any]]:
         """Run every round, then the final federated evaluation; returns the round records."""
         cfg = self.config
         if self.resume is not None and self.resume.finished:
@@ -553,7 +554,7 @@ class Coordinator:
         except AggregationError as exc:
             raise RunAborted(f"round {number}: {exc}") from exc
 
-    def _run_round(self, number: int, attempt: int, kind: TaskKind) -> dict[str, Any]:
+    def _run_round(self, number: int, attempt: int, kind: TaskKind) -> RoundRecord:
         cfg = self.config
         if kind == TaskKind.TRAIN:
             self._wait_for_nodes(cfg.min_nodes, f"start round {number}")
@@ -697,9 +698,9 @@ class Coordinator:
                 "time": time.time(),
             }
 
-    def _close_training(self, st: RoundState, duration: float, reason: str) -> dict[str, Any]:
+    def _close_training(self, st: RoundState, duration: float, reason: str) -> RoundRecord:
         cfg = self.config
-        event = {"event": "round", **self._base_event(st, duration)}
+        event = {"event": ROUND, **self._base_event(st, duration)}
         contributions = list(st.reported.values())
         event["reported"] = sorted(st.reported)
         event["examples"] = sum(c.num_examples for c in contributions)
@@ -734,7 +735,8 @@ class Coordinator:
             event["reason"] = failure
             log.warning("round %d not committed: %s", st.number, event["reason"])
             event["duration_s"] = round(time.monotonic() - st.opened_at, 6)
-            self.store.append_event(event)
+            record = RoundRecord(**event)
+            self.store.append_event(record)
         else:
             new_flat = [np.ascontiguousarray(a).reshape(-1) for a in new_global]
             model_path = self.store.write_model(
@@ -769,21 +771,22 @@ class Coordinator:
             if reason:
                 event["note"] = reason
             event["duration_s"] = round(time.monotonic() - st.opened_at, 6)
+            record = RoundRecord(**event)
             self.store.commit_round(
-                st.number, model_path, event, self.strategy.state(st.number), time.time()
+                st.number, model_path, record, self.strategy.state(st.number), time.time()
             )
             # free the old model's chunks before encoding the new one (2x the model at most)
             self._broadcast, st.broadcast, self._model = None, EMPTY_BROADCAST, None
             self._model = self._model_source(model_path, new_flat)
             del new_flat, new_global
             self.committed_rounds = st.number
-        self.history.append(event)
+        self.history.append(record)
         if self.listener is not None:
-            self.listener.round_closed(event)
-        return event
+            self.listener.round_closed(record)
+        return record
 
-    def _close_evaluation(self, st: RoundState, duration: float) -> dict[str, Any]:
-        event = {"event": "evaluate", **self._base_event(st, duration)}
+    def _close_evaluation(self, st: RoundState, duration: float) -> RoundRecord:
+        event = {"event": EVALUATE, **self._base_event(st, duration)}
         items = list(st.evaluations.values())
         event["reported"] = sorted(st.evaluations)
         event["committed"] = True
@@ -794,11 +797,12 @@ class Coordinator:
             nid: {"examples": n, "evaluate": dict(m)}
             for nid, (n, m) in sorted(st.evaluations.items())
         }
-        self.store.append_event(event)
-        self.history.append(event)
+        record = RoundRecord(**event)
+        self.store.append_event(record)
+        self.history.append(record)
         if self.listener is not None:
-            self.listener.round_closed(event)
-        return event
+            self.listener.round_closed(record)
+        return record
 
 
 def _non_finite(specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray]) -> str:
