@@ -42,11 +42,11 @@ def test_sigterm_makes_the_node_leave_cleanly(tmp_path: Path) -> None:
     coord = start_coordinator(tmp_path, rounds=1, min_nodes=2, join_timeout_s=60)
     log = tmp_path / "node.log"
     proc = start_node(coord.address, "leaver", seed=0, log=log)
-    nodes = coord.running.coordinator._nodes
+    coordinator = coord.running.coordinator
     deadline = time.monotonic() + 30
-    while not nodes and time.monotonic() < deadline:
+    while not coordinator.nodes() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert nodes, log.read_text()
+    assert coordinator.nodes(), log.read_text()
 
     # Execute
     proc.send_signal(signal.SIGTERM)
@@ -54,6 +54,6 @@ def test_sigterm_makes_the_node_leave_cleanly(tmp_path: Path) -> None:
 
     # Assert: exit 0 and the coordinator saw it leave
     assert code == 0, log.read_text()
-    (record,) = nodes.values()
+    (record,) = coordinator.nodes().values()
     assert record.finished and not record.alive
     coord.stop()

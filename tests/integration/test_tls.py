@@ -126,7 +126,7 @@ def test_certificate_from_another_ca_fails_the_handshake(
     # Assert: refused before any call reaches the coordinator; the only trace on the
     # coordinator's side is gRPC's own log line (the README says so: no hook, no peer address)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
-    assert coord.running.coordinator._nodes == {}
+    assert coord.running.coordinator.nodes() == {}
     coord.stop()
     assert "Handshake failed with error SSL_ERROR_SSL" in capfd.readouterr().err
 
@@ -157,7 +157,7 @@ def test_node_with_another_cas_bundle_exits_and_its_log_says_what_to_fix(
     assert "TLS handshake failed" in text and "CERTIFICATE_VERIFY_FAILED" in text
     assert "its ca.crt is not the CA that issued the coordinator's certificate" in text
     assert "retrying" not in text
-    assert coord.running.coordinator._nodes == {}
+    assert coord.running.coordinator.nodes() == {}
     coord.stop()
 
 
@@ -182,7 +182,7 @@ def test_node_dialing_a_name_the_coordinators_certificate_lacks_stops_with_a_hin
     assert code == 3, text
     assert "Hostname Verification Check failed" in text and "--tls-server-name" in text
     assert "retrying" not in text
-    assert coord.running.coordinator._nodes == {}
+    assert coord.running.coordinator.nodes() == {}
     coord.stop()
 
 
@@ -200,7 +200,7 @@ def test_client_without_a_certificate_fails_the_handshake(tmp_path: Path, pki: A
     # Assert
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert coord.running.coordinator._nodes == {}
+    assert coord.running.coordinator.nodes() == {}
     coord.stop()
 
 
@@ -222,7 +222,7 @@ def test_expired_certificate_fails_the_handshake_and_the_node_says_so(
     text = log.read_text()
     assert code == 2, text
     assert "old-site) expired on" in text and "fedhive certs node --id old-site" in text
-    assert coord.running.coordinator._nodes == {}
+    assert coord.running.coordinator.nodes() == {}
     coord.stop()
 
 
@@ -244,7 +244,7 @@ def test_revoked_certificate_is_refused_and_named(
     assert "node 'site-b'" in (info.value.details() or "")
     assert "is revoked" in (info.value.details() or "")
     assert any("refused peer site-b" in r.getMessage() for r in caplog.records)
-    assert coord.running.coordinator._nodes == {}
+    assert coord.running.coordinator.nodes() == {}
     coord.stop()
 
 
@@ -266,7 +266,7 @@ def test_revocation_while_joined_is_read_and_the_node_is_removed(
     # Assert
     assert reply.auth.node_id == "site-a"
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    record = coord.running.coordinator._nodes["site-a"]
+    record = coord.running.coordinator.nodes()["site-a"]
     assert record.finished and not record.alive
     coord.stop()
 
@@ -286,7 +286,7 @@ def test_node_not_on_the_allow_list_is_refused(tmp_path: Path, pki: Authority) -
     # Assert
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "node 'site-c' is not on the coordinator's allow-list" in (info.value.details() or "")
-    assert coord.running.coordinator._nodes == {}
+    assert coord.running.coordinator.nodes() == {}
     coord.stop()
 
 
@@ -342,7 +342,7 @@ def test_revoked_node_process_stops_and_says_why(tmp_path: Path, pki: Authority)
     assert code == 1, text
     assert "the coordinator refuses this node's identity" in text
     assert "the certificate of node 'site-c'" in text and "is revoked" in text
-    assert coord.running.coordinator._nodes == {}
+    assert coord.running.coordinator.nodes() == {}
     coord.stop()
 
 
@@ -373,7 +373,7 @@ def test_secure_aggregation_under_mtls_with_ca_certified_identities(
     assert codes == [0, 0, 0], [p.read_text() for p in logs]
     rounds = [e for e in history if e["event"] == "round"]
     assert [(e["committed"], e["reported"]) for e in rounds] == [(True, NODES)] * 2
-    nodes = coord.running.coordinator._nodes
+    nodes = coord.running.coordinator.nodes()
     assert all(nodes[n].identity_cert for n in NODES)
     assert all(e["bytes_in"] == 3 * 4 * 1001 for e in rounds)  # masked words, not floats
 
@@ -403,7 +403,7 @@ def test_join_with_another_nodes_identity_certificate_is_refused(
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "names 'site-b', not 'site-a'" in str(info.value.details())
     assert "refused node site-a" in caplog.text
-    assert "site-a" not in coord.running.coordinator._nodes
+    assert "site-a" not in coord.running.coordinator.nodes()
 
 
 def test_one_member_cannot_hold_more_than_two_upload_streams(

@@ -258,7 +258,7 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
 
 def serve(
     config: ServerConfig, listener: RoundListener | None = None, *, freeze_startup: bool = False
-) -> list[dict[str, Any]]:
+) -> list[Mapping[str, Any]]:
     """Start, run every round, stop. SIGTERM/SIGINT stop the run cleanly. ``freeze_startup``
     (the ``fedhive server`` command): start up without cyclic GC, then freeze what start-up built
     (:func:`fedhive.common.memory.startup_gc`; not for a process that serves repeatedly)."""

@@ -1,8 +1,9 @@
 """The round engine. Imports no grpc: the servicer (or a test) calls the node-facing methods.
 
 Node-facing, thread-safe: :meth:`Coordinator.join`, :meth:`pull`, :meth:`open_update` (returns an
-:class:`UpdateSession` that takes checked chunks and a trailer), :meth:`report_evaluation`,
-:meth:`heartbeat`, :meth:`leave`. The driver, :meth:`Coordinator.run`, loops over rounds:
+:class:`~fedhive.server.rounds.UpdateSession` that takes checked chunks and a trailer),
+:meth:`report_evaluation`, :meth:`heartbeat`, :meth:`leave`. The driver, :meth:`Coordinator.run`,
+loops over rounds:
 
     wait for ``min_nodes`` -> select a fraction -> open the round (every selected node's pull now
     returns the task) -> collect until all selected nodes reported, were refused or dropped, or the
@@ -15,41 +16,33 @@ on arrival, length and digest at the end); a refused or broken update leaves no 
 Identity: under mutual TLS the servicer passes each call's verified certificate name as
 ``peer_id``. A node joined with a ``peer_id`` *is* that id, and every later call must come from the
 same identity as well as carry the node's token (a token is useless with another certificate).
+The node registry (:mod:`fedhive.server.registry`) checks both; the engine calls it under its lock.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import math
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from fedhive.common import serde
-from fedhive.common.chunks import Chunk, StreamChecker
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import (
-    AccessDeniedError,
     AggregationError,
     ConfigError,
     CoordinatorStopping,
     DuplicateUpdateError,
     FedhiveError,
-    InvalidUpdateError,
-    LimitExceededError,
     NotSelectedError,
-    PkiError,
     RequestRefused,
     StaleRoundError,
-    UnknownNodeError,
 )
 from fedhive.common.messages import (
     EvaluationReport,
@@ -62,6 +55,7 @@ from fedhive.common.messages import (
     UpdateHeader,
     UpdateTrailer,
 )
+from fedhive.common.record import EVALUATE, KINDS, ROUND, RoundRecord
 from fedhive.common.secagg.messages import SecAggReply, SecAggRequest
 from fedhive.common.tensors import TensorSpec, check_finite, payload_bytes, raw_view
 from fedhive.server import waiting
@@ -74,9 +68,17 @@ from fedhive.server.broadcast import (
     FileModel,
     ModelSource,
 )
-from fedhive.server.limits import check_examples, make_room, wire_wait
+from fedhive.server.limits import check_examples, wire_wait
+from fedhive.server.registry import NodeRecord, NodeRegistry
+from fedhive.server.rounds import (
+    Contribution,
+    RoundState,
+    UpdateSession,
+    check_header,
+    check_open,
+)
 from fedhive.server.secure import SecureRound, finalize_secure, open_secure_round, watch_secure
-from fedhive.server.spool import Spool, SpoolBudget
+from fedhive.server.spool import SpoolBudget
 from fedhive.server.store import ResumePoint, RunStore
 from fedhive.server.strategy import Aggregator
 
@@ -85,7 +87,7 @@ log = logging.getLogger("fedhive.server")
 MAX_PULL_WAIT_S = 60.0
 PULL_CHECK_S = 0.5  # a waiting pull checks this often whether its caller is still there
 DEFAULT_SPOOL_MEMORY = 256 << 20
-RECORDS = ("round", "evaluate")  # the events a run's history (its summary) is made of
+RECORDS = KINDS  # the events a run's history (its summary) is made of
 
 
 class RunAborted(FedhiveError):
@@ -103,140 +105,10 @@ STOPPING = "the coordinator is stopping"
 class RoundListener(Protocol):
     def round_opened(self, round_: int, kind: str, selected: Sequence[str]) -> None: ...
     def update_received(self, round_: int, received: int, expected: int, bytes_in: int) -> None: ...
-    def round_closed(self, event: Mapping[str, Any]) -> None: ...
+    def round_closed(self, event: RoundRecord) -> None: ...
 
 
 Evaluator = Callable[[int, Sequence[TensorSpec], Sequence[np.ndarray]], Mapping[str, float] | None]
-
-
-@dataclass
-class NodeRecord:
-    node_id: str
-    name: str
-    device: str
-    num_examples: int
-    token_sha256: bytes
-    last_seen: float
-    alive: bool = True
-    finished: bool = False
-    peer_id: str | None = None
-    identity_key: bytes = b""  # Ed25519 public key, for secure aggregation
-    identity_cert: bytes = b""  # its CA certificate (DER), verified at join (mutual TLS)
-
-
-@dataclass
-class Contribution:
-    node_id: str
-    num_examples: int
-    metrics: Mapping[str, float]
-    eval_metrics: Mapping[str, float]
-    eval_examples: int
-    bytes_in: int
-    upload_s: float
-
-
-@dataclass
-class RoundState:
-    number: int
-    attempt: int
-    kind: TaskKind
-    selected: set[str]
-    deadline: float
-    opened_at: float
-    broadcast: Broadcast
-    pulled: set[str] = field(default_factory=set)
-    reported: dict[str, Contribution] = field(default_factory=dict)
-    evaluations: dict[str, tuple[int, Mapping[str, float]]] = field(default_factory=dict)
-    refused: dict[str, str] = field(default_factory=dict)
-    dropped: set[str] = field(default_factory=set)
-    uploads: dict[str, UpdateSession] = field(default_factory=dict)  # in flight, by node id
-    folding: int = 0
-    closed: bool = False
-    bytes_in: int = 0
-    bytes_out: int = 0
-    secure: SecureRound | None = None  # a SecAgg+ round: masked uploads, folded by it
-    gone: set[str] = field(default_factory=set)  # reported to `secure` as dropped
-
-    @property
-    def upload_specs(self) -> list[TensorSpec] | None:
-        return self.secure.upload_specs if self.secure is not None else None
-
-    def pending(self) -> set[str]:
-        return (
-            self.selected
-            - set(self.reported)
-            - set(self.evaluations)
-            - set(self.refused)
-            - self.dropped
-        )
-
-
-class UpdateSession:
-    """One update stream: chunks are checked and staged; the trailer commits or nothing does."""
-
-    def __init__(
-        self,
-        coord: Coordinator,
-        node: NodeRecord,
-        state: RoundState,
-        header: UpdateHeader,
-        cancel: Callable[[], None] | None = None,
-    ):
-        self._coord = coord
-        # ends the stream from the coordinator's side (the transport's cancel): an upload still
-        # open when its round closes is cut off, so its handler and staging buffer are freed
-        self.cancel = cancel
-        self.node = node
-        self.state = state
-        self.header = header
-        self.num_examples = header.num_examples
-        self.started = time.monotonic()
-        cfg = coord.config
-        specs = state.upload_specs or coord.specs
-        self.checker = StreamChecker(
-            specs,
-            max_chunk_size=cfg.chunk_size,
-            max_payload_bytes=cfg.max_update_bytes,
-            what=f"update from {node.node_id} for round {state.number}",
-        )
-        self._offsets = np.cumsum([0] + [s.nbytes for s in specs]).tolist()
-        self.spool = Spool(
-            self.checker.total, coord.spool_budget, cfg.spool_dir, wait_s=cfg.spool_wait_s
-        )
-        self.done = False
-
-    # -- StagedUpdate
-    @property
-    def peaks(self) -> list[float]:
-        """The largest |value| per tensor (bounds what this update adds to a sum)."""
-        return self.checker.peaks
-
-    def pieces(self, tensor: int) -> Iterator[memoryview]:
-        begin, end = self._offsets[tensor], self._offsets[tensor + 1]
-        return self.spool.pieces(begin, end - begin)
-
-    def add_chunk(self, chunk: Chunk) -> None:
-        self.checker.check(chunk)
-        self.spool.write(chunk.data)
-        self.checker.advance(chunk)
-
-    def finish(self, trailer: UpdateTrailer) -> Contribution:
-        self.checker.finish(trailer.digest)
-        check_examples(trailer.eval_examples, self._coord.config.max_node_examples, "eval_examples")
-        try:
-            return self._coord._commit(self, trailer)
-        finally:
-            self._close()
-
-    def abort(self, reason: str) -> None:
-        if self.done:
-            return
-        self._close()
-        self._coord._refuse(self, reason)
-
-    def _close(self) -> None:
-        self.done = True
-        self.spool.close()
 
 
 class Coordinator:
@@ -268,8 +140,6 @@ class Coordinator:
         self.evaluator = evaluator
         self.listener = listener
         self.resume = resume
-        # (identity certificate DER, node id) -> its raw Ed25519 key; raises PkiError
-        self.identity_verifier = identity_verifier
         self.run_id = resume.run_id if resume else (run_id or secrets.token_hex(8))
         self.model_bytes = payload_bytes(self.specs)
         budget = config.spool_memory_bytes
@@ -294,8 +164,9 @@ class Coordinator:
         del initial
         self._cv = threading.Condition()
         self._fold_lock = threading.Lock()
-        self._nodes: dict[str, NodeRecord] = {}
-        self._next_node = resume.next_node_seq if resume else 0
+        self.registry = NodeRegistry(
+            config, store, resume=resume, identity_verifier=identity_verifier
+        )
         self._round: RoundState | None = None
         self._broadcast: Broadcast | None = None
         self._broadcast_kind: tuple[int, TaskKind] | None = None
@@ -304,19 +175,7 @@ class Coordinator:
         self.committed_rounds = resume.round if resume else 0
         if resume is not None:
             self.strategy.restore(resume.strategy_state)
-            for node_id, name, token_sha256 in store.nodes():
-                self._nodes[node_id] = NodeRecord(
-                    node_id,
-                    name,
-                    "?",
-                    config.max_node_examples,  # its declaration is lost: the policy's cap
-                    token_sha256,
-                    time.monotonic(),
-                    alive=False,
-                    # under mutual TLS a node's id is its certificate name
-                    peer_id=None if config.insecure else node_id,
-                )
-        self.history: list[dict[str, Any]] = []
+        self.history: list[Mapping[str, Any]] = []  # RoundRecords (stored events if finished)
 
     def _check_initial(self, initial: Sequence[np.ndarray]) -> None:
         if len(initial) != len(self.specs):
@@ -332,114 +191,36 @@ class Coordinator:
     def join(self, req: JoinRequest, peer_id: str | None = None) -> JoinReply:
         """A node joins; with ``peer_id`` (its verified certificate name) that is its node id,
         and joining again under the same identity replaces the old session."""
-        if not req.name or len(req.name) > 128:
-            raise InvalidUpdateError("node name must be 1-128 characters")
-        if req.protocol_version != 1:
-            raise InvalidUpdateError(
-                f"protocol version {req.protocol_version} is not supported (1)"
-            )
-        cap = self.config.max_node_examples
-        if req.num_examples > cap:
-            raise LimitExceededError(
-                f"node {req.name!r} declares {req.num_examples} examples; this coordinator "
-                f"accepts at most {cap} per node (max_node_examples)"
-            )
-        identity_key, identity_cert = self._identity(req, peer_id)
+        identity = self.registry.check_join(req, peer_id)
         with self._cv:
-            cfg = self.config
             st = self._round
-            make_room(
-                self._nodes,
-                cfg.max_registered_nodes,
-                max(cfg.node_expiry_s, cfg.heartbeat_timeout_s),
-                st.pending() | set(st.uploads) if st is not None and not st.closed else (),
-                peer_id,
-            )
-            self._next_node += 1
-            node_id = peer_id if peer_id is not None else f"{req.name}-{self._next_node}"
-            again = node_id in self._nodes
-            token = secrets.token_bytes(32)
-            digest = hashlib.sha256(token).digest()
-            self.store.add_node(node_id, req.name, token, self._next_node)
-            self._nodes[node_id] = NodeRecord(
-                node_id,
-                peer_id or req.name,
-                req.device,
-                req.num_examples,
-                digest,
-                time.monotonic(),
-                peer_id=peer_id,
-                identity_key=identity_key,
-                identity_cert=identity_cert,
-            )
+            busy = st.pending() | set(st.uploads) if st is not None and not st.closed else ()
+            auth, again = self.registry.register(req, peer_id, identity, busy)
             self._cv.notify_all()
         log.info(
             "node %s %s (device=%s, examples=%d%s)",
-            node_id,
+            auth.node_id,
             "joined again" if again else "joined",
             req.device,
             req.num_examples,
             ", identity from its certificate" if peer_id is not None else "",
         )
-        return JoinReply(NodeAuth(node_id, token), self.run_id, self.config.heartbeat_interval_s)
+        return JoinReply(auth, self.run_id, self.config.heartbeat_interval_s)
 
-    def _identity(self, req: JoinRequest, peer_id: str | None) -> tuple[bytes, bytes]:
-        """The node's secure-aggregation identity key (and certificate) as it may be relayed.
-
-        Under mutual TLS only a key certified by the consortium CA for this very node counts:
-        a bad certificate refuses the join; none leaves the node out of secure rounds. Without
-        TLS the key is taken as sent (trust on first use)."""
-        if peer_id is None or self.identity_verifier is None:
-            return req.identity_key, b""
-        if not req.identity_cert:
-            if req.identity_key:
-                log.warning(
-                    "node %s sent an identity key without its certificate: it cannot take part "
-                    "in secure aggregation (issue one with `fedhive certs node`)",
-                    peer_id,
-                )
-            return b"", b""
-        try:
-            key = self.identity_verifier(req.identity_cert, peer_id)
-        except PkiError as exc:
-            log.warning("refused node %s: %s", peer_id, exc)
-            raise AccessDeniedError(f"secure-aggregation identity refused: {exc}") from exc
-        if req.identity_key and not hmac.compare_digest(key, req.identity_key):
-            log.warning("refused node %s: identity key and certificate differ", peer_id)
-            raise AccessDeniedError(
-                "secure-aggregation identity refused: the identity key is not the one its "
-                "certificate names"
-            )
-        return key, req.identity_cert
+    def nodes(self) -> dict[str, NodeRecord]:
+        """A snapshot of the node registry, by node id."""
+        with self._cv:
+            return self.registry.snapshot()
 
     def _auth(self, auth: NodeAuth, peer_id: str | None = None) -> NodeRecord:
-        node = self._nodes.get(auth.node_id)
-        given = hashlib.sha256(auth.token).digest()
-        if node is None or not hmac.compare_digest(node.token_sha256, given):
-            raise UnknownNodeError(
-                f"unknown node {auth.node_id!r} or wrong token (not joined, or the coordinator "
-                "restarted): join again"
-            )
-        if node.peer_id != peer_id:
-            log.warning("refused peer %s: it presented the token of node %s", peer_id, node.node_id)
-            raise AccessDeniedError(
-                f"the certificate of {peer_id!r} cannot act for node {node.node_id!r}"
-            )
-        node.last_seen = time.monotonic()
-        if not node.alive:
-            node.alive = True
-            log.info("node %s is back", node.node_id)
-        return node
+        return self.registry.auth(auth, peer_id)
 
     def evict_peer(self, peer_id: str, reason: object) -> None:
         """The gate refused this identity (e.g. its certificate was just revoked): it leaves the
         run now, and its pending round stops waiting for it."""
         with self._cv:
-            node = self._nodes.get(peer_id)
-            if node is None or node.peer_id != peer_id or node.finished:
+            if not self.registry.evict(peer_id):
                 return
-            node.alive = False
-            node.finished = True
             if self._round is not None and peer_id in self._round.pending():
                 self._round.dropped.add(peer_id)
             self._cv.notify_all()
@@ -454,8 +235,7 @@ class Coordinator:
     def leave(self, auth: NodeAuth, reason: str = "", peer_id: str | None = None) -> None:
         with self._cv:
             node = self._auth(auth, peer_id)
-            node.alive = False
-            node.finished = True
+            self.registry.leave(node)
             st = self._round
             if st is not None and (
                 node.node_id in st.pending()
@@ -536,39 +316,23 @@ class Coordinator:
     ) -> UpdateSession:
         with self._cv:
             node = self._auth(header.auth, peer_id)
-            st = self._round
-            if st is None or st.kind != TaskKind.TRAIN or header.round != st.number:
-                current = (
-                    "no training round"
-                    if st is None or st.kind != TaskKind.TRAIN
-                    else (f"round {st.number}")
-                )
-                raise StaleRoundError(
-                    f"update from {node.node_id} is for round {header.round}, but {current} is open"
-                )
-            if st.closed:
-                raise StaleRoundError(
-                    f"update from {node.node_id} for round {st.number} is late: the round is closed"
-                )
             nid = node.node_id
-            if nid in st.reported:
-                raise DuplicateUpdateError(
-                    f"node {nid} already sent its update for round {st.number}"
-                )
-            if nid in st.uploads:
-                raise DuplicateUpdateError(
-                    f"node {nid} is already uploading an update for round {st.number}"
-                )
-            if nid not in st.selected:
-                raise NotSelectedError(f"node {nid} is not selected for round {st.number}")
-            if nid in st.refused:
-                raise NotSelectedError(
-                    f"node {nid} was dropped from round {st.number} after a refused update "
-                    f"({st.refused[nid]}); it may take part again next round"
-                )
+            st = check_open(self._round, nid, header.round)
+            st.admit(nid)
+            specs = st.upload_specs or self.specs
             try:
-                self._check_header(header, nid, st.upload_specs or self.specs)
-                session = UpdateSession(self, node, st, header, cancel)
+                check_header(header, nid, node.num_examples, specs, self.config.max_update_bytes)
+                session = UpdateSession(
+                    nid,
+                    st,
+                    header,
+                    specs,
+                    self.config,
+                    self.spool_budget,
+                    commit=self._commit,
+                    refuse=self._refuse,
+                    cancel=cancel,
+                )
             except RequestRefused as exc:
                 st.refused[nid] = str(exc)
                 self._cv.notify_all()
@@ -577,51 +341,15 @@ class Coordinator:
             st.uploads[nid] = session
             return session
 
-    def _check_header(self, header: UpdateHeader, nid: str, want: list[TensorSpec]) -> None:
-        what = f"update from {nid}"
-        if header.num_examples <= 0:
-            raise InvalidUpdateError(
-                f"{what}: example count must be > 0, got {header.num_examples}"
-            )
-        declared = self._nodes[nid].num_examples
-        if header.num_examples > declared:
-            raise InvalidUpdateError(
-                f"{what}: claims {header.num_examples} examples, more than the {declared} it "
-                "declared at join"
-            )
-        got = header.tensors
-        if len(got) != len(want):
-            raise InvalidUpdateError(
-                f"{what}: {len(got)} tensors, the global model has {len(want)}"
-            )
-        for i, (g, w) in enumerate(zip(got, want, strict=True)):
-            if g.name != w.name:
-                raise InvalidUpdateError(f"{what}: tensor {i} is {g.name!r}, expected {w.name!r}")
-            if g.dtype != w.dtype:
-                raise InvalidUpdateError(
-                    f"{what}: tensor {w.name!r} has dtype {g.dtype}, expected {w.dtype}"
-                )
-            if g.shape != w.shape:
-                raise InvalidUpdateError(
-                    f"{what}: tensor {w.name!r} has shape {list(g.shape)}, expected {list(w.shape)}"
-                )
-        limit = self.config.max_update_bytes
-        size = payload_bytes(want)
-        if limit is not None and size > limit:
-            raise LimitExceededError(f"{what}: {size} bytes exceeds the limit {limit}")
-
     def _commit(self, session: UpdateSession, trailer: UpdateTrailer) -> Contribution:
         st = session.state
-        nid = session.node.node_id
+        nid = session.node_id
         with self._cv:
-            st.uploads.pop(nid, None)
-            if st.closed or self._round is not st:
+            try:
+                st.start_fold(nid, current=self._round is st)
+            except StaleRoundError:
                 self._cv.notify_all()
-                raise StaleRoundError(
-                    f"update from {nid} for round {st.number} is late: the round closed before "
-                    "its upload completed"
-                )
-            st.folding += 1
+                raise
         try:
             if st.secure is not None:  # serialised by the SecAgg round itself
                 st.secure.fold(nid, session.pieces(0))
@@ -631,31 +359,18 @@ class Coordinator:
         except RequestRefused as exc:  # e.g. it would overflow the aggregate: nothing was folded
             refusal = type(exc)(f"update from {nid} for round {st.number}: {exc}")
             with self._cv:
-                st.folding -= 1
-                st.refused[nid] = str(refusal)
+                st.fold_failed(nid, str(refusal))
                 self._cv.notify_all()
             log.warning("refused update: %s", refusal)
             raise refusal from exc
         except Exception:
             with self._cv:
-                st.folding -= 1
-                st.refused[nid] = "aggregation failed"
+                st.fold_failed(nid, "aggregation failed")
                 self._cv.notify_all()
             raise
-        contribution = Contribution(
-            node_id=nid,
-            num_examples=session.num_examples,
-            metrics=dict(trailer.metrics),
-            eval_metrics=dict(trailer.eval_metrics),
-            eval_examples=trailer.eval_examples,
-            bytes_in=session.checker.received,
-            upload_s=time.monotonic() - session.started,
-        )
+        contribution = session.contribution(trailer)
         with self._cv:
-            st.folding -= 1
-            st.reported[nid] = contribution
-            st.bytes_in += contribution.bytes_in
-            received, expected, bytes_in = len(st.reported), len(st.selected), st.bytes_in
+            received, expected, bytes_in = st.folded(contribution)
             self._cv.notify_all()
         if self.listener is not None:
             self.listener.update_received(st.number, received, expected, bytes_in)
@@ -663,12 +378,9 @@ class Coordinator:
 
     def _refuse(self, session: UpdateSession, reason: str) -> None:
         st = session.state
-        nid = session.node.node_id
+        nid = session.node_id
         with self._cv:
-            if st.uploads.get(nid) is session:
-                del st.uploads[nid]
-            if nid not in st.reported:
-                st.refused[nid] = reason
+            st.drop_upload(session, reason)
             self._cv.notify_all()
         log.warning("refused update from %s for round %d: %s", nid, st.number, reason)
 
@@ -728,42 +440,27 @@ class Coordinator:
             self.model_bytes,
         )
 
-    def _alive(self) -> list[NodeRecord]:
-        now = time.monotonic()
-        out = []
-        for node in self._nodes.values():
-            if node.alive and now - node.last_seen > self.config.heartbeat_timeout_s:
-                node.alive = False
-                log.warning("node %s missed its heartbeats; considered gone", node.node_id)
-            if node.alive and not node.finished:
-                out.append(node)
-        return out
-
     def _wait_for_nodes(self, count: int, what: str) -> None:
         started = time.monotonic()
         deadline = started + self.config.join_timeout_s
         say = waiting.WaitLog(started, waiting.WAIT_LOG_INTERVAL_S)
         with self._cv:
-            while len(self._alive()) < count:
+            while len(self.registry.alive()) < count:
                 if self._stop.is_set():
                     raise RunStopped("stopped while waiting for nodes")
                 if time.monotonic() >= deadline:
                     raise RunAborted(
-                        f"only {len(self._alive())} of the {count} nodes needed joined within "
-                        f"{self.config.join_timeout_s:g}s"
+                        f"only {len(self.registry.alive())} of the {count} nodes needed joined "
+                        f"within {self.config.join_timeout_s:g}s"
                     )
                 now = time.monotonic()
                 if say.due(now):
-                    alive = {n.node_id for n in self._alive()}
-                    known = [
-                        waiting.Known(n.node_id, n.node_id in alive, n.finished)
-                        for n in self._nodes.values()
-                    ]
+                    known = self.registry.known()
                     timeout = self.config.join_timeout_s
                     log.info(waiting.waiting_message(count, known, now - started, timeout, what))
                 self._cv.wait(0.5)
 
-    def run(self) -> list[dict[str, Any]]:
+    def run(self) -> list[Mapping[str, Any]]:
         """Run every round, then the final federated evaluation; returns the round records."""
         cfg = self.config
         if self.resume is not None and self.resume.finished:
@@ -846,9 +543,7 @@ class Coordinator:
             self._finished = True
             self._round = None
             self._cv.notify_all()
-            while time.monotonic() < deadline and any(
-                n.alive and not n.finished for n in self._nodes.values()
-            ):
+            while time.monotonic() < deadline and self.registry.any_active():
                 self._cv.wait(0.1)
 
     def _select(self, number: int, attempt: int, alive: list[NodeRecord]) -> set[str]:
@@ -859,7 +554,7 @@ class Coordinator:
         except AggregationError as exc:
             raise RunAborted(f"round {number}: {exc}") from exc
 
-    def _run_round(self, number: int, attempt: int, kind: TaskKind) -> dict[str, Any]:
+    def _run_round(self, number: int, attempt: int, kind: TaskKind) -> RoundRecord:
         cfg = self.config
         if kind == TaskKind.TRAIN:
             self._wait_for_nodes(cfg.min_nodes, f"start round {number}")
@@ -876,7 +571,7 @@ class Coordinator:
             if not secure_mode:  # a secure round sums masked words itself
                 self.strategy.begin(self.specs, self.store.model_path(self.committed_rounds))
         with self._cv:
-            alive = self._alive()
+            alive = self.registry.alive()
             if secure_mode:  # only nodes that sent an identity key can take part
                 alive = [n for n in alive if n.identity_key]
             selected = (
@@ -884,10 +579,9 @@ class Coordinator:
                 if kind == TaskKind.TRAIN
                 else {n.node_id for n in alive}
             )
-            keys = {u: self._nodes[u].identity_key for u in selected}
-            certs = {
-                u: self._nodes[u].identity_cert for u in selected if self._nodes[u].identity_cert
-            }
+            chosen = [self.registry[u] for u in selected]
+            keys = {n.node_id: n.identity_key for n in chosen}
+            certs = {n.node_id: n.identity_cert for n in chosen if n.identity_cert}
         secure: SecureRound | None = None
         deadline = time.monotonic() + cfg.round_timeout_s
         if secure_mode:  # parameters differ per attempt: encode the broadcast each time
@@ -921,17 +615,9 @@ class Coordinator:
             while True:
                 now = time.monotonic()
                 watched = st.pending() if secure is None else st.selected - st.dropped
-                for nid in list(watched):
-                    node = self._nodes.get(nid)
-                    if nid not in st.uploads and (
-                        node is None
-                        or not node.alive
-                        or now - node.last_seen > cfg.heartbeat_timeout_s
-                    ):
-                        if node is not None:
-                            node.alive = False
-                        st.dropped.add(nid)
-                        log.warning("round %d: node %s dropped (no heartbeat)", number, nid)
+                for nid in self.registry.silent([n for n in watched if n not in st.uploads], now):
+                    st.dropped.add(nid)
+                    log.warning("round %d: node %s dropped (no heartbeat)", number, nid)
                 if secure is not None:
                     if watch_secure(st, secure):
                         break
@@ -968,7 +654,7 @@ class Coordinator:
                 log.warning(
                     "round %d: cancelling the unfinished upload from %s",
                     number,
-                    session.node.node_id,
+                    session.node_id,
                 )
                 session.cancel()
 
@@ -1012,9 +698,9 @@ class Coordinator:
                 "time": time.time(),
             }
 
-    def _close_training(self, st: RoundState, duration: float, reason: str) -> dict[str, Any]:
+    def _close_training(self, st: RoundState, duration: float, reason: str) -> RoundRecord:
         cfg = self.config
-        event = {"event": "round", **self._base_event(st, duration)}
+        event = {"event": ROUND, **self._base_event(st, duration)}
         contributions = list(st.reported.values())
         event["reported"] = sorted(st.reported)
         event["examples"] = sum(c.num_examples for c in contributions)
@@ -1049,7 +735,8 @@ class Coordinator:
             event["reason"] = failure
             log.warning("round %d not committed: %s", st.number, event["reason"])
             event["duration_s"] = round(time.monotonic() - st.opened_at, 6)
-            self.store.append_event(event)
+            record = RoundRecord(**event)
+            self.store.append_event(record)
         else:
             new_flat = [np.ascontiguousarray(a).reshape(-1) for a in new_global]
             model_path = self.store.write_model(
@@ -1084,21 +771,22 @@ class Coordinator:
             if reason:
                 event["note"] = reason
             event["duration_s"] = round(time.monotonic() - st.opened_at, 6)
+            record = RoundRecord(**event)
             self.store.commit_round(
-                st.number, model_path, event, self.strategy.state(st.number), time.time()
+                st.number, model_path, record, self.strategy.state(st.number), time.time()
             )
             # free the old model's chunks before encoding the new one (2x the model at most)
             self._broadcast, st.broadcast, self._model = None, EMPTY_BROADCAST, None
             self._model = self._model_source(model_path, new_flat)
             del new_flat, new_global
             self.committed_rounds = st.number
-        self.history.append(event)
+        self.history.append(record)
         if self.listener is not None:
-            self.listener.round_closed(event)
-        return event
+            self.listener.round_closed(record)
+        return record
 
-    def _close_evaluation(self, st: RoundState, duration: float) -> dict[str, Any]:
-        event = {"event": "evaluate", **self._base_event(st, duration)}
+    def _close_evaluation(self, st: RoundState, duration: float) -> RoundRecord:
+        event = {"event": EVALUATE, **self._base_event(st, duration)}
         items = list(st.evaluations.values())
         event["reported"] = sorted(st.evaluations)
         event["committed"] = True
@@ -1109,11 +797,12 @@ class Coordinator:
             nid: {"examples": n, "evaluate": dict(m)}
             for nid, (n, m) in sorted(st.evaluations.items())
         }
-        self.store.append_event(event)
-        self.history.append(event)
+        record = RoundRecord(**event)
+        self.store.append_event(record)
+        self.history.append(record)
         if self.listener is not None:
-            self.listener.round_closed(event)
-        return event
+            self.listener.round_closed(record)
+        return record
 
 
 def _non_finite(specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray]) -> str:

@@ -96,6 +96,7 @@ class RichProgress:
             )
 
     def round_closed(self, event: Mapping[str, Any]) -> None:
+        """``event``: a RoundRecord (fedhive.common.record), or a stored event line like it."""
         with self._lock:
             if self._task is not None:
                 self.progress.remove_task(self._task)

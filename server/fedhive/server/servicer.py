@@ -28,9 +28,10 @@ from fedhive.common.errors import (
 )
 from fedhive.common.messages import NodeAuth, UpdateHeader, UpdateMessage, UpdateTrailer
 from fedhive.proto.v1 import coordinator_pb2 as pb
-from fedhive.server.coordinator import Coordinator, UpdateSession
+from fedhive.server.coordinator import Coordinator
 from fedhive.server.identity import PeerGate
 from fedhive.server.limits import Admission, Watchdog, wire_wait
+from fedhive.server.rounds import UpdateSession
 from fedhive.server.secure import MAX_STEP_WAIT_S
 
 log = logging.getLogger("fedhive.server.grpc")

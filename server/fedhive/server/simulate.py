@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env))
     console.print(f"coordinator on {address}; {ns.nodes} node processes (logs in {logs})")
     code = 0
-    history: list[dict[str, Any]] | None = None
+    history: list[Mapping[str, Any]] | None = None
     try:
         with progress if config.progress else contextlib.nullcontext():
             history = running.coordinator.run()

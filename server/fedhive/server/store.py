@@ -245,7 +245,7 @@ class RunStore:
     ) -> None:
         """One transaction: the round, its model's digest, the strategy state, its event."""
         digest = self._written.pop(model_path, None) or file_sha256(model_path)
-        line = json.dumps(event, sort_keys=True, separators=(",", ":")) if event else None
+        line = _event_line(event) if event else None
         with self._lock:
             db = self._connect()
             with db:
@@ -293,7 +293,7 @@ class RunStore:
     # ------------------------------------------------------------------ events
 
     def append_event(self, event: Mapping[str, Any]) -> None:
-        line = json.dumps(event, sort_keys=True, separators=(",", ":"))
+        line = _event_line(event)
         with self._lock:
             db = self._connect()
             with db:
@@ -321,3 +321,8 @@ class RunStore:
         with self._lock:
             rows = self._connect().execute("SELECT body FROM events ORDER BY id").fetchall()
         return [json.loads(r[0]) for r in rows]
+
+
+def _event_line(event: Mapping[str, Any]) -> str:
+    """One events.jsonl line (a RoundRecord leaves out its absent fields)."""
+    return json.dumps(dict(event), sort_keys=True, separators=(",", ":"))
