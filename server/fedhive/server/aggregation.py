@@ -30,6 +30,7 @@ import numpy as np
 from fedhive.common.errors import AggregationError, FedhiveError
 from fedhive.common.safetensors_io import SafetensorsFile, write_safetensors
 from fedhive.common.tensors import DTYPES, TensorSpec, raw_view
+from fedhive.server.store import file_sha256
 from fedhive.server.strategy.base import Aggregator
 from fedhive.server.strategy.fedavg import FedAvg
 
@@ -189,7 +190,7 @@ class StrategyHost:
         if arrays is None:
             return
         path = self.models_dir / str(arrays["file"])
-        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+        digest = file_sha256(path) if path.is_file() else ""
         if digest != arrays["sha256"]:
             raise FedhiveError(f"{path}: the strategy state is missing or damaged")
         restore_arrays = getattr(self.aggregator, "restore_arrays", None)

@@ -38,6 +38,7 @@ from fedhive.server.identity import PeerGate, server_credentials, server_tls
 from fedhive.server.limits import Watchdog
 from fedhive.server.servicer import SERVICE, CoordinatorServicer, generic_handler
 from fedhive.server.store import RunStore, StoreError
+from fedhive.server.strategy.base import Aggregator
 from fedhive.server.strategy.registry import build_strategy, sum_only
 
 log = logging.getLogger("fedhive.server")
@@ -163,10 +164,10 @@ def serve_health(server: grpc.Server) -> health.HealthServicer:
     return servicer
 
 
-def check_strategy(config: ServerConfig) -> None:
-    """Refuse, before the run is created, a strategy that cannot be built with its arguments or
-    that cannot run under the run's secure aggregation."""
-    build_strategy(config.strategy, config.strategy_args)
+def check_strategy(config: ServerConfig) -> Aggregator:
+    """The run's strategy, built before the run is created: refused if it cannot be built with its
+    arguments or cannot run under the run's secure aggregation."""
+    aggregator = build_strategy(config.strategy, config.strategy_args, config.run_dir / "updates")
     if config.secure_aggregation != "none" and not sum_only(config.strategy):
         raise ConfigError(
             f"strategy = {config.strategy!r} must see each update, but secure_aggregation = "
@@ -174,6 +175,7 @@ def check_strategy(config: ServerConfig) -> None:
             "that needs only the sum (fedavg, fedavgm, fedadam, fedyogi, fedadagrad) or no secure "
             "aggregation"
         )
+    return aggregator
 
 
 def start_server(config: ServerConfig, listener: RoundListener | None = None) -> RunningServer:
@@ -190,7 +192,7 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
         ),
     )
     check_train_config(task, config)
-    check_strategy(config)
+    aggregator = check_strategy(config)
     specs, arrays = initial_model(task)
     store = RunStore(config.run_dir)
     settings = config.model_dump(mode="json")
@@ -213,7 +215,7 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
         specs,
         arrays,
         store,
-        aggregator=build_strategy(config.strategy, config.strategy_args, store.run_dir / "updates"),
+        aggregator=aggregator,
         evaluator=evaluator,
         listener=listener,
         run_id=run_id,

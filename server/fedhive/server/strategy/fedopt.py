@@ -98,10 +98,11 @@ class ServerOptimizing:
         mean: list[np.ndarray],
         global_raw: Sequence[np.ndarray],
     ) -> list[np.ndarray]:
-        """The step from a round's mean computed elsewhere (SecAgg+'s unmasked sum)."""
+        """The step from a round's mean computed elsewhere (SecAgg+'s unmasked sum); the mean's
+        arrays are consumed (the new values are written over them where they are writable)."""
         self.specs = list(specs)
         self._global = global_raw
-        return self._step([np.array(a, copy=True).reshape(-1) for a in mean])
+        return self._step([np.ascontiguousarray(a).reshape(-1) for a in mean])
 
     def _step(self, averaged: list[np.ndarray]) -> list[np.ndarray]:
         t = self.steps + 1
