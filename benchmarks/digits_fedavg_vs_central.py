@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from fedhive.common.task import TaskContext
+from fedhive.common.api.task import TaskContext
 from fedhive.common.tasks.digits import DigitsTask
 from fedhive.common.tasks.training import Trainer
 

@@ -50,7 +50,7 @@ def main() -> int:
     from fedhive.client.node import Node
     from fedhive.client.transport import GrpcTransport
     from fedhive.common.config import ClientConfig
-    from fedhive.common.memory import tune_malloc
+    from fedhive.common.runtime.memory import tune_malloc
 
     tune_malloc()
     tmp = Path(tempfile.mkdtemp(prefix="fedhive-load-"))

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedhive.common.hooks import Block, blocks_of, run
+from fedhive.common.api.hooks import Block, blocks_of, run
 from fedhive.common.secagg import Graph, NodeSecAgg, QuantConfig, ServerSecAgg
 from fedhive.common.secagg.stages import DequantizeStage, MaskStage, QuantizeStage, masked_words
-from fedhive.common.tensors import TensorSpec
+from fedhive.common.wire.tensors import TensorSpec
 from fedhive.server.strategy import FedAvg
 
 CHUNK_WORDS = 1 << 18  # 1 MiB chunks, as the transport sends

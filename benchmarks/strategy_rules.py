@@ -66,7 +66,7 @@ class Generated:
 def one(rule: str, params: int, nodes: int, folder: str | None) -> dict[str, object]:
     import numpy as np
 
-    from fedhive.common.tensors import TensorSpec
+    from fedhive.common.wire.tensors import TensorSpec
     from fedhive.server.strategy.registry import build_strategy
 
     specs = [TensorSpec("w", "float32", (params,))]

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedhive.common.partition import write_npz
-from fedhive.common.task import TaskContext
+from fedhive.common.api.task import TaskContext
+from fedhive.common.data.partition import write_npz
 from fedhive.common.tasks.digits import DigitsTask, load_digits_arrays
 from fedhive.common.tasks.images import ImageTask
 

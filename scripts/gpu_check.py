@@ -172,7 +172,7 @@ def step_times(spec: dict[str, Any], steps: int, gpu: str) -> dict[str, Any]:
     """Seconds per training step (the task's own fit, batch as its default) on GPU and CPU."""
     import torch
 
-    from fedhive.common.task import TaskContext, load_task
+    from fedhive.common.api.task import TaskContext, load_task
 
     module = __import__(spec["task"].split(":")[0], fromlist=["prepare_simulation"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -225,7 +225,7 @@ def retrain_difference(device: str) -> dict[str, Any]:
     two updates (0 means a resumed run retrains it bit for bit there)."""
     import torch
 
-    from fedhive.common.task import TaskContext, exchanged_state, load_task
+    from fedhive.common.api.task import TaskContext, exchanged_state, load_task
 
     spec = FEDERATIONS["digits"]
     module = __import__(spec["task"].split(":")[0], fromlist=["prepare_simulation"])

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_ROOTS = ["common", "proto", "server", "client"]
 IMPORTS = [
-    "fedhive.common.serde",
+    "fedhive.common.wire.serde",
     "fedhive.proto.v1.coordinator_pb2",
     "fedhive.server.coordinator",
     "fedhive.client.node",

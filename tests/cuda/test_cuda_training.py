@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from fedhive.common.datasets import write_table
-from fedhive.common.task import TaskContext, exchanged_state
+from fedhive.common.api.task import TaskContext, exchanged_state
+from fedhive.common.data.datasets import write_table
 from fedhive.common.tasks import text, triage_data
 from fedhive.common.tasks.training import TrainConfig, Trainer
 from tests.unit.test_training import blobs

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from fedhive.common.task import FitResult, Scalar, TaskContext, exchanged_state
+from fedhive.common.api.task import FitResult, Scalar, TaskContext, exchanged_state
 from fedhive.common.tasks.digits import DigitsTask
 
 SCALE = 10.0

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from fedhive.common.certs import Authority
+from fedhive.common.cli.certs import Authority
 from fedhive.common.config import FLOWER_TASK
 from tests.flower_apps.task import Net
 from tests.integration.harness import start_coordinator, wait_all

@@ -13,8 +13,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from fedhive.common.chunks import payload_digest
-from fedhive.common.task import TaskContext, load_task
+from fedhive.common.api.task import TaskContext, load_task
+from fedhive.common.wire.chunks import payload_digest
 from fedhive.proto.v1 import coordinator_pb2 as pb
 from fedhive.server.app import initial_model
 from tests.integration.harness import CONSTANT_TASK, start_node, wait_all

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from safetensors.numpy import load_file
 
+from fedhive.common.api.task import TaskContext, exchanged_state
 from fedhive.common.errors import ConfigError
-from fedhive.common.task import TaskContext, exchanged_state
 from fedhive.common.tasks import images, text
 from tests.integration.harness import start_coordinator, start_node, wait_all
 

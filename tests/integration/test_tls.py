@@ -15,8 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from fedhive.client.health import probe
-from fedhive.common.certs import Authority
-from fedhive.common.pki import utcnow
+from fedhive.common.cli.certs import Authority
+from fedhive.common.crypto.pki import utcnow
 from fedhive.proto.v1 import coordinator_pb2 as pb
 from fedhive.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from tests.integration.harness import CoordinatorThread, start_coordinator, start_node, wait_all

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedhive.common import serde
-from fedhive.common.chunks import Chunk
+from fedhive.common.data.safetensors_io import write_safetensors
 from fedhive.common.errors import FedhiveError
-from fedhive.common.safetensors_io import write_safetensors
-from fedhive.common.tensors import TensorSpec, raw_view
+from fedhive.common.wire import serde
+from fedhive.common.wire.chunks import Chunk
+from fedhive.common.wire.tensors import TensorSpec, raw_view
 from fedhive.server.broadcast import EncodedModel, FileModel
 
 SPECS = [

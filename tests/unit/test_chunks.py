@@ -1,4 +1,4 @@
-"""fedhive.common.chunks: cutting payloads into chunks and checking a chunk stream."""
+"""fedhive.common.wire.chunks: cutting payloads into chunks and checking a chunk stream."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import xxhash
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fedhive.common.chunks import Chunk, StreamChecker, iter_chunks, payload_digest
 from fedhive.common.errors import InvalidUpdateError, LimitExceededError
-from fedhive.common.tensors import DTYPES, TensorSpec
+from fedhive.common.wire.chunks import Chunk, StreamChecker, iter_chunks, payload_digest
+from fedhive.common.wire.tensors import DTYPES, TensorSpec
 
 # A small model: 4 float32 (16 bytes), then 3 float16 (6 bytes).
 SPECS = [TensorSpec("conv.weight", "float32", (2, 2)), TensorSpec("fc.bias", "float16", (3,))]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fedhive.common.certs import main as certs_main
-from fedhive.common.logs import setup_logging
+from fedhive.common.cli.certs import main as certs_main
+from fedhive.common.cli.logs import setup_logging
 from fedhive.server.cli import server_main
 from fedhive.server.progress import RichProgress, make_console, summary_table
 

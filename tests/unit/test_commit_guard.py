@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fedhive.common.chunks import Chunk, payload_digest
 from fedhive.common.config import ServerConfig
-from fedhive.common.messages import JoinRequest, UpdateHeader, UpdateTrailer
-from fedhive.common.tensors import TensorSpec
+from fedhive.common.wire.chunks import Chunk, payload_digest
+from fedhive.common.wire.messages import JoinRequest, UpdateHeader, UpdateTrailer
+from fedhive.common.wire.tensors import TensorSpec
 from fedhive.server.coordinator import Coordinator, RunAborted
 from fedhive.server.store import RunStore
 from fedhive.server.strategy import FedAvg, StagedUpdate

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from fedhive.common.chunks import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 from fedhive.common.config import ClientConfig, ServerConfig, build_config
 from fedhive.common.errors import ConfigError
+from fedhive.common.wire.chunks import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 
 
 def write(tmp_path: Path, text: str, name: str = "fedhive.toml") -> Path:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fedhive.common.tensors import DTYPES, TensorSpec, from_float, to_float
+from fedhive.common.wire.tensors import DTYPES, TensorSpec, from_float, to_float
 from fedhive.server.strategy.fedavg import FedAvg
 
 with warnings.catch_warnings():

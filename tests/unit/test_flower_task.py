@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from fedhive.common.api.task import TaskContext, exchanged_state
 from fedhive.common.config import FLOWER_TASK, ClientConfig
 from fedhive.common.errors import ConfigError, TaskError
-from fedhive.common.task import TaskContext, exchanged_state
 from fedhive.common.tasks import flower
 from tests.flower_apps.task import Net
 
@@ -238,7 +238,7 @@ def test_fedhive_imports_without_flwr_and_the_flower_task_says_how_to_get_it() -
     code = (
         "import sys; sys.modules['flwr'] = None\n"
         "import fedhive.common.config, fedhive.client.node, fedhive.server.app\n"
-        "from fedhive.common.task import TaskContext\n"
+        "from fedhive.common.api.task import TaskContext\n"
         "from fedhive.common.tasks import flower\n"
         "try:\n"
         "    flower.make_task(TaskContext(role='server', args={'init': 'x:y'})).build_model()\n"

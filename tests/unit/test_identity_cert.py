@@ -12,18 +12,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fedhive.client.secagg import NodeIdentity, TransportChannel, load_node_identity
-from fedhive.common.certs import Authority
-from fedhive.common.errors import ConfigError, PkiError, SecAggAuthError
-from fedhive.common.messages import NodeAuth
-from fedhive.common.pki import (
+from fedhive.common.cli.certs import Authority
+from fedhive.common.crypto.pki import (
     SECAGG_IDENTITY_OID,
     load_cert,
     load_key,
     utcnow,
     verify_identity_cert,
 )
+from fedhive.common.errors import ConfigError, PkiError, SecAggAuthError
 from fedhive.common.secagg.keys import KeyAdvert
 from fedhive.common.secagg.messages import Adverts, SecAggReply, SecAggRequest
+from fedhive.common.wire.messages import NodeAuth
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""fedhive.common.memory: start-up without cyclic GC, then frozen."""
+"""fedhive.common.runtime.memory: start-up without cyclic GC, then frozen."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import weakref
 
 import pytest
 
-from fedhive.common.memory import startup_gc
+from fedhive.common.runtime.memory import startup_gc
 
 
 class Probe:

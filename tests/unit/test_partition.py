@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fedhive.common.datasets import load_labelled, read_table, write_table
-from fedhive.common.partition import read_npz, split_indices, write_npz
-from fedhive.common.partition_cli import main as partition_main
-from fedhive.common.partition_cli import partition_dataset
+from fedhive.common.cli.partition import main as partition_main
+from fedhive.common.cli.partition import partition_dataset
+from fedhive.common.data.datasets import load_labelled, read_table, write_table
+from fedhive.common.data.partition import read_npz, split_indices, write_npz
 
 LABELS = np.repeat(np.arange(5), 40)  # 200 examples, 5 classes
 

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from fedhive.client.health import main as health_main
-from fedhive.common.certs import Authority, main
+from fedhive.common.cli.certs import Authority, main
 from fedhive.common.config import ClientConfig, ServerConfig, build_config
-from fedhive.common.errors import ConfigError, PkiError
-from fedhive.common.pki import (
+from fedhive.common.crypto.pki import (
     NODE_UNIT,
     SERVER_UNIT,
     CertInfo,
@@ -21,6 +20,7 @@ from fedhive.common.pki import (
     read_crl,
     utcnow,
 )
+from fedhive.common.errors import ConfigError, PkiError
 from fedhive.server.identity import server_tls
 
 

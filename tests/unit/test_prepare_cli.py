@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedhive.common.partition import read_npz
+from fedhive.common.data.partition import read_npz
 from fedhive.server.simulate import prepare_main
 
 

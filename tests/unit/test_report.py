@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fedhive.common.report import load_run, main, markdown
+from fedhive.common.cli.report import load_run, main, markdown
 
 
 def write_events(run_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""fedhive.common.safetensors_io against the official safetensors library."""
+"""fedhive.common.data.safetensors_io against the official safetensors library."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from fedhive.common.data.safetensors_io import SafetensorsFile, write_safetensors
 from fedhive.common.errors import FedhiveError
-from fedhive.common.safetensors_io import SafetensorsFile, write_safetensors
-from fedhive.common.tensors import DTYPES, spec_of, tensor_bytes
+from fedhive.common.wire.tensors import DTYPES, spec_of, tensor_bytes
 
 
 def model_tensors(seed: int = 0) -> dict[str, torch.Tensor]:

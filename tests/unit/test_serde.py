@@ -1,4 +1,4 @@
-"""fedhive.common.serde: protobuf <-> domain types, and the hand-written chunk fast path."""
+"""fedhive.common.wire.serde: protobuf <-> domain types, and the hand-written chunk fast path."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from google.protobuf.message import DecodeError
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fedhive.common import serde
-from fedhive.common.chunks import Chunk
 from fedhive.common.errors import InvalidUpdateError
-from fedhive.common.messages import (
+from fedhive.common.wire import serde
+from fedhive.common.wire.chunks import Chunk
+from fedhive.common.wire.messages import (
     EvaluationReport,
     JoinReply,
     JoinRequest,
@@ -24,7 +24,7 @@ from fedhive.common.messages import (
     UpdateHeader,
     UpdateTrailer,
 )
-from fedhive.common.tensors import DTYPES, MAX_DIMS, TensorSpec
+from fedhive.common.wire.tensors import DTYPES, MAX_DIMS, TensorSpec
 from fedhive.proto.v1 import coordinator_pb2 as pb
 
 U32 = 2**32 - 1

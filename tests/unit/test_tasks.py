@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from fedhive.common.datasets import write_table
+from fedhive.common.api.task import Task, TaskContext, exchanged_state, load_task
+from fedhive.common.data.datasets import write_table
+from fedhive.common.data.partition import write_npz
 from fedhive.common.errors import TaskError
-from fedhive.common.partition import write_npz
-from fedhive.common.task import Task, TaskContext, exchanged_state, load_task
 from fedhive.common.tasks import images, text, triage_data
 
 IMAGES = "fedhive.common.tasks.images:make_task"

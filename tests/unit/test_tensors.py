@@ -1,4 +1,4 @@
-"""fedhive.common.tensors: raw bytes of torch tensors, finiteness, the float bridge."""
+"""fedhive.common.wire.tensors: raw bytes of torch tensors, finiteness, the float bridge."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedhive.common.errors import InvalidUpdateError
-from fedhive.common.tensors import (
+from fedhive.common.wire.tensors import (
     DTYPES,
     MAX_DIMS,
     TensorSpec,

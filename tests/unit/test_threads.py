@@ -12,7 +12,7 @@ import torch
 
 from fedhive.client.cli import main as client_main
 from fedhive.client.threads import choose_threads, colocated_nodes, is_node_command
-from fedhive.common.cpus import UsableCpus, cgroup_cpu_quota
+from fedhive.common.runtime.cpus import UsableCpus, cgroup_cpu_quota
 from fedhive.server.simulate import prepare_main
 
 TWO = UsableCpus(count=2, affinity=2, quota=None)

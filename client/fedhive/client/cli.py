@@ -10,11 +10,11 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from fedhive.common.cli.helptext import add_assignments, dflt, plain, toml_only
+from fedhive.common.cli.logs import setup_logging
 from fedhive.common.config import ClientConfig, build_config, parse_assignments
 from fedhive.common.errors import FedhiveError, HandshakeRefused
-from fedhive.common.helptext import add_assignments, dflt, plain, toml_only
-from fedhive.common.logs import setup_logging
-from fedhive.common.memory import startup_gc
+from fedhive.common.runtime.memory import startup_gc
 
 if TYPE_CHECKING:
     from fedhive.client.node import Node

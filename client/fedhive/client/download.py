@@ -11,10 +11,10 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from fedhive.common.chunks import Chunk, StreamChecker
 from fedhive.common.errors import InvalidUpdateError, TaskError, TransportError
-from fedhive.common.messages import TaskHeader, TaskTrailer
-from fedhive.common.tensors import DTYPES, TensorSpec, tensor_bytes
+from fedhive.common.wire.chunks import Chunk, StreamChecker
+from fedhive.common.wire.messages import TaskHeader, TaskTrailer
+from fedhive.common.wire.tensors import DTYPES, TensorSpec, tensor_bytes
 
 
 class ModelDownload:

@@ -14,9 +14,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from fedhive.common.cli.helptext import plain
+from fedhive.common.crypto.pki import read_bytes
 from fedhive.common.errors import FedhiveError, PkiError
-from fedhive.common.helptext import plain
-from fedhive.common.pki import read_bytes
 
 
 def _bundle(folder: Path) -> tuple[Path, Path, Path]:

@@ -31,7 +31,8 @@ from fedhive.client.secagg import (
     push_update,
 )
 from fedhive.client.transport import Transport
-from fedhive.common.chunks import Chunk, iter_chunks, payload_hash
+from fedhive.common.api.hooks import Block
+from fedhive.common.api.task import Task, TaskContext, exchanged_state, load_task
 from fedhive.common.config import ClientConfig
 from fedhive.common.errors import (
     AccessDeniedError,
@@ -44,8 +45,10 @@ from fedhive.common.errors import (
     TransportError,
     UnknownNodeError,
 )
-from fedhive.common.hooks import Block
-from fedhive.common.messages import (
+from fedhive.common.secagg.node import NodeSecAgg
+from fedhive.common.secagg.stages import COUNT_WORDS, masked_spec, masked_words
+from fedhive.common.wire.chunks import Chunk, iter_chunks, payload_hash
+from fedhive.common.wire.messages import (
     EvaluationReport,
     JoinReply,
     JoinRequest,
@@ -55,10 +58,7 @@ from fedhive.common.messages import (
     UpdateMessage,
     UpdateTrailer,
 )
-from fedhive.common.secagg.node import NodeSecAgg
-from fedhive.common.secagg.stages import COUNT_WORDS, masked_spec, masked_words
-from fedhive.common.task import Task, TaskContext, exchanged_state, load_task
-from fedhive.common.tensors import TensorSpec, raw_view, spec_of, tensor_bytes, to_float
+from fedhive.common.wire.tensors import TensorSpec, raw_view, spec_of, tensor_bytes, to_float
 
 log = logging.getLogger("fedhive.client")
 

@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedhive.client.transport import Transport
+from fedhive.common.api.hooks import Block, blocks_of, contiguous, run
+from fedhive.common.crypto.pki import load_cert, read_bytes, verify_identity_cert
 from fedhive.common.errors import (
     ConfigError,
     InvalidUpdateError,
@@ -34,9 +36,6 @@ from fedhive.common.errors import (
     SecAggAbortedError,
     SecAggAuthError,
 )
-from fedhive.common.hooks import Block, blocks_of, contiguous, run
-from fedhive.common.messages import NodeAuth
-from fedhive.common.pki import load_cert, read_bytes, verify_identity_cert
 from fedhive.common.secagg.graph import Graph
 from fedhive.common.secagg.keys import KEY_BYTES, KeyAdvert
 from fedhive.common.secagg.messages import (
@@ -52,6 +51,7 @@ from fedhive.common.secagg.messages import (
 from fedhive.common.secagg.node import NodeSecAgg
 from fedhive.common.secagg.quantize import QuantConfig
 from fedhive.common.secagg.stages import QuantizeStage
+from fedhive.common.wire.messages import NodeAuth
 
 UPLOAD_BLOCK = 1 << 20  # words per block of the masked upload
 

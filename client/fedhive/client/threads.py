@@ -8,7 +8,7 @@ operator of a small model waits at a barrier for a thread that is not scheduled:
 
 The choice, logged: ``--threads`` (``threads`` in TOML) if given; else ``OMP_NUM_THREADS`` if set
 (what ``fedhive simulate`` and the compose file give their nodes); else the CPUs this process may
-use (affinity mask and cgroup quota: :mod:`fedhive.common.cpus`) divided by the number of
+use (affinity mask and cgroup quota: :mod:`fedhive.common.runtime.cpus`) divided by the number of
 ``fedhive client`` processes on this machine. That last choice is made again before every task,
 so a node started first gives cores back when others join.
 """
@@ -20,7 +20,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from fedhive.common.cpus import UsableCpus, usable_cpus
+from fedhive.common.runtime.cpus import UsableCpus, usable_cpus
 
 log = logging.getLogger("fedhive.client")
 

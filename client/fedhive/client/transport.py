@@ -23,9 +23,8 @@ from typing import Any, Protocol
 
 import grpc
 
-from fedhive.common import serde, serde_secagg
-from fedhive.common.chunks import MAX_CHUNK_SIZE, Chunk
 from fedhive.common.config import ClientConfig
+from fedhive.common.crypto.pki import CertInfo, check_bundle, read_bytes
 from fedhive.common.errors import (
     AccessDeniedError,
     ConfigError,
@@ -39,7 +38,10 @@ from fedhive.common.errors import (
     TransportError,
     UnknownNodeError,
 )
-from fedhive.common.messages import (
+from fedhive.common.secagg.messages import SecAggReply, SecAggRequest
+from fedhive.common.wire import serde, serde_secagg
+from fedhive.common.wire.chunks import MAX_CHUNK_SIZE, Chunk
+from fedhive.common.wire.messages import (
     EvaluationReport,
     JoinReply,
     JoinRequest,
@@ -47,8 +49,6 @@ from fedhive.common.messages import (
     TaskMessage,
     UpdateMessage,
 )
-from fedhive.common.pki import CertInfo, check_bundle, read_bytes
-from fedhive.common.secagg.messages import SecAggReply, SecAggRequest
 from fedhive.proto.v1 import coordinator_pb2 as pb
 
 log = logging.getLogger("fedhive.client")

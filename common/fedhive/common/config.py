@@ -14,9 +14,9 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fedhive.common.chunks import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 from fedhive.common.errors import ConfigError
 from fedhive.common.secagg.quantize import QuantConfig
+from fedhive.common.wire.chunks import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 
 Scalar = bool | int | float | str
 FLOWER_TASK = "fedhive.common.tasks.flower:make_task"  # serves a Flower ClientApp (flower_app)
@@ -193,7 +193,7 @@ class ClientConfig(_Config):
 
     # Ed25519 identity key for secure aggregation (PEM or 32 raw bytes); absent: one per process.
     # Under mutual TLS, identity.key and identity.crt of the bundle folder (`tls_dir`): the key
-    # and the CA's certificate for it, which peers check (see fedhive.common.pki).
+    # and the CA's certificate for it, which peers check (see fedhive.common.crypto.pki).
     identity_key: Path | None = None
     identity_cert: Path | None = None
 

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from fedhive.common.data.safetensors_io import SafetensorsFile, write_safetensors
 from fedhive.common.errors import AggregationError, FedhiveError
-from fedhive.common.safetensors_io import SafetensorsFile, write_safetensors
-from fedhive.common.tensors import DTYPES, TensorSpec, raw_view
+from fedhive.common.wire.tensors import DTYPES, TensorSpec, raw_view
 from fedhive.server.store import file_sha256
 from fedhive.server.strategy.base import Aggregator
 from fedhive.server.strategy.fedavg import FedAvg

@@ -20,13 +20,13 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fedhive.common.chunks import MAX_CHUNK_SIZE
+from fedhive.common.api.task import Task, TaskContext, exchanged_state, load_task, validate_config
 from fedhive.common.config import ServerConfig
+from fedhive.common.data.safetensors_io import SafetensorsFile
 from fedhive.common.errors import ConfigError, TaskError
-from fedhive.common.memory import startup_gc
-from fedhive.common.safetensors_io import SafetensorsFile
-from fedhive.common.task import Task, TaskContext, exchanged_state, load_task, validate_config
-from fedhive.common.tensors import (
+from fedhive.common.runtime.memory import startup_gc
+from fedhive.common.wire.chunks import MAX_CHUNK_SIZE
+from fedhive.common.wire.tensors import (
     TensorSpec,
     raw_view,
     spec_of,
@@ -263,7 +263,7 @@ def serve(
 ) -> list[Mapping[str, Any]]:
     """Start, run every round, stop. SIGTERM/SIGINT stop the run cleanly. ``freeze_startup``
     (the ``fedhive server`` command): start up without cyclic GC, then freeze what start-up built
-    (:func:`fedhive.common.memory.startup_gc`; not for a process that serves repeatedly)."""
+    (:func:`fedhive.common.runtime.memory.startup_gc`; not for a process that serves repeatedly)."""
     with startup_gc() if freeze_startup else contextlib.nullcontext():
         running = start_server(config, listener)
 

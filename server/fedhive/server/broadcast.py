@@ -17,11 +17,11 @@ from typing import Protocol
 
 import numpy as np
 
-from fedhive.common import serde
-from fedhive.common.chunks import Chunk, iter_chunks, payload_digest
+from fedhive.common.data.safetensors_io import SafetensorsFile
 from fedhive.common.errors import FedhiveError
-from fedhive.common.safetensors_io import SafetensorsFile
-from fedhive.common.tensors import TensorSpec, raw_view
+from fedhive.common.wire import serde
+from fedhive.common.wire.chunks import Chunk, iter_chunks, payload_digest
+from fedhive.common.wire.tensors import TensorSpec, raw_view
 
 DEFAULT_BROADCAST_MEMORY = 1 << 30
 

@@ -11,10 +11,10 @@ from typing import Any
 
 from rich.markup import escape
 
+from fedhive.common.cli.helptext import add_assignments, dflt, plain, toml_only
+from fedhive.common.cli.logs import setup_logging
 from fedhive.common.config import ServerConfig, build_config, parse_assignments
 from fedhive.common.errors import ConfigError, FedhiveError
-from fedhive.common.helptext import add_assignments, dflt, plain, toml_only
-from fedhive.common.logs import setup_logging
 from fedhive.server.strategy.registry import describe_builtins
 
 

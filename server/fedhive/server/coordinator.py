@@ -32,7 +32,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedhive.common import serde
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import (
     AggregationError,
@@ -44,7 +43,10 @@ from fedhive.common.errors import (
     RequestRefused,
     StaleRoundError,
 )
-from fedhive.common.messages import (
+from fedhive.common.record import EVALUATE, KINDS, ROUND, RoundRecord
+from fedhive.common.secagg.messages import SecAggReply, SecAggRequest
+from fedhive.common.wire import serde
+from fedhive.common.wire.messages import (
     EvaluationReport,
     JoinReply,
     JoinRequest,
@@ -55,9 +57,7 @@ from fedhive.common.messages import (
     UpdateHeader,
     UpdateTrailer,
 )
-from fedhive.common.record import EVALUATE, KINDS, ROUND, RoundRecord
-from fedhive.common.secagg.messages import SecAggReply, SecAggRequest
-from fedhive.common.tensors import TensorSpec, check_finite, payload_bytes, raw_view
+from fedhive.common.wire.tensors import TensorSpec, check_finite, payload_bytes, raw_view
 from fedhive.server import waiting
 from fedhive.server.aggregation import StrategyHost, weighted_mean
 from fedhive.server.broadcast import (

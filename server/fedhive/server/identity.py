@@ -20,8 +20,7 @@ import grpc
 from cryptography import x509
 
 from fedhive.common.config import ServerConfig
-from fedhive.common.errors import AccessDeniedError, ConfigError, PkiError
-from fedhive.common.pki import (
+from fedhive.common.crypto.pki import (
     NODE_UNIT,
     CertInfo,
     load_cert,
@@ -30,6 +29,7 @@ from fedhive.common.pki import (
     read_crl,
     verify_identity_cert,
 )
+from fedhive.common.errors import AccessDeniedError, ConfigError, PkiError
 
 log = logging.getLogger("fedhive.server.identity")
 

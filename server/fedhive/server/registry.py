@@ -29,7 +29,7 @@ from fedhive.common.errors import (
     PkiError,
     UnknownNodeError,
 )
-from fedhive.common.messages import JoinRequest, NodeAuth
+from fedhive.common.wire.messages import JoinRequest, NodeAuth
 from fedhive.server import waiting
 from fedhive.server.limits import make_room
 from fedhive.server.store import ResumePoint, RunStore

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedhive.common.chunks import Chunk, StreamChecker
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import (
     DuplicateUpdateError,
@@ -30,8 +29,9 @@ from fedhive.common.errors import (
     NotSelectedError,
     StaleRoundError,
 )
-from fedhive.common.messages import TaskKind, UpdateHeader, UpdateTrailer
-from fedhive.common.tensors import TensorSpec, payload_bytes
+from fedhive.common.wire.chunks import Chunk, StreamChecker
+from fedhive.common.wire.messages import TaskKind, UpdateHeader, UpdateTrailer
+from fedhive.common.wire.tensors import TensorSpec, payload_bytes
 from fedhive.server.broadcast import Broadcast
 from fedhive.server.limits import check_examples
 from fedhive.server.secure import SecureRound

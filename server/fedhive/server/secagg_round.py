@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fedhive.common.api.hooks import Block
 from fedhive.common.errors import SecAggAbortedError, SecAggAuthError, SecAggError
-from fedhive.common.hooks import Block
 from fedhive.common.secagg.graph import Graph
 from fedhive.common.secagg.keys import KeyAdvert
 from fedhive.common.secagg.messages import Pending, SealedShares, UnmaskReply, UnmaskRequest

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fedhive.common.api.hooks import Block, contiguous, run
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import ConfigError, InvalidUpdateError, SecAggError, StaleRoundError
-from fedhive.common.hooks import Block, contiguous, run
 from fedhive.common.secagg.graph import Graph
 from fedhive.common.secagg.keys import KeyAdvert
 from fedhive.common.secagg.messages import (
@@ -41,7 +41,7 @@ from fedhive.common.secagg.messages import (
 )
 from fedhive.common.secagg.quantize import QuantConfig
 from fedhive.common.secagg.stages import DequantizeStage, masked_spec, masked_words
-from fedhive.common.tensors import DTYPES, TensorSpec, from_float
+from fedhive.common.wire.tensors import DTYPES, TensorSpec, from_float
 from fedhive.server.secagg_round import SecAggRound
 
 MAX_STEP_WAIT_S = 30.0

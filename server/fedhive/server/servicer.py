@@ -18,15 +18,15 @@ from typing import Any
 
 import grpc
 
-from fedhive.common import serde, serde_secagg
-from fedhive.common.chunks import Chunk
 from fedhive.common.errors import (
     AccessDeniedError,
     FedhiveError,
     InvalidUpdateError,
     RequestRefused,
 )
-from fedhive.common.messages import NodeAuth, UpdateHeader, UpdateMessage, UpdateTrailer
+from fedhive.common.wire import serde, serde_secagg
+from fedhive.common.wire.chunks import Chunk
+from fedhive.common.wire.messages import NodeAuth, UpdateHeader, UpdateMessage, UpdateTrailer
 from fedhive.proto.v1 import coordinator_pb2 as pb
 from fedhive.server.coordinator import Coordinator
 from fedhive.server.identity import PeerGate

@@ -29,18 +29,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedhive.common.certs import Authority
+from fedhive.common.cli.certs import Authority
+from fedhive.common.cli.helptext import plain
+from fedhive.common.cli.logs import setup_logging
 from fedhive.common.config import FLOWER_TASK
-from fedhive.common.cpus import usable_cpus
 from fedhive.common.errors import FedhiveError
-from fedhive.common.helptext import plain
-from fedhive.common.logs import setup_logging
+from fedhive.common.runtime.cpus import usable_cpus
 from fedhive.server.cli import add_server_args, config_from_args
 
 log = logging.getLogger("fedhive.simulate")
 
 DEFAULT_TASK = "fedhive.common.tasks.digits:make_task"
-HIST_LABEL = 9  # width of the row label of fedhive.common.partition.format_histogram
+HIST_LABEL = 9  # width of the row label of fedhive.common.data.partition.format_histogram
 
 
 def prepare_data(

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from fedhive.common.config import ServerConfig
+from fedhive.common.data.safetensors_io import SafetensorsFile, fsync_dir, write_safetensors
 from fedhive.common.errors import ConfigError, FedhiveError
-from fedhive.common.safetensors_io import SafetensorsFile, fsync_dir, write_safetensors
-from fedhive.common.tensors import TensorSpec
+from fedhive.common.wire.tensors import TensorSpec
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

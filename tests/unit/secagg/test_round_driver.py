@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from fedhive.client.secagg import KeyExchange, push_update, secure_push
+from fedhive.common.api.hooks import Block, blocks_of, gather, run
 from fedhive.common.errors import SecAggAbortedError, SecAggAuthError
-from fedhive.common.hooks import Block, blocks_of, gather, run
 from fedhive.common.secagg.graph import Graph
 from fedhive.common.secagg.keys import KeyAdvert
 from fedhive.common.secagg.node import NodeSecAgg

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from fedhive.client.secagg import SecureTask
-from fedhive.common import serde
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import ConfigError, InvalidUpdateError, StaleRoundError
-from fedhive.common.messages import JoinRequest, NodeAuth, TaskHeader, TaskKind
 from fedhive.common.secagg.graph import Graph
 from fedhive.common.secagg.messages import AwaitUnmask, SecAggRequest
 from fedhive.common.secagg.node import NodeSecAgg
-from fedhive.common.tensors import TensorSpec
+from fedhive.common.wire import serde
+from fedhive.common.wire.messages import JoinRequest, NodeAuth, TaskHeader, TaskKind
+from fedhive.common.wire.tensors import TensorSpec
 from fedhive.server.coordinator import Coordinator, RunAborted
 from fedhive.server.secagg_round import PENDING, SecAggRound
 from fedhive.server.secure import open_secure_round, word_blocks

@@ -5,10 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedhive.common import serde
-from fedhive.common import serde_secagg as S
 from fedhive.common.errors import InvalidUpdateError
-from fedhive.common.messages import JoinRequest, NodeAuth
 from fedhive.common.secagg.messages import (
     Adverts,
     AwaitUnmask,
@@ -18,6 +15,9 @@ from fedhive.common.secagg.messages import (
     SecAggRequest,
     ShareKeys,
 )
+from fedhive.common.wire import serde
+from fedhive.common.wire import serde_secagg as S
+from fedhive.common.wire.messages import JoinRequest, NodeAuth
 from fedhive.proto.v1 import coordinator_pb2 as pb
 from tests.unit.secagg.harness import federation, node_ids
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import chi2
 
-from fedhive.common.hooks import Block, Stage, blocks_of, gather, run
+from fedhive.common.api.hooks import Block, Stage, blocks_of, gather, run
 from fedhive.common.secagg.quantize import QuantConfig, quantize
 from fedhive.common.secagg.stages import (
     ClipStage,

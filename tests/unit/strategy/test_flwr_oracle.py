@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fedhive.common.tensors import TensorSpec
+from fedhive.common.wire.tensors import TensorSpec
 from fedhive.server.strategy.blocks import RetainedUpdates
 from fedhive.server.strategy.bulyan import Bulyan
 from fedhive.server.strategy.fedadagrad import FedAdagrad

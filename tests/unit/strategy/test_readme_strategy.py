@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedhive.common.tensors import TensorSpec
+from fedhive.common.wire.tensors import TensorSpec
 from fedhive.server.strategy.registry import build_strategy
 
 ROOT = Path(__file__).resolve().parents[3]

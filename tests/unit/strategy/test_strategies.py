@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fedhive.common.errors import AggregationError, ConfigError
-from fedhive.common.tensors import TensorSpec, to_float
+from fedhive.common.wire.tensors import TensorSpec, to_float
 from fedhive.server.strategy.blocks import RetainedUpdates
 from fedhive.server.strategy.fedadam import FedAdam
 from fedhive.server.strategy.fedmedian import FedMedian

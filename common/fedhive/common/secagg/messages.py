@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from fedhive.common.messages import NodeAuth
 from fedhive.common.secagg.keys import SIG_BYTES, KeyAdvert, context
 from fedhive.common.secagg.shamir import SHARE_BYTES
+from fedhive.common.wire.messages import NodeAuth
 
 ShareKind = Literal["seed", "key"]
 KINDS: tuple[ShareKind, ShareKind] = ("seed", "key")
@@ -77,7 +77,7 @@ class UnmaskReply:
 
 
 # ----------------------------------------------------------------------------- wire envelopes
-# What one SecAggStep call carries (fedhive.common.serde_secagg turns these into protobuf).
+# What one SecAggStep call carries (fedhive.common.wire.serde_secagg turns these into protobuf).
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""SecAgg+ as hook stages (:mod:`fedhive.common.hooks`).
+"""SecAgg+ as hook stages (:mod:`fedhive.common.api.hooks`).
 
 Node: ``[QuantizeStage, MaskStage]`` turns float blocks over elements ``[0, P)`` into masked
 uint32 blocks over words ``[0, P + 1)``: word 0 is the example count, word ``i + 1`` is element
@@ -16,11 +16,11 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from fedhive.common.hooks import Block
+from fedhive.common.api.hooks import Block
 from fedhive.common.secagg.node import NodeSecAgg
 from fedhive.common.secagg.quantize import QuantConfig, dequantize, quantize
 from fedhive.common.secagg.server import ServerSecAgg
-from fedhive.common.tensors import TensorSpec
+from fedhive.common.wire.tensors import TensorSpec
 
 COUNT_WORDS = 1
 MASKED_TENSOR = "secagg.masked"

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedhive.common.api.task import EvalResult, FitResult, Scalar, TaskContext
 from fedhive.common.errors import TaskError
-from fedhive.common.task import EvalResult, FitResult, Scalar, TaskContext
 from fedhive.common.tasks.training import (
     TrainConfig,
     Trainer,

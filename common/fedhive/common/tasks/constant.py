@@ -17,8 +17,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from fedhive.common.api.task import EvalResult, FitResult, Scalar, TaskContext
 from fedhive.common.errors import TaskError
-from fedhive.common.task import EvalResult, FitResult, Scalar, TaskContext
 
 
 class Flat(nn.Module):

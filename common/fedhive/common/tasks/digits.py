@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedhive.common.api.task import Scalar, TaskContext
+from fedhive.common.data.partition import read_npz
 from fedhive.common.errors import TaskError
-from fedhive.common.partition import read_npz
-from fedhive.common.task import Scalar, TaskContext
 from fedhive.common.tasks.base import ClassificationTask, labels_tensor
 
 NUM_CLASSES = 10
@@ -107,8 +107,8 @@ def prepare_simulation(
     """Write a held-out ``test.npz`` (20%) and one ``train.npz`` per node: Dirichlet(alpha) label
     skew, IID when ``alpha`` is None, or ``shards_per_node`` label-sorted shards (the same code as
     ``fedhive partition``)."""
-    from fedhive.common.datasets import Labelled
-    from fedhive.common.partition_cli import simulation_split
+    from fedhive.common.cli.partition import simulation_split
+    from fedhive.common.data.datasets import Labelled
 
     x, y = load_digits_arrays()
     data = Labelled("npz", y, [str(c) for c in range(NUM_CLASSES)], x=x)

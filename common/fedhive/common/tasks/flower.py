@@ -46,10 +46,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedhive.common.api.task import EvalResult, FitResult, Scalar, TaskContext
 from fedhive.common.config import FLOWER_TASK
 from fedhive.common.errors import TaskError
-from fedhive.common.imports import import_object
-from fedhive.common.task import EvalResult, FitResult, Scalar, TaskContext
+from fedhive.common.runtime.imports import import_object
 
 TASK_PATH = FLOWER_TASK
 APP_ARG, INIT_ARG, EXAMPLES_ARG = "app", "init", "examples"

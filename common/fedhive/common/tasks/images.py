@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedhive.common.datasets import find_split_file, image_files
+from fedhive.common.api.task import Scalar, TaskContext
+from fedhive.common.data.datasets import find_split_file, image_files
+from fedhive.common.data.partition import read_npz
 from fedhive.common.errors import TaskError
-from fedhive.common.partition import read_npz
-from fedhive.common.task import Scalar, TaskContext
 from fedhive.common.tasks.base import ClassificationTask, labels_tensor
 
 

@@ -28,9 +28,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from fedhive.common.datasets import TABLE_SUFFIXES, find_split_file, read_table
+from fedhive.common.api.task import Scalar, TaskContext
+from fedhive.common.data.datasets import TABLE_SUFFIXES, find_split_file, read_table
 from fedhive.common.errors import TaskError
-from fedhive.common.task import Scalar, TaskContext
 from fedhive.common.tasks.base import ClassificationTask
 from fedhive.common.tasks.triage_data import LABELS, generate
 
@@ -212,8 +212,8 @@ def prepare_simulation(
     """Generate the triage data set, hold out 20% for the coordinator, split the rest over nodes
     (Dirichlet(alpha) label skew, IID when ``alpha`` is None, or label-sorted shards), as JSON
     lines."""
-    from fedhive.common.datasets import load_labelled, write_table
-    from fedhive.common.partition_cli import simulation_split
+    from fedhive.common.cli.partition import simulation_split
+    from fedhive.common.data.datasets import load_labelled, write_table
 
     source = Path(root) / "triage.jsonl"
     write_table(source, generate(examples, seed))

@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from fedhive.common.tensors import TensorSpec
+from fedhive.common.wire.tensors import TensorSpec
 
 
 class StagedUpdate(Protocol):

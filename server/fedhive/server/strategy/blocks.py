@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedhive.common.tensors import DTYPES, TensorSpec, raw_view, to_float
+from fedhive.common.wire.tensors import DTYPES, TensorSpec, raw_view, to_float
 from fedhive.server.strategy.base import StagedUpdate, UpdateBlocks
 
 BLOCK_BYTES = 16 * 2**20

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedhive.common.errors import InvalidUpdateError
-from fedhive.common.tensors import TensorSpec, from_float, to_float
+from fedhive.common.wire.tensors import TensorSpec, from_float, to_float
 from fedhive.server.strategy.base import StagedUpdate
 
 # the running sums stay below this share of their dtype's maximum (rounding can only add a little)

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedhive.common.errors import AggregationError
-from fedhive.common.tensors import TensorSpec, from_float, to_float
+from fedhive.common.wire.tensors import TensorSpec, from_float, to_float
 from fedhive.server.strategy.base import StagedUpdate
 from fedhive.server.strategy.fedavg import FedAvg
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedhive.common.config import validation_problems
 from fedhive.common.errors import ConfigError
-from fedhive.common.imports import import_object
+from fedhive.common.runtime.imports import import_object
 from fedhive.server.strategy.base import Aggregator
 from fedhive.server.strategy.bulyan import Bulyan, BulyanArgs
 from fedhive.server.strategy.fedadagrad import FedAdagrad, FedAdagradArgs

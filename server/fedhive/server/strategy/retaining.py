@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fedhive.common.errors import AggregationError
-from fedhive.common.tensors import TensorSpec, from_float
+from fedhive.common.wire.tensors import TensorSpec, from_float
 from fedhive.server.strategy.base import RobustRule, StagedUpdate
 from fedhive.server.strategy.blocks import BLOCK_BYTES, RetainedUpdates
 

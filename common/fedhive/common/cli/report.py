@@ -4,7 +4,7 @@ Writes ``RUN_DIR/report.png`` (loss and accuracy per round: training, federated 
 coordinator-side evaluation, and each node's thin line where the run recorded them) and
 ``RUN_DIR/report.md`` (best round, final metrics, bytes moved, time), and prints the markdown.
 ``--tensorboard`` also writes TensorBoard event files to ``RUN_DIR/tensorboard``.
-Several run directories are compared side by side instead (``fedhive.common.report_compare``).
+Several run directories are compared side by side instead (``fedhive.common.cli.report_compare``).
 The plot needs matplotlib (``pip install 'fedhive[report]'``); without it, only the summary.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedhive.common.helptext import plain
+from fedhive.common.cli.helptext import plain
 
 Series = dict[str, list[tuple[int, float]]]
 
@@ -191,7 +191,7 @@ def write_tensorboard(summary: RunSummary, out: Path) -> Path:
 
 
 def compare_main(run_dirs: list[Path], out: Path | None, title: str) -> int:
-    from fedhive.common import report_compare
+    from fedhive.common.cli import report_compare
 
     try:
         runs = report_compare.load_runs(run_dirs)

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fedhive.common.datasets import Labelled, load_labelled
-from fedhive.common.errors import FedhiveError
-from fedhive.common.helptext import plain
-from fedhive.common.partition import (
+from fedhive.common.cli.helptext import plain
+from fedhive.common.data.datasets import Labelled, load_labelled
+from fedhive.common.data.partition import (
     class_histogram,
     format_histogram,
     holdout_split,
     split_indices,
 )
+from fedhive.common.errors import FedhiveError
 
 
 def simulation_split(

@@ -28,7 +28,7 @@ from fedhive.common.secagg.messages import (
     UnmaskRequest,
 )
 from fedhive.common.secagg.shamir import SHARE_BYTES
-from fedhive.common.serde import auth_from_proto, auth_to_proto
+from fedhive.common.wire.serde import auth_from_proto, auth_to_proto
 from fedhive.proto.v1 import coordinator_pb2 as pb
 
 MAX_ITEMS = 100_000

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedhive.common.report import RunSummary, load_run
+from fedhive.common.cli.report import RunSummary, load_run
 
 NEAR_BEST = 0.02
 

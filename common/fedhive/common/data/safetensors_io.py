@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedhive.common.errors import FedhiveError
-from fedhive.common.tensors import TensorSpec
+from fedhive.common.wire.tensors import TensorSpec
 
 _TO_ST = {
     "float32": "F32",

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import xxhash
 
 from fedhive.common.errors import InvalidUpdateError, LimitExceededError
-from fedhive.common.tensors import DTYPES, TensorSpec, payload_bytes, peak_magnitude
+from fedhive.common.wire.tensors import DTYPES, TensorSpec, payload_bytes, peak_magnitude
 
 DEFAULT_CHUNK_SIZE = 1 << 20
 MAX_CHUNK_SIZE = 64 << 20

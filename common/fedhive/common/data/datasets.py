@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from fedhive.common.data.partition import read_npz, write_npz
 from fedhive.common.errors import TaskError
-from fedhive.common.partition import read_npz, write_npz
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 TABLE_SUFFIXES = (".csv", ".jsonl")

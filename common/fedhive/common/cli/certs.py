@@ -24,9 +24,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedhive.common.errors import PkiError
-from fedhive.common.helptext import plain
-from fedhive.common.pki import (
+from fedhive.common.cli.helptext import plain
+from fedhive.common.crypto.pki import (
     CA_DAYS,
     LEAF_DAYS,
     CertInfo,
@@ -43,13 +42,14 @@ from fedhive.common.pki import (
     write_file,
     write_key,
 )
+from fedhive.common.errors import PkiError
 
 DEFAULT_DNS = ("localhost",)
 DEFAULT_IPS = ("127.0.0.1",)
 
 
 class Authority:
-    """A PKI folder (see :mod:`fedhive.common.pki` for its layout)."""
+    """A PKI folder (see :mod:`fedhive.common.crypto.pki` for its layout)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from fedhive.common.errors import TaskError
-from fedhive.common.imports import import_object
+from fedhive.common.runtime.imports import import_object
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

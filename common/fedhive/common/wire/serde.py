@@ -11,9 +11,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from fedhive.common.chunks import Chunk
 from fedhive.common.errors import InvalidUpdateError
-from fedhive.common.messages import (
+from fedhive.common.wire.chunks import Chunk
+from fedhive.common.wire.messages import (
     ConfigScalar,
     EvaluationReport,
     JoinReply,
@@ -27,7 +27,7 @@ from fedhive.common.messages import (
     UpdateMessage,
     UpdateTrailer,
 )
-from fedhive.common.tensors import TensorSpec
+from fedhive.common.wire.tensors import TensorSpec
 from fedhive.proto.v1 import coordinator_pb2 as pb
 
 # ----------------------------------------------------------------------------- small parts

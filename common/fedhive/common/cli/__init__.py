@@ -1,5 +1,7 @@
-"""The ``fedhive`` command: dispatches subcommands to the package that owns them.
+"""The ``fedhive`` command line: this dispatcher, and the subcommands ``fedhive.common`` owns
+(``certs``, ``partition``, ``report``), with the help text and logging set-up they share.
 
+The dispatcher sends each subcommand to the package that owns it.
 ``fedhive.common`` imports neither ``fedhive.server`` nor ``fedhive.client``: each subcommand is
 an import path resolved only when it is used.
 """
@@ -13,11 +15,14 @@ COMMANDS = {
     "server": ("fedhive.server.cli:server_main", "run a coordinator"),
     "client": ("fedhive.client.cli:main", "run a node that joins a coordinator"),
     "simulate": ("fedhive.server.simulate:main", "coordinator + N node processes on loopback"),
-    "certs": ("fedhive.common.certs:main", "consortium PKI: CA, coordinator and node certificates"),
+    "certs": (
+        "fedhive.common.cli.certs:main",
+        "consortium PKI: CA, coordinator and node certificates",
+    ),
     "prepare": ("fedhive.server.simulate:prepare_main", "a task's simulation data, named nodes"),
     "health": ("fedhive.client.health:main", "probe a coordinator's gRPC health service"),
-    "partition": ("fedhive.common.partition_cli:main", "split a data set into N node folders"),
-    "report": ("fedhive.common.report:main", "plot and summarise a run directory"),
+    "partition": ("fedhive.common.cli.partition:main", "split a data set into N node folders"),
+    "report": ("fedhive.common.cli.report:main", "plot and summarise a run directory"),
 }
 
 
@@ -37,13 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"fedhive: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    from fedhive.common.memory import tune_malloc
+    from fedhive.common.runtime.memory import tune_malloc
 
     tune_malloc()
     module_name, _, attr = COMMANDS[name][0].partition(":")
     entry = getattr(importlib.import_module(module_name), attr)
     return int(entry(rest) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

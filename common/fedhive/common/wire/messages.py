@@ -6,8 +6,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from fedhive.common.chunks import Chunk
-from fedhive.common.tensors import TensorSpec
+from fedhive.common.wire.chunks import Chunk
+from fedhive.common.wire.tensors import TensorSpec
 
 ConfigScalar = bool | int | float | str
 PROTOCOL_VERSION = 1

@@ -1,0 +1,1 @@
+"""The consortium's public-key infrastructure: CA, certificates, CRL, identity keys."""

@@ -1,0 +1,1 @@
+"""Data on disk: labelled data sets, their partitioning across nodes, safetensors model files."""

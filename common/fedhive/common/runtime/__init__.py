@@ -1,0 +1,1 @@
+"""Process-level helpers: usable CPUs, memory tuning, objects loaded by import path."""
