@@ -1,1 +1,1 @@
-"""Shared core of fedhive, grouped by concern: wire, crypto, secagg, api, tasks, data, cli, runtime."""
+"""Shared core of fedhive, grouped by concern (wire, crypto, secagg, api, tasks, data, cli...)."""
