@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -57,4 +58,19 @@ def test_central_dp_with_a_robust_rule_is_refused(tmp_path: Path, strategy: str)
 @pytest.mark.parametrize("strategy", ["fedavg", "fedadam", "fedavgm"])
 def test_central_dp_wraps_a_streaming_rule(tmp_path: Path, strategy: str) -> None:
     config = load(tmp_path, f'strategy = "{strategy}"\n[dp]\nmax_epsilon = 5.0\n' + CENTRAL)
+    assert isinstance(check_strategy(config), CentralDP)
+
+
+def test_the_readme_example_is_a_valid_central_dp_config(tmp_path: Path) -> None:
+    # Prepare: the TOML of the README's "Differential privacy" section
+    text = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Differential privacy") :]
+    match = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert match, "the README lost its [dp] example"
+
+    # Execute
+    config = load(tmp_path, match.group(1))
+
+    # Assert
+    assert config.dp is not None and config.dp.central is not None
     assert isinstance(check_strategy(config), CentralDP)
