@@ -9,6 +9,7 @@ import pytest
 from dp_accounting.rdp import RdpAccountant
 
 from fedhive.common.config import ServerConfig
+from fedhive.common.errors import ConfigError
 from fedhive.server.privacy.budget import ORDERS, RunPrivacy, rdp_epsilon, round_rdp
 from fedhive.server.privacy.central import CentralDP
 from fedhive.server.strategy.fedavg import FedAvg
@@ -99,3 +100,16 @@ def test_other_levels_entries_are_kept() -> None:
     assert privacy.before_round(1, 2, 2) is None
     event = {"privacy": {"sgd": {"max": 1.5}}, "nodes": {}}
     assert set(privacy.committed(event) or {}) == {"sgd", "central"}
+
+
+def test_a_delta_not_below_one_over_the_connected_nodes_is_refused_when_the_round_opens() -> None:
+    # Prepare: delta 0.2 passes min_nodes = 2 (1/2) at start, but 10 nodes connected
+    cfg = ServerConfig.model_validate(
+        {"insecure": True, "dp": {"delta": 0.2, "central": {"noise_multiplier": 1, "clip": 1}}}
+    )
+    privacy = privacy_for(cfg)
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=r"\[dp\] delta = 0\.2 is not below 1/nodes = 1/10"):
+        privacy.before_round(1, 2, 10)
+    assert privacy.before_round(1, 2, 4) is None

@@ -153,10 +153,10 @@ def test_adaptive_clip_follows_the_unclipped_share() -> None:
 
     # Execute / Assert: clip * exp(-eta (share - gamma))
     run_round(dp, current, [Update(small), Update(small)], 2)
-    assert dp.clip == pytest.approx(math.exp(-0.2 * 0.5))
+    assert dp.state()["clip"] == pytest.approx(math.exp(-0.2 * 0.5))  # committed
     before = dp.clip
     run_round(dp, current, [Update(large), Update(large)], 2)
-    assert dp.clip == pytest.approx(before * math.exp(0.2 * 0.5))
+    assert dp.state()["clip"] == pytest.approx(before * math.exp(0.2 * 0.5))
     # the accounted z covers both noises: z_delta > z (Andrew et al. 2021, Theorem 1)
     assert s.delta_noise_multiplier() == pytest.approx(1 / math.sqrt(1 - 0.25))
 
@@ -193,3 +193,23 @@ def test_finalize_without_the_selected_count_is_refused() -> None:
     dp.fold(Update(model(np.random.default_rng(1))))
     with pytest.raises(AggregationError, match="selected count"):
         dp.finalize()
+
+
+def test_adaptive_clip_moves_only_when_the_round_is_committed() -> None:
+    # Prepare: a finalized round whose model the engine then refuses (never committed: its
+    # noised count was never released)
+    s = settings(adaptive=True, count_noise_std=1.0, clip=1.0)
+    dp = CentralDP(FedAvg(), s, NoNoise())
+    current = [np.zeros(600, np.float32), np.zeros(7)]
+    small = [np.full(600, 1e-3, np.float32), np.zeros(7)]
+    run_round(dp, current, [Update(small)], 1)
+
+    # Execute: the next attempt begins without a commit (no state() taken)
+    dp.begin(SPECS, current)
+
+    # Assert: the failed round's clip change is gone; a committed one keeps it
+    assert dp.round_clip == 1.0
+    run_round(dp, current, [Update(small)], 1)
+    assert dp.state()["clip"] == pytest.approx(math.exp(-0.1))
+    dp.begin(SPECS, current)
+    assert dp.round_clip == pytest.approx(math.exp(-0.1))

@@ -73,6 +73,7 @@ class CentralDP:
         self.settings = settings
         self.noise = noise if noise is not None else GaussianNoise()
         self.clip = settings.clip  # the next round's clip (moves with adaptive clipping)
+        self._next_clip: float | None = None  # this round's update of it, until committed
         self.selected: int | None = None
         self.specs: list[TensorSpec] = []
         self._global: Sequence[np.ndarray] = []
@@ -110,6 +111,7 @@ class CentralDP:
         self._sums = [np.zeros(s.numel, dtype=np.float64) for s in self.specs]
         self.updates = self.unclipped = 0
         self.round_clip = self.clip
+        self._next_clip = None  # an uncommitted round's clip change is dropped
         self.selected = None
         self.inner.begin(specs, global_raw)
 
@@ -180,7 +182,9 @@ class CentralDP:
         if not s.adaptive or s.count_noise_std is None:
             return
         share = (self.unclipped + self.noise.normal(s.count_noise_std)) / m
-        self.clip = self.round_clip * math.exp(-s.clip_learning_rate * (share - s.target_quantile))
+        self._next_clip = self.round_clip * math.exp(
+            -s.clip_learning_rate * (share - s.target_quantile)
+        )
 
     def abandon(self) -> None:
         self._sums, self.updates, self.unclipped = [], 0, 0
@@ -190,6 +194,11 @@ class CentralDP:
 
     # -------------------------------------------------------------- state
     def state(self) -> dict[str, object]:
+        """Taken when a round commits (the engine's only other call is for round 0): the round's
+        clip change takes effect here, so a round that fails after finalizing (a non-finite
+        model) changes nothing; its noised count was never released."""
+        if self._next_clip is not None:
+            self.clip, self._next_clip = self._next_clip, None
         return {"clip": self.clip, "inner": dict(self.inner.state())}
 
     def restore(self, state: dict[str, object]) -> None:
