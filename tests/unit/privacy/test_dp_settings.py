@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -74,3 +75,15 @@ def test_the_readme_example_is_a_valid_central_dp_config(tmp_path: Path) -> None
     # Assert
     assert config.dp is not None and config.dp.central is not None
     assert isinstance(check_strategy(config), CentralDP)
+
+
+def test_central_dp_without_opacus_is_refused_before_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load(tmp_path, CENTRAL)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "opacus" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"pip install 'fedhive\[dp\]'"):
+        check_strategy(config)

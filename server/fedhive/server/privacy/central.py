@@ -28,6 +28,7 @@ the clipping bound says nothing about how far one node can move it.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import secrets
 from collections.abc import Iterator, Sequence
@@ -228,5 +229,10 @@ def wrap_central(config: ServerConfig, aggregator: Aggregator, sum_only: bool) -
             "mean, Krum ...) is not a sum of the clipped updates, so the clipping bound does not "
             "bound one node's influence and the noise calibration does not hold; use fedavg, "
             "fedavgm, fedadam, fedyogi or fedadagrad (or a streaming strategy of your own)"
+        )
+    if importlib.util.find_spec("opacus") is None:
+        raise ConfigError(
+            "[dp.central] needs Opacus's RDP accountant, which is not installed: "
+            "pip install 'fedhive[dp]'"
         )
     return CentralDP(aggregator, dp.central)
