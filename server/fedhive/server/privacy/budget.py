@@ -156,6 +156,13 @@ class RunPrivacy:
         self.rounds += 1
         for node in (event.get("nodes") or {}).values():
             node["weight"] = 1.0 / pending["selected"]
+        log.info(
+            "round %s: central DP epsilon %.4f at delta %g%s",
+            event.get("round"),
+            pending["epsilon"],
+            self.dp.delta,
+            f" (budget {self.dp.max_epsilon:g})" if self.dp.max_epsilon is not None else "",
+        )
         privacy["central"] = {
             "delta": self.dp.delta,
             "epsilon": pending["epsilon"],
