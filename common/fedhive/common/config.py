@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedhive.common.errors import ConfigError
+from fedhive.common.privacy.settings import DPSettings, check_run
 from fedhive.common.secagg.quantize import QuantConfig
 from fedhive.common.wire.chunks import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 
@@ -98,6 +99,8 @@ class ServerConfig(_Config):
     tls_ca: Path | None = None
     crl: Path | None = None
     allowed_nodes: tuple[str, ...] | None = None
+    # differential privacy ([dp]: fedhive.common.privacy.settings); None: none
+    dp: DPSettings | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -129,6 +132,7 @@ class ServerConfig(_Config):
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
         _check_insecure(self, ("tls_dir", "tls_cert", "tls_key", "tls_ca", "crl"))
+        check_run(self.dp, secure_aggregation=self.secure_aggregation, min_nodes=self.min_nodes)
         allowed = self.allowed_nodes
         if allowed is not None and (not allowed or not all(n.strip() for n in allowed)):
             raise ValueError(

@@ -36,6 +36,7 @@ from fedhive.common.wire.tensors import (
 from fedhive.server.coordinator import Coordinator, RoundListener
 from fedhive.server.identity import PeerGate, server_credentials, server_tls
 from fedhive.server.limits import Watchdog
+from fedhive.server.privacy.central import wrap_central
 from fedhive.server.servicer import SERVICE, CoordinatorServicer, generic_handler
 from fedhive.server.store import RunStore, StoreError
 from fedhive.server.strategy.base import Aggregator
@@ -175,7 +176,7 @@ def check_strategy(config: ServerConfig) -> Aggregator:
             "that needs only the sum (fedavg, fedavgm, fedadam, fedyogi, fedadagrad) or no secure "
             "aggregation"
         )
-    return aggregator
+    return wrap_central(config, aggregator, sum_only(config.strategy))
 
 
 def start_server(config: ServerConfig, listener: RoundListener | None = None) -> RunningServer:

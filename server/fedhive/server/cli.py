@@ -208,7 +208,7 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> ServerConfig:
 
 def run(config: ServerConfig) -> int:
     from fedhive.server.app import serve
-    from fedhive.server.coordinator import RunAborted, RunStopped
+    from fedhive.server.coordinator import BudgetSpent, RunAborted, RunStopped
     from fedhive.server.progress import RichProgress, make_console, summary_table
 
     console = make_console()
@@ -218,6 +218,9 @@ def run(config: ServerConfig) -> int:
             history = serve(config, progress, freeze_startup=True)
     except RunStopped:  # a deliberate stop (SIGTERM, Ctrl-C) is no failure: the run resumes
         console.print(f"coordinator stopped; start it again to resume the run in {config.run_dir}")
+        return 0
+    except BudgetSpent as exc:  # the run ended where its privacy budget says it must
+        console.print(f"run stopped: {escape(str(exc))}")
         return 0
     except RunAborted as exc:
         console.print(f"[red]run aborted:[/red] {escape(str(exc))}")

@@ -69,6 +69,7 @@ from fedhive.server.broadcast import (
     ModelSource,
 )
 from fedhive.server.limits import check_examples, wire_wait
+from fedhive.server.privacy.budget import RunPrivacy
 from fedhive.server.registry import NodeRecord, NodeRegistry
 from fedhive.server.rounds import (
     Contribution,
@@ -97,6 +98,10 @@ class RunAborted(FedhiveError):
 class RunStopped(RunAborted):
     """The coordinator was stopped on purpose (SIGTERM, Ctrl-C) before the run's end. The run
     is not over: nodes are not told to finish, they reconnect, and a restart resumes it."""
+
+
+class BudgetSpent(RunAborted):
+    """The next round would exceed the run's privacy budget ([dp] max_epsilon)."""
 
 
 STOPPING = "the coordinator is stopping"
@@ -175,6 +180,7 @@ class Coordinator:
         self.committed_rounds = resume.round if resume else 0
         if resume is not None:
             self.strategy.restore(resume.strategy_state)
+        self.privacy = RunPrivacy.for_run(config, self.aggregator, store.events() if resume else ())
         self.history: list[Mapping[str, Any]] = []  # RoundRecords (stored events if finished)
 
     def _check_initial(self, initial: Sequence[np.ndarray]) -> None:
@@ -522,9 +528,10 @@ class Coordinator:
                 {"event": "stopped", "round": self.committed_rounds, "time": time.time()}
             )
             raise
-        except RunAborted as exc:
-            log.error("run aborted: %s", exc)
-            self.store.append_event({"event": "aborted", "reason": str(exc), "time": time.time()})
+        except RunAborted as exc:  # a spent privacy budget ends the run: a restart has no more
+            end = "finished" if isinstance(exc, BudgetSpent) else "aborted"
+            log.log(logging.WARNING if end == "finished" else logging.ERROR, "run %s: %s", end, exc)
+            self.store.append_event({"event": end, "reason": str(exc), "time": time.time()})
             self._finish()
             raise
         self._finish()
@@ -582,6 +589,9 @@ class Coordinator:
             chosen = [self.registry[u] for u in selected]
             keys = {n.node_id: n.identity_key for n in chosen}
             certs = {n.node_id: n.identity_cert for n in chosen if n.identity_cert}
+        budget = self.privacy.before_round  # checked before the round opens
+        if kind == TaskKind.TRAIN and (why := budget(number, len(selected), len(alive))):
+            raise BudgetSpent(why)
         secure: SecureRound | None = None
         deadline = time.monotonic() + cfg.round_timeout_s
         if secure_mode:  # parameters differ per attempt: encode the broadcast each time
@@ -770,6 +780,7 @@ class Coordinator:
                     event["server_evaluate"] = dict(metrics)
             if reason:
                 event["note"] = reason
+            event["privacy"] = self.privacy.committed(event)
             event["duration_s"] = round(time.monotonic() - st.opened_at, 6)
             record = RoundRecord(**event)
             self.store.commit_round(

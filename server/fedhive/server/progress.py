@@ -16,6 +16,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedhive.common.privacy.epsilon import epsilon_text, epsilons
+
 # width of the page when the output is not a terminal: long enough that no line wraps (rich
 # would otherwise wrap at 80 columns and squeeze the table's headers)
 FILE_WIDTH = 1000
@@ -40,6 +42,9 @@ def _metric_text(event: Mapping[str, Any]) -> str:
         for key in ("accuracy", "loss"):
             if key in metrics:
                 parts.append(f"{label} {key}={metrics[key]:.4f}")
+    privacy = epsilon_text(event)  # the budget spent so far, per DP level
+    if privacy:
+        parts.append(privacy)
     return "  ".join(parts)
 
 
@@ -116,6 +121,7 @@ class RichProgress:
 
 def summary_table(history: Sequence[Mapping[str, Any]]) -> Table:
     table = Table(title="fedhive run summary")
+    levels = sorted({level for ev in history for level in epsilons(ev)})
     for col in (
         "round",
         "nodes",
@@ -128,6 +134,8 @@ def summary_table(history: Sequence[Mapping[str, Any]]) -> Table:
         "MB out",
     ):
         table.add_column(col, justify="right")
+    for level in levels:  # each DP level's epsilon (at the run's delta) after the round
+        table.add_column(f"eps {level}", justify="right")
     for ev in history:
         train = ev.get("train") or {}
         fed = ev.get("evaluate") or {}
@@ -147,5 +155,6 @@ def summary_table(history: Sequence[Mapping[str, Any]]) -> Table:
             f"{ev.get('duration_s', 0):.2f}",
             f"{ev.get('bytes_in', 0) / 1e6:.1f}",
             f"{ev.get('bytes_out', 0) / 1e6:.1f}",
+            *(f"{epsilons(ev)[v]:.3f}" if v in epsilons(ev) else "-" for v in levels),
         )
     return table

@@ -1,7 +1,8 @@
 """``fedhive report RUN_DIR``: curves and a summary of a run, from ``RUN_DIR/events.jsonl``.
 
 Writes ``RUN_DIR/report.png`` (loss and accuracy per round: training, federated evaluation,
-coordinator-side evaluation, and each node's thin line where the run recorded them) and
+coordinator-side evaluation, and each node's thin line where the run recorded them; with
+differential privacy, epsilon per round for each level the records hold) and
 ``RUN_DIR/report.md`` (best round, final metrics, bytes moved, time), and prints the markdown.
 ``--tensorboard`` also writes TensorBoard event files to ``RUN_DIR/tensorboard``.
 Several run directories are compared side by side instead (``fedhive.common.cli.report_compare``).
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedhive.common.cli.helptext import plain
+from fedhive.common.privacy.epsilon import epsilons
 
 Series = dict[str, list[tuple[int, float]]]
 
@@ -55,6 +57,14 @@ class RunSummary:
             add("federated eval", int(self.final_eval["model_round"]), self.final_eval["evaluate"])
         return out
 
+    def epsilon_series(self) -> Series:
+        """Per DP level (any level a record's ``privacy`` holds): (round, epsilon) points."""
+        out: Series = {}
+        for ev in self.rounds:
+            for level, value in epsilons(ev).items():
+                out.setdefault(level, []).append((int(ev["round"]), value))
+        return out
+
 
 def load_run(run_dir: Path) -> RunSummary:
     path = Path(run_dir) / "events.jsonl"
@@ -81,7 +91,7 @@ def load_run(run_dir: Path) -> RunSummary:
                 summary.status = "running or interrupted"
             elif kind in ("finished", "aborted"):
                 summary.ended = ev.get("time")
-                summary.status = kind if kind == "finished" else f"aborted: {ev.get('reason')}"
+                summary.status = f"{kind}: {ev['reason']}" if ev.get("reason") else kind
     return summary
 
 
@@ -121,6 +131,13 @@ def markdown(summary: RunSummary, run_dir: Path) -> str:
     best = best_round(summary)
     if best:
         lines.append(f"- best round ({best[0]}): {best[1]} with accuracy {best[2]:.4f}")
+    eps = summary.epsilon_series()
+    if eps:
+        spent = ", ".join(f"{level} {points[-1][1]:.4f}" for level, points in eps.items())
+        entries = [e for ev in rounds for e in (ev.get("privacy") or {}).values()]
+        delta = {e.get("delta") for e in entries if isinstance(e, dict)}
+        at = ", ".join(f"{d:g}" for d in sorted(d for d in delta if isinstance(d, float)))
+        lines.append(f"- privacy spent (epsilon at delta {at or '-'}): {spent}")
     if rounds:
         last = rounds[-1]
         lines += ["", "## Final metrics", ""]
@@ -131,14 +148,21 @@ def markdown(summary: RunSummary, run_dir: Path) -> str:
             lines.append(
                 f"- federated evaluation of the final model: {_fmt(summary.final_eval['evaluate'])}"
             )
-        lines += ["", "## Rounds", "", "| round | train loss | fed-eval acc | server acc | s |"]
-        lines.append("|---:|---:|---:|---:|---:|")
+        extra = "".join(f" eps {level} |" for level in eps)
+        lines += [
+            "",
+            "## Rounds",
+            "",
+            "| round | train loss | fed-eval acc | server acc | s |" + extra,
+        ]
+        lines.append("|---:|---:|---:|---:|---:|" + "---:|" * len(eps))
         for e in rounds:
             cells = [
                 (e.get("train") or {}).get("loss"),
                 (e.get("evaluate") or {}).get("accuracy"),
                 (e.get("server_evaluate") or {}).get("accuracy"),
                 e.get("duration_s"),
+                *(epsilons(e).get(level) for level in eps),
             ]
             text = " | ".join("-" if v is None else f"{float(v):.4f}" for v in cells)
             lines.append(f"| {e['round']} | {text} |")
@@ -151,9 +175,10 @@ def plot(summary: RunSummary, path: Path, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    eps = summary.epsilon_series()
+    fig, axes = plt.subplots(1, 3 if eps else 2, figsize=(16 if eps else 11, 4))
     styles = {"train": "C0", "federated eval": "C1", "server eval": "C2"}
-    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=False):
         for name, points in summary.series(metric).items():
             xs, ys = zip(*sorted(points), strict=True)
             if name in styles:
@@ -165,11 +190,24 @@ def plot(summary: RunSummary, path: Path, title: str = "") -> Path:
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     axes[1].legend(loc="lower right", fontsize=8)
+    if eps:  # the privacy spent, next to the accuracy it bought
+        plot_epsilon(axes[2], {f"epsilon {level}": points for level, points in eps.items()})
     fig.suptitle(title or f"run {summary.run_id}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_epsilon(ax: Any, series: Series) -> None:
+    """Epsilon per round, one line per series, on a matplotlib axis."""
+    for name, points in series.items():
+        xs, ys = zip(*sorted(points), strict=True)
+        ax.plot(xs, ys, marker="o", ms=3, label=name, lw=2)
+    ax.set_xlabel("round")
+    ax.set_ylabel("epsilon (privacy spent)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
 
 
 def write_tensorboard(summary: RunSummary, out: Path) -> Path:
@@ -185,6 +223,8 @@ def write_tensorboard(summary: RunSummary, out: Path) -> Path:
             writer.add_scalar("bytes/in", int(e.get("bytes_in", 0)), int(e["round"]))
             writer.add_scalar("bytes/out", int(e.get("bytes_out", 0)), int(e["round"]))
             writer.add_scalar("seconds/round", float(e["duration_s"]), int(e["round"]))
+            for level, value in epsilons(e).items():
+                writer.add_scalar(f"epsilon/{level}", value, int(e["round"]))
     finally:
         writer.close()
     return out

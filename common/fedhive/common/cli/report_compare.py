@@ -2,8 +2,9 @@
 
 Each run is labelled by its directory's name and its aggregation rule (from ``config.json``).
 Writes a markdown table (per run: best and final held-out accuracy, the round it first came
-within 2 points of its best, seconds per round) and, with matplotlib, one plot of held-out
-accuracy (the coordinator's evaluation, else the federated one) and training loss per round.
+within 2 points of its best, seconds per round, the epsilon spent per DP level) and, with
+matplotlib, one plot of held-out accuracy (the coordinator's evaluation, else the federated one)
+and training loss per round, and of epsilon per round when a run recorded it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedhive.common.cli.report import RunSummary, load_run
+from fedhive.common.cli.report import RunSummary, load_run, plot_epsilon
 
 NEAR_BEST = 0.02
 
@@ -57,9 +58,9 @@ def markdown(runs: Sequence[Compared]) -> str:
     lines = ["# Runs side by side", ""]
     lines.append(
         "| run | rounds | best accuracy (round) | final accuracy | within 2 points of best "
-        "from round | s/round |"
+        "from round | s/round | epsilon |"
     )
-    lines.append("|---|---:|---:|---:|---:|---:|")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|")
     for run in runs:
         points = run.accuracy()
         rounds = run.summary.rounds
@@ -71,7 +72,9 @@ def markdown(runs: Sequence[Compared]) -> str:
         else:
             cells = ["-", "-", "-"]
         s = "-" if seconds is None else f"{seconds:.2f}"
-        lines.append(f"| {run.label} | {len(rounds)} | {' | '.join(cells)} | {s} |")
+        eps = run.summary.epsilon_series()
+        spent = ", ".join(f"{level} {points[-1][1]:.3f}" for level, points in eps.items()) or "-"
+        lines.append(f"| {run.label} | {len(rounds)} | {' | '.join(cells)} | {s} | {spent} |")
     return "\n".join(lines) + "\n"
 
 
@@ -82,7 +85,8 @@ def plot(runs: Sequence[Compared], path: Path, title: str = "") -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    private = any(run.summary.epsilon_series() for run in runs)
+    fig, axes = plt.subplots(1, 3 if private else 2, figsize=(16 if private else 11, 4))
     for i, run in enumerate(runs):
         color = f"C{i % 10}"
         points = run.accuracy()
@@ -96,6 +100,15 @@ def plot(runs: Sequence[Compared], path: Path, title: str = "") -> Path:
     axes[0].set_ylabel("training loss (log scale)")
     axes[0].set_yscale("log")  # a diverging run would flatten the others
     axes[1].set_ylabel("held-out accuracy")
+    if private:
+        plot_epsilon(
+            axes[2],
+            {
+                f"{run.label}: {level}": points
+                for run in runs
+                for level, points in run.summary.epsilon_series().items()
+            },
+        )
     for ax in axes:
         ax.set_xlabel("round")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -1,0 +1,174 @@
+"""The run's privacy accountant and its budget (``[dp] max_epsilon``), for central DP.
+
+Each committed round is one subsampled Gaussian mechanism: sampling rate ``q = selected / alive``
+(the nodes selected for the round among the connected ones), noise multiplier ``z``. Their Renyi
+DP composes by addition (Mironov 2017); epsilon at the run's delta comes from Opacus's RDP
+analysis (``opacus.accountants.analysis.rdp``: Mironov, Talwar, Zhang 2019 for the subsampled
+Gaussian; the conversion of Balle et al. 2020). Google's dp-accounting is the cross-check in the
+tests.
+
+The accountant's state is derived, never stored apart: every committed round's record carries its
+``sample_rate`` and ``noise_multiplier`` (``privacy["central"]``), committed in the same
+transaction as the round, so a restarted coordinator rebuilds the same accountant from the rounds
+it finds (:meth:`RunPrivacy.for_run`). Before a round opens, :meth:`RunPrivacy.before_round`
+computes the epsilon the run would have after it; above ``max_epsilon`` the round is not opened
+and the run stops.
+
+Accounting assumption (stated in docs/privacy.md): the subsampled Gaussian's analysis is for
+Poisson sampling with rate ``q``; the coordinator picks a fixed number of nodes uniformly without
+replacement. With ``fraction = 1`` (every connected node, ``q = 1``) there is no amplification
+and the two coincide.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from fedhive.common.config import ServerConfig
+from fedhive.common.errors import ConfigError, FedhiveError
+from fedhive.common.privacy.settings import DPSettings
+from fedhive.common.record import ROUND
+from fedhive.server.privacy.central import CentralDP
+from fedhive.server.strategy.base import Aggregator
+
+log = logging.getLogger("fedhive.server")
+
+ORDERS: tuple[float, ...] = tuple(
+    [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [80, 96, 128, 256, 512, 1024]
+)
+"""Renyi orders: Opacus's RDPAccountant.DEFAULT_ALPHAS, and larger ones for small epsilons (any
+set of orders gives a valid upper bound; more orders, a tighter one)."""
+
+
+def round_rdp(sample_rate: float, noise_multiplier: float) -> np.ndarray:
+    """RDP at :data:`ORDERS` of one subsampled Gaussian mechanism."""
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    return np.asarray(
+        compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=ORDERS),
+        dtype=np.float64,
+    )
+
+
+def rdp_epsilon(rdp: np.ndarray, delta: float) -> float:
+    """Epsilon at ``delta`` of a composed RDP curve (0 for no round)."""
+    if not np.any(rdp):
+        return 0.0
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+
+    with warnings.catch_warnings():  # "optimal order is the smallest/largest alpha": the bound
+        warnings.simplefilter("ignore", UserWarning)  # holds, only less tight (at eps >> 10)
+        eps, _ = get_privacy_spent(orders=ORDERS, rdp=rdp, delta=delta)
+    return float(eps)
+
+
+class RunPrivacy:
+    """Central DP's accountant and budget for one run (inert without ``[dp.central]``)."""
+
+    def __init__(self, dp: DPSettings | None, central: CentralDP | None) -> None:
+        self.dp = dp
+        self.central = central if dp is not None and dp.central is not None else None
+        self.rdp = np.zeros(len(ORDERS), dtype=np.float64)
+        self.rounds = 0
+        self._pending: dict[str, Any] | None = None
+
+    @classmethod
+    def for_run(
+        cls, config: ServerConfig, aggregator: Aggregator, committed: Iterable[Mapping[str, Any]]
+    ) -> RunPrivacy:
+        """The run's accountant, continued from the ``committed`` events (a resumed run's)."""
+        central = aggregator if isinstance(aggregator, CentralDP) else None
+        if config.dp is not None and config.dp.central is not None and central is None:
+            raise ConfigError("[dp.central]: the run's strategy is not wrapped in central DP")
+        privacy = cls(config.dp, central)
+        privacy.replay(committed)
+        return privacy
+
+    @property
+    def epsilon(self) -> float:
+        return rdp_epsilon(self.rdp, self.dp.delta) if self.dp is not None else 0.0
+
+    def replay(self, events: Iterable[Mapping[str, Any]]) -> None:
+        """Add the committed training rounds of ``events`` (the last record of each round)."""
+        if self.central is None:
+            return
+        rounds: dict[int, Mapping[str, Any]] = {}
+        for event in events:
+            if event.get("event") == ROUND and event.get("committed"):
+                rounds[int(event["round"])] = event
+        for number, event in sorted(rounds.items()):
+            entry = (event.get("privacy") or {}).get("central")
+            if not isinstance(entry, Mapping) or not {"sample_rate", "noise_multiplier"} <= set(
+                entry
+            ):
+                raise FedhiveError(
+                    f"round {number} was committed without its central DP record: the privacy "
+                    "spent so far cannot be rebuilt"
+                )
+            self.rdp += round_rdp(float(entry["sample_rate"]), float(entry["noise_multiplier"]))
+            self.rounds += 1
+        if self.rounds:
+            log.info(
+                "central DP: %d committed round(s) replayed, epsilon %.4f at delta %g",
+                self.rounds,
+                self.epsilon,
+                self.dp.delta if self.dp else 0.0,
+            )
+
+    def before_round(self, number: int, selected: int, alive: int) -> str | None:
+        """Why round ``number`` must not open (it would exceed ``max_epsilon``), or None; the
+        round's sampling rate is ``selected / alive``. Raises ConfigError for a delta that the
+        nodes connected now make meaningless (>= 1/nodes)."""
+        if self.central is None or self.dp is None:
+            return None
+        dp, z = self.dp, self.central.settings.noise_multiplier
+        if dp.delta >= 1.0 / alive:
+            raise ConfigError(
+                f"[dp] delta = {dp.delta:g} is not below 1/nodes = 1/{alive}: node-level DP at "
+                "that delta may reveal a whole node's update; use a smaller delta"
+            )
+        rate = selected / alive
+        after = rdp_epsilon(self.rdp + round_rdp(rate, z), dp.delta)
+        if dp.max_epsilon is not None and after > dp.max_epsilon:
+            return (
+                f"privacy budget: round {number} would bring the central epsilon to {after:.4f} "
+                f"> [dp] max_epsilon = {dp.max_epsilon:g} (delta {dp.delta:g}; {self.epsilon:.4f} "
+                f"spent in {self.rounds} round(s)); the run stops before it"
+            )
+        self._pending = {"sample_rate": rate, "epsilon": after, "selected": selected}
+        self.central.expect(selected)
+        return None
+
+    def committed(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        """The round's ``privacy`` field (the central level's entry added to what is there);
+        the accountant now includes the round. The nodes' weights are set to the fixed 1/m."""
+        privacy = dict(event.get("privacy") or {})
+        if self.central is None or self.dp is None or self._pending is None:
+            return privacy or None
+        pending, self._pending = self._pending, None
+        z = self.central.settings.noise_multiplier
+        self.rdp += round_rdp(pending["sample_rate"], z)
+        self.rounds += 1
+        for node in (event.get("nodes") or {}).values():
+            node["weight"] = 1.0 / pending["selected"]
+        log.info(
+            "round %s: central DP epsilon %.4f at delta %g%s",
+            event.get("round"),
+            pending["epsilon"],
+            self.dp.delta,
+            f" (budget {self.dp.max_epsilon:g})" if self.dp.max_epsilon is not None else "",
+        )
+        privacy["central"] = {
+            "delta": self.dp.delta,
+            "epsilon": pending["epsilon"],
+            "noise_multiplier": z,
+            "clip": self.central.round_clip,
+            "sample_rate": pending["sample_rate"],
+            "adaptive": self.central.settings.adaptive,
+        }
+        return privacy
