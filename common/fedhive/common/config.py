@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from fedhive.common.chunks import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 from fedhive.common.errors import ConfigError
 from fedhive.common.secagg.quantize import QuantConfig
+from fedhive.common.status_config import StatusConfig
 
 Scalar = bool | int | float | str
 FLOWER_TASK = "fedhive.common.tasks.flower:make_task"  # serves a Flower ClientApp (flower_app)
@@ -98,6 +99,8 @@ class ServerConfig(_Config):
     tls_ca: Path | None = None
     crl: Path | None = None
     allowed_nodes: tuple[str, ...] | None = None
+    # the status page and /metrics (fedhive.common.status_config); None: off
+    status: StatusConfig | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,181 @@
+"""The status page and metrics, piece by piece: settings, refusal labels, the listener's counters,
+the bearer-token protection (over a real HTTP server on loopback)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedhive.common.config import ServerConfig, build_config
+from fedhive.common.errors import ConfigError
+from fedhive.common.record import RoundRecord
+from fedhive.common.status_config import StatusConfig
+from fedhive.server.cli import add_server_args, config_from_args
+from fedhive.server.status.httpd import StatusServer
+from fedhive.server.status.metrics import REFUSAL_REASONS, FederationMetrics, refusal_label
+from fedhive.server.status.runs import RunDirs
+from fedhive.server.status.web import StatusSources, build_app
+
+TOKEN = "s3cret-token-for-tests-0123456789"
+
+
+def record(round_: int, committed: bool, refused: dict[str, str] | None = None) -> RoundRecord:
+    return RoundRecord(
+        event="round",
+        round=round_,
+        attempt=1,
+        selected=["a", "b"],
+        refused=refused or {},
+        dropped=[],
+        duration_s=0.5,
+        bytes_in=1000,
+        bytes_out=2000,
+        time=0.0,
+        reported=["a"],
+        examples=10,
+        committed=committed,
+    )
+
+
+def sample(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in the exposition")
+
+
+def test_an_exposed_status_page_without_a_token_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config(ServerConfig, None, {"status": {"host": "0.0.0.0", "port": 0}})
+
+    assert "status" in str(err.value)
+    assert "token_file" in str(err.value)
+    assert "without protection" in str(err.value)
+
+
+def test_the_cli_refuses_to_expose_the_status_page_unprotected() -> None:
+    p = argparse.ArgumentParser()
+    add_server_args(p)
+    ns = p.parse_args(["--insecure", "--status-port", "0", "--status-host", "10.1.2.3"])
+
+    with pytest.raises(ConfigError, match="token_file"):
+        config_from_args(ns)
+
+
+def test_status_settings_default_to_loopback_and_stay_off() -> None:
+    p = argparse.ArgumentParser()
+    add_server_args(p)
+
+    off = config_from_args(p.parse_args(["--insecure"]))
+    on = config_from_args(p.parse_args(["--insecure", "--status-port", "0"]))
+
+    assert off.status is None
+    assert on.status == StatusConfig(port=0)
+    assert on.status.host == "127.0.0.1" and not on.status.exposed
+
+
+def test_a_short_or_missing_token_file_is_refused(tmp_path: Path) -> None:
+    short = tmp_path / "short"
+    short.write_text("abc\n")
+
+    with pytest.raises(ConfigError, match="16 to 4096 characters"):
+        StatusConfig(host="0.0.0.0", token_file=short).read_token()
+    with pytest.raises(ConfigError, match="token_file"):
+        StatusConfig(token_file=tmp_path / "absent").read_token()
+    with pytest.raises(ValueError, match="tls_cert and tls_key"):
+        StatusConfig(tls_cert=tmp_path / "c.pem")
+
+
+@pytest.mark.parametrize(
+    ("reason", "label"),
+    [
+        ("declined: out of memory", "declined"),
+        ("round 3: digest mismatch (payload corrupted in transit)", "digest"),
+        ("update: tensor 'w' holds non-finite values (NaN or inf) at 4", "non_finite"),
+        ("update: 9999 bytes exceeds the limit 100", "limit"),
+        ("update: 2 tensors, the global model has 3", "shape"),
+        ("upload idle for 30s: cut off", "timeout"),
+        ("something nobody foresaw " + "x" * 5000, "other"),
+    ],
+)
+def test_refusal_reasons_fold_into_a_fixed_label_set(reason: str, label: str) -> None:
+    assert refusal_label(reason) == label
+    assert label in REFUSAL_REASONS
+
+
+def test_the_listener_counts_rounds_bytes_and_refusals() -> None:
+    metrics = FederationMetrics()
+    metrics.watch_nodes(lambda: 3)
+
+    metrics.round_opened(1, "train", ["a", "b"])
+    metrics.update_received(1, 1, 2, 1000)
+    live = metrics.live_round()
+    metrics.round_closed(record(1, True, {"b": "digest mismatch"}))
+    metrics.round_closed(record(2, False))
+    text = metrics.exposition().decode()
+
+    assert live is not None and (live.round, live.received, live.selected) == (1, 1, 2)
+    assert metrics.live_round() is None
+    assert sample(text, "fedhive_rounds_committed_total") == 1
+    assert sample(text, "fedhive_rounds_failed_total") == 1
+    assert sample(text, "fedhive_bytes_received_total") == 2000
+    assert sample(text, "fedhive_bytes_sent_total") == 4000
+    assert sample(text, 'fedhive_updates_refused_total{reason="digest"}') == 1
+    assert sample(text, 'fedhive_updates_refused_total{reason="other"}') == 0
+    assert sample(text, "fedhive_connected_nodes") == 3
+    assert sample(text, 'fedhive_round_duration_seconds_count{kind="train"}') == 2
+
+
+@pytest.fixture
+def protected(tmp_path: Path) -> Iterator[str]:
+    metrics = FederationMetrics()
+    sources = StatusSources(RunDirs.single(tmp_path / "run"), metrics, list, lambda: None)
+    server = StatusServer(build_app(sources, token=TOKEN), StatusConfig(port=0)).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+    assert not server.thread.is_alive()
+
+
+def get(url: str, headers: dict[str, str] | None = None, data: bytes | None = None) -> Any:
+    request = urllib.request.Request(url, headers=headers or {}, data=data)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, dict(reply.headers), reply.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def test_a_token_protects_metrics_and_the_api(protected: str) -> None:
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+
+    no_token = get(protected + "metrics")
+    wrong = get(protected + "api/status", {"Authorization": "Bearer wrong"})
+    scraped = get(protected + "metrics", bearer)
+    status = get(protected + "api/status", bearer)
+    page = get(protected)
+
+    assert no_token[0] == 401 and wrong[0] == 401
+    assert scraped[0] == 200 and b"fedhive_rounds_committed_total" in scraped[2]
+    assert status[0] == 200 and json.loads(status[2])["runs"] == []
+    assert page[0] == 200 and b"needs its bearer token" in page[2]  # the login page
+    assert "default-src 'self'" in scraped[1]["content-security-policy"]
+
+
+def test_a_browser_signs_in_once_and_gets_a_cookie(protected: str) -> None:
+    refused = get(protected + "login", data=b"not the token")
+    signed = get(protected + "login", data=TOKEN.encode())
+    cookie = signed[1]["set-cookie"].split(";")[0]
+    status = get(protected + "api/status", {"Cookie": cookie})
+
+    assert refused[0] == 401
+    assert signed[0] == 200 and TOKEN not in cookie and "HttpOnly" in signed[1]["set-cookie"]
+    assert status[0] == 200
