@@ -87,7 +87,8 @@ def committed(driver: Any) -> int:
 
 
 def test_the_status_page_follows_a_live_run_in_a_browser(tmp_path: Path, chromium: Any) -> None:
-    # Prepare: held-out and node data, a `fedhive server` with its status page on a free port
+    # Prepare: held-out and node data, a `fedhive server` with its status page on a free port,
+    # two digits nodes
     server_data, dirs = digits.prepare_simulation(tmp_path / "data", 2, 0.5, 0)
     port = free_port()
     log = tmp_path / "server.log"
@@ -101,18 +102,18 @@ def test_the_status_page_follows_a_live_run_in_a_browser(tmp_path: Path, chromiu
     deadline = time.monotonic() + DEADLINE_S
     with open(log, "wb") as out:
         procs.append(subprocess.Popen(cmd, stdout=out, stderr=out))
+    # the nodes start beside it (they retry until it listens): their start-up overlaps its own
+    node_logs = [open(tmp_path / f"n{i}.log", "wb") for i in range(2)]  # noqa: SIM115
+    for i, (d, f) in enumerate(zip(dirs, node_logs, strict=True)):
+        procs.append(subprocess.Popen(node_cmd(port, i, d), stdout=f, stderr=f))
     try:
         found = wait_for(
             "the status page's address", lambda: URL_LINE.search(log.read_bytes()), deadline
         )
         url = found.group(1).decode()
 
-        # Execute: the page is open before any node joins; then two nodes train
+        # Execute: the page is opened while the run goes on and followed round by round
         chromium.get(url + "?refresh=0.25")
-        wait_for("the page's first refresh", lambda: committed(chromium) == 0, deadline)
-        node_logs = [open(tmp_path / f"n{i}.log", "wb") for i in range(2)]  # noqa: SIM115
-        for i, (d, f) in enumerate(zip(dirs, node_logs, strict=True)):
-            procs.append(subprocess.Popen(node_cmd(port, i, d), stdout=f, stderr=f))
         first = wait_for("a committed round", lambda: max(committed(chromium), 0), deadline)
         later = wait_for(
             "the counter to advance", lambda: committed(chromium) >= first + 2, deadline
@@ -126,10 +127,10 @@ def test_the_status_page_follows_a_live_run_in_a_browser(tmp_path: Path, chromiu
         shot = tmp_path / "status-page.png"
         chromium.save_screenshot(str(shot))
         codes = [p.wait(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
-        for f in node_logs:
-            f.close()
     finally:
         wait_all([p for p in procs if p.poll() is None], timeout=1)  # kills what still runs
+        for f in node_logs:
+            f.close()
 
     # Assert: the counter moved while the run went on, the chart has its line, the run ended well
     assert later and pixels

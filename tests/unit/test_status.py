@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from fedhive.common import pki
 from fedhive.common.config import ServerConfig, build_config
 from fedhive.common.errors import ConfigError
 from fedhive.common.record import RoundRecord
@@ -179,3 +182,48 @@ def test_a_browser_signs_in_once_and_gets_a_cookie(protected: str) -> None:
     assert refused[0] == 401
     assert signed[0] == 200 and TOKEN not in cookie and "HttpOnly" in signed[1]["set-cookie"]
     assert status[0] == 200
+
+
+def test_an_exposed_page_serves_https_with_its_token(tmp_path: Path) -> None:
+    # Prepare: the consortium's CA issues the page a certificate (as `fedhive certs server`)
+    ca_key, ca_cert = pki.create_ca("Test Consortium")
+    key, cert = pki.issue(ca_key, ca_cert, "coordinator", server=True, ips=["127.0.0.1"])
+    pki.write_cert(tmp_path / "ca.crt", ca_cert)
+    pki.write_cert(tmp_path / "status.crt", cert)
+    pki.write_key(tmp_path / "status.key", key)
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    config = StatusConfig(
+        host="127.0.0.1",
+        port=0,
+        token_file=tmp_path / "token",
+        tls_cert=tmp_path / "status.crt",
+        tls_key=tmp_path / "status.key",
+    )
+    sources = StatusSources(RunDirs.single(tmp_path), FederationMetrics(), list, lambda: None)
+    server = StatusServer(build_app(sources, token=config.read_token()), config).start()
+
+    # Execute: a client that trusts only the consortium CA
+    context = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    request = urllib.request.Request(
+        server.url + "metrics", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as reply:
+            status, body = reply.status, reply.read()
+    finally:
+        server.stop()
+
+    # Assert
+    assert server.url.startswith("https://")
+    assert status == 200 and b"fedhive_queue_length" in body
+
+
+def test_the_readme_status_table_is_valid() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Status page and metrics") :]
+    start = section.index("```toml\n") + len("```toml\n")
+    block = section[start : section.index("```", start)]
+
+    config = StatusConfig(**tomllib.loads(block)["status"])
+
+    assert config.token_file == Path("status.token")

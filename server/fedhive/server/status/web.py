@@ -59,9 +59,10 @@ def _cookie_value(token: str) -> str:
 
 
 class _Protect(BaseHTTPMiddleware):
-    def __init__(self, app: Any, token: str | None) -> None:
+    def __init__(self, app: Any, token: str | None, page: bool) -> None:
         super().__init__(app)
         self.token = token
+        self.page = page
 
     def allowed(self, request: Request) -> bool:
         if self.token is None or request.url.path in PUBLIC_PATHS:
@@ -76,7 +77,7 @@ class _Protect(BaseHTTPMiddleware):
         self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         if not self.allowed(request):
-            if request.url.path == "/":  # a browser: the login page
+            if request.url.path == "/" and self.page:  # a browser: the login page
                 response: Response = FileResponse(STATIC / "login.html")
             else:
                 response = JSONResponse(
@@ -154,4 +155,4 @@ def build_app(sources: StatusSources, *, token: str | None, page: bool = True) -
             Route("/login", login, methods=["POST"]),
             Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
         ]
-    return Starlette(routes=routes, middleware=[Middleware(_Protect, token=token)])
+    return Starlette(routes=routes, middleware=[Middleware(_Protect, token=token, page=page)])
