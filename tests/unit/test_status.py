@@ -25,6 +25,7 @@ from fedhive.server.status.httpd import StatusServer
 from fedhive.server.status.metrics import REFUSAL_REASONS, FederationMetrics, refusal_label
 from fedhive.server.status.runs import RunDirs
 from fedhive.server.status.web import StatusSources, build_app
+from fedhive.server.store import RunStore
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 
@@ -227,3 +228,31 @@ def test_the_readme_status_table_is_valid() -> None:
     config = StatusConfig(**tomllib.loads(block)["status"])
 
     assert config.token_file == Path("status.token")
+
+
+def test_the_api_reads_rounds_and_refusals_from_a_run_store(tmp_path: Path) -> None:
+    # Prepare: a run store as the coordinator writes it: one committed round, one failed round
+    store = RunStore(tmp_path / "run")
+    settings = ServerConfig(rounds=5, insecure=True).model_dump(mode="json")
+    store.create(settings, "run-1")
+    store.append_event(record(1, True, {"n2": "declined: training failed"}))
+    store.append_event(record(2, False, {"n3": "update: digest mismatch"}))
+    store.close()
+    metrics = FederationMetrics()
+    metrics.round_opened(3, "train", ["n1", "n2"])
+    sources = StatusSources(RunDirs.single(store.run_dir), metrics, list, lambda: "run-1")
+    server = StatusServer(build_app(sources, token=None), StatusConfig(port=0)).start()
+
+    # Execute
+    try:
+        status, _, body = get(server.url + "api/status")
+    finally:
+        server.stop()
+
+    # Assert
+    assert status == 200
+    (run,) = json.loads(body)["runs"]
+    assert (run["run_id"], run["rounds"], run["finished"]) == ("run-1", 5, False)
+    assert [r["committed"] for r in run["rounds_shown"]] == [True, False]
+    assert run["rounds_shown"][1]["refused"] == {"n3": "update: digest mismatch"}
+    assert (run["live"]["round"], run["live"]["selected"]) == (3, 2)
