@@ -23,7 +23,7 @@ from fedhive.common.status_config import StatusConfig
 from fedhive.server.cli import add_server_args, config_from_args
 from fedhive.server.status.httpd import StatusServer
 from fedhive.server.status.metrics import REFUSAL_REASONS, FederationMetrics, refusal_label
-from fedhive.server.status.runs import RunDirs
+from fedhive.server.status.runs import RunDirs, read_runs
 from fedhive.server.status.web import StatusSources, build_app
 from fedhive.server.store import RunStore
 
@@ -256,3 +256,24 @@ def test_the_api_reads_rounds_and_refusals_from_a_run_store(tmp_path: Path) -> N
     assert [r["committed"] for r in run["rounds_shown"]] == [True, False]
     assert run["rounds_shown"][1]["refused"] == {"n3": "update: digest mismatch"}
     assert (run["live"]["round"], run["live"]["selected"]) == (3, 2)
+
+
+def test_a_service_state_dir_lists_every_run_and_a_broken_one_with_its_error(
+    tmp_path: Path,
+) -> None:
+    # Prepare: STATE_DIR/runs/<run_id>/ as the service keeps them; one database is garbage
+    runs = tmp_path / "runs"
+    for run_id in ("aaa", "bbb"):
+        store = RunStore(runs / run_id)
+        store.create(ServerConfig(insecure=True).model_dump(mode="json"), run_id)
+        store.close()
+    (runs / "ccc").mkdir()
+    (runs / "ccc" / "run.sqlite").write_bytes(b"not a database")
+
+    # Execute
+    found = {run["run_id"]: run for run in read_runs(RunDirs.under(runs), 10)}
+
+    # Assert
+    assert set(found) == {"aaa", "bbb", "ccc"}
+    assert found["aaa"]["rounds_shown"] == [] and "error" not in found["aaa"]
+    assert "error" in found["ccc"]

@@ -86,8 +86,10 @@ def read_run(run_dir: Path, max_rounds: int) -> dict[str, Any]:
     try:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         committed = db.execute("SELECT COALESCE(MAX(round), 0) FROM rounds").fetchone()[0]
+        # per-node detail left in SQLite: a round of a thousand nodes stays a short line here
         rows = db.execute(
-            "SELECT body FROM events ORDER BY id DESC LIMIT ?", (max_rounds,)
+            "SELECT json_remove(body, '$.nodes') FROM events ORDER BY id DESC LIMIT ?",
+            (max_rounds,),
         ).fetchall()
         last = db.execute("SELECT body FROM events ORDER BY id DESC LIMIT 1").fetchone()
     finally:

@@ -2,7 +2,9 @@
 
 :class:`StatusPart` is made before the round engine (its metrics listen through the engine's
 listener seam, beside the progress display) and started once the engine exists (it reads the live
-node registry); :class:`~fedhive.server.app.RunningServer` stops it.
+node registry); :class:`~fedhive.server.app.RunningServer` stops it. A service of many runs makes
+one with ``RunDirs.under(STATE_DIR / "runs")``, attaches each run's engine as it starts
+(:meth:`StatusPart.attach`), and sets the queue length (``metrics.set_queue_length``).
 """
 
 from __future__ import annotations
@@ -48,20 +50,30 @@ class StatusPart:
         self.metrics = FederationMetrics()
         self.runs = runs or RunDirs.single(config.run_dir)
         self.server: StatusServer | None = None
+        self.coordinator: Any = None  # the engine of the run under way (None: none)
 
     def listener(self, other: Any = None) -> Listeners:
         """The engine's listener: ``other`` (e.g. the progress display), then the metrics."""
         return Listeners(other, self.metrics)
 
+    def attach(self, coordinator: Any) -> None:
+        """Follow ``coordinator`` (a service attaches each run's engine as it starts it)."""
+        self.coordinator = coordinator
+
+    def nodes(self) -> list[dict[str, Any]]:
+        coordinator = self.coordinator
+        return [] if coordinator is None else node_rows(coordinator)
+
+    def live_run_id(self) -> str | None:
+        coordinator = self.coordinator
+        return None if coordinator is None else str(coordinator.run_id)
+
     def start(self, coordinator: Any) -> StatusServer:
-        self.metrics.watch_nodes(lambda: sum(1 for n in node_rows(coordinator) if n["connected"]))
+        self.attach(coordinator)
+        self.metrics.watch_nodes(lambda: sum(1 for n in self.nodes() if n["connected"]))
         self.metrics.set_queue_length(1)  # one run, submitted at start, until the process ends
         sources = StatusSources(
-            self.runs,
-            self.metrics,
-            lambda: node_rows(coordinator),
-            lambda: str(coordinator.run_id),
-            self.config.max_rounds_shown,
+            self.runs, self.metrics, self.nodes, self.live_run_id, self.config.max_rounds_shown
         )
         app = build_app(sources, token=self.token, page=self.config.page)
         self.server = StatusServer(app, self.config).start()
