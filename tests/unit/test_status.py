@@ -277,3 +277,17 @@ def test_a_service_state_dir_lists_every_run_and_a_broken_one_with_its_error(
     assert set(found) == {"aaa", "bbb", "ccc"}
     assert found["aaa"]["rounds_shown"] == [] and "error" not in found["aaa"]
     assert "error" in found["ccc"]
+
+
+def test_a_port_in_use_is_a_clear_error_and_leaves_no_thread(tmp_path: Path) -> None:
+    sources = StatusSources(RunDirs.single(tmp_path), FederationMetrics(), list, lambda: None)
+    first = StatusServer(build_app(sources, token=None), StatusConfig(port=0)).start()
+    second = StatusServer(build_app(sources, token=None), StatusConfig(port=first.port))
+
+    try:
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{first.port}"):
+            second.start()
+    finally:
+        first.stop()
+
+    assert not second.thread.is_alive() and not first.thread.is_alive()
