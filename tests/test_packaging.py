@@ -73,6 +73,15 @@ def test_wheel_holds_only_the_fedhive_namespace(wheel):
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
 
 
+def test_wheel_ships_the_status_page_with_its_chart_script_and_its_license(wheel):
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+
+    static = "fedhive/server/status/static/"
+    for name in ("index.html", "status.js", "uPlot.iife.min.js", "uPlot.LICENSE", "login.html"):
+        assert static + name in names
+
+
 def test_wheel_installs_and_imports_without_the_source_tree(wheel, tmp_path):
     site = tmp_path / "site"
     subprocess.run(

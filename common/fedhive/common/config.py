@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from fedhive.common.errors import ConfigError
 from fedhive.common.privacy.settings import DPSettings, check_run
 from fedhive.common.secagg.quantize import QuantConfig
+from fedhive.common.status_config import StatusConfig
 from fedhive.common.wire.chunks import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 
 Scalar = bool | int | float | str
@@ -101,6 +102,8 @@ class ServerConfig(_Config):
     allowed_nodes: tuple[str, ...] | None = None
     # differential privacy ([dp]: fedhive.common.privacy.settings); None: none
     dp: DPSettings | None = None
+    # the status page and /metrics (fedhive.common.status_config); None: off
+    status: StatusConfig | None = None
 
     @model_validator(mode="before")
     @classmethod

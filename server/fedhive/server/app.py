@@ -127,6 +127,7 @@ class RunningServer:
     coordinator: Coordinator
     health: health.HealthServicer
     watchdog: Watchdog | None = None  # started with the server, stopped after it
+    status: Any = None  # the status page and metrics (fedhive.server.status.wiring.StatusPart)
 
     def stop(self, grace: float = 2.0) -> None:
         _LIVE.pop(id(self), None)
@@ -135,6 +136,8 @@ class RunningServer:
         self.server.stop(grace).wait()
         if self.watchdog is not None:
             self.watchdog.stop()
+        if self.status is not None:
+            self.status.stop()
 
 
 # Servers started in this process and not stopped by their owner yet: stopped when the main thread
@@ -194,6 +197,12 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
     )
     check_train_config(task, config)
     aggregator = check_strategy(config)
+    status = None
+    if config.status is not None:  # off by default; its metrics listen beside the progress
+        from fedhive.server.status.wiring import StatusPart
+
+        status = StatusPart(config)
+        listener = status.listener(listener)
     specs, arrays = initial_model(task)
     store = RunStore(config.run_dir)
     settings = config.model_dump(mode="json")
@@ -245,6 +254,13 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
         raise OSError(f"cannot listen on {config.address}")
     server.start()
     watchdog.start()
+    running = RunningServer(server, port, coordinator, health_servicer, watchdog, status)
+    if status is not None:
+        try:
+            status.start(coordinator)
+        except BaseException:
+            running.stop(0)
+            raise
     log.info(
         "coordinator listening on port %d with %s (run %s, %d tensors, %.1f MB, run dir %s)",
         port,
@@ -254,7 +270,6 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
         coordinator.model_bytes / 1e6,
         config.run_dir,
     )
-    running = RunningServer(server, port, coordinator, health_servicer, watchdog)
     _LIVE[id(running)] = running
     return running
 

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ FLAGGED = (
     "address", "run_dir", "task", "task_args", "seed", "rounds", "min_nodes", "fraction",
     "min_updates", "round_timeout_s", "chunk_size", "train", "eval_data", "progress", "insecure",
     "tls_dir", "tls_cert", "tls_key", "tls_ca", "crl", "allowed_nodes", "max_node_examples",
-    "strategy", "strategy_args",
+    "strategy", "strategy_args", "status",
 )  # fmt: skip
 # flags `fedhive simulate` does not take: it makes its own run directory and certificates
 SERVER_ONLY = ("resume", "tls_dir", "tls_cert", "tls_key", "tls_ca", "crl")
@@ -168,7 +169,52 @@ def add_server_args(p: argparse.ArgumentParser, *, simulate: bool = False) -> No
         help="plain text, no TLS (tests only)",
     )
     p.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    add_status_args(p)
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING ... (default INFO)")
+
+
+def add_status_args(p: argparse.ArgumentParser) -> None:
+    """The status page and /metrics: off unless --status-port (or [status] in the TOML)."""
+    p.add_argument(
+        "--status-port",
+        type=int,
+        metavar="PORT",
+        help="serve the status page and Prometheus /metrics on this port (0: a free one, "
+        "logged; default off; [status] in the TOML also sets tls_cert, tls_key, page, "
+        "max_rounds_shown)",
+    )
+    p.add_argument(
+        "--status-host",
+        metavar="HOST",
+        help="address the status page listens on (default 127.0.0.1; any other needs "
+        "--status-token-file)",
+    )
+    p.add_argument(
+        "--status-token-file",
+        type=Path,
+        metavar="FILE",
+        help="bearer token the status page and /metrics require (default none)",
+    )
+
+
+def status_overrides(ns: argparse.Namespace, path: Path | None) -> dict[str, Any] | None:
+    """``[status]`` from the TOML file with the status flags applied (None: no flag given)."""
+    flags = {
+        "port": getattr(ns, "status_port", None),
+        "host": getattr(ns, "status_host", None),
+        "token_file": getattr(ns, "status_token_file", None),
+    }
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if not flags:
+        return None
+    table: dict[str, Any] = {}
+    if path is not None:
+        with contextlib.suppress(OSError, ValueError):  # build_config reports a bad file
+            loaded = tomllib.loads(Path(path).read_text(encoding="utf-8")).get("status")
+            table = dict(loaded) if isinstance(loaded, dict) else {}
+    if "port" not in flags and "port" not in table:
+        raise ConfigError("--status-host and --status-token-file need --status-port (or [status])")
+    return {**table, **flags}
 
 
 def config_from_args(ns: argparse.Namespace, **extra: Any) -> ServerConfig:
@@ -193,6 +239,7 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> ServerConfig:
         **{name: getattr(ns, name, None) for name in SERVER_ONLY if name != "resume"},
         "allowed_nodes": _ids(ns.allow_node),
         "insecure": ns.insecure,
+        "status": status_overrides(ns, ns.config),
         **extra,
     }
     base = None

@@ -62,6 +62,7 @@ OPERATIONAL_FIELDS = frozenset(
         "receive_window_bytes",
         "broadcast_memory_bytes",
         "join_timeout_s",
+        "status",
     }
 )
 
