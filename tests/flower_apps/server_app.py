@@ -1,6 +1,7 @@
 """digits: A Flower / PyTorch app."""
 
 import json
+import time
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
@@ -36,12 +37,19 @@ def main(grid: Grid, context: Context) -> None:
         min_available_nodes=context.run_config["min-nodes"],
     )
 
+    # Note when each round's global model is ready (round 0: the initial model)
+    round_times = {}
+
+    def note_time(server_round: int, arrays: ArrayRecord) -> None:
+        round_times[server_round] = time.time()
+
     # Start strategy, run FedAvg for `num_rounds`
     result = strategy.start(
         grid=grid,
         initial_arrays=arrays,
         train_config=ConfigRecord({"lr": lr}),
         num_rounds=num_rounds,
+        evaluate_fn=note_time,
     )
 
     # Save final model and the aggregated metrics to disk
@@ -51,6 +59,7 @@ def main(grid: Grid, context: Context) -> None:
     metrics = {
         "train": {r: dict(m) for r, m in result.train_metrics_clientapp.items()},
         "evaluate": {r: dict(m) for r, m in result.evaluate_metrics_clientapp.items()},
+        "time": round_times,
     }
     with open(final_model + ".metrics.json", "w") as f:
         json.dump(metrics, f)

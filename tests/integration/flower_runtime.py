@@ -162,9 +162,9 @@ class FlowerRun:
         return "\n".join(f"== {log.name}\n{tail(log, chars)}" for log in logs)
 
 
-def flower_metrics(final_model: Path) -> dict[str, dict[int, dict[str, float]]]:
-    """What the project's ServerApp saved next to its final model: FedAvg's aggregated train and
-    evaluate metrics by round."""
+def flower_metrics(final_model: Path) -> dict[str, dict[int, Any]]:
+    """What the project's ServerApp saved next to its final model, by round: FedAvg's aggregated
+    ``train`` and ``evaluate`` metrics, and the ``time`` each global model was ready."""
     saved = json.loads(Path(f"{final_model}.metrics.json").read_text())
     return {kind: {int(r): m for r, m in rounds.items()} for kind, rounds in saved.items()}
 
@@ -173,15 +173,24 @@ def flower_metrics(final_model: Path) -> dict[str, dict[int, dict[str, float]]]:
 
 
 def fedhive_server(
-    workdir: Path, port: int, nodes: int, rounds: int, train: Mapping[str, Any], seed: int = 0
+    workdir: Path,
+    port: int,
+    nodes: int,
+    rounds: int,
+    train: Mapping[str, Any],
+    seed: int = 0,
+    config: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """``fedhive server`` for a Flower app: the initial model from the app's Net (seeded)."""
+    """``fedhive server`` for a Flower app: the initial model from the app's Net (seeded);
+    ``config`` a TOML file of further settings."""
     cmd = [
         sys.executable, "-m", "fedhive.common.cli", "server", "--insecure", "--no-progress",
         "--address", f"127.0.0.1:{port}", "--run-dir", str(workdir / "run"),
         "--task", FLOWER_TASK, "--task-arg", f"init={INIT}", "--rounds", str(rounds),
         "--min-nodes", str(nodes), "--seed", str(seed),
     ]  # fmt: skip
+    if config is not None:
+        cmd += ["--config", str(config)]
     for key, value in train.items():
         cmd += ["--train", f"{key}={value}"]
     return spawn(cmd, workdir / "fedhive-server.log", {**os.environ, "PYTHONPATH": str(ROOT)})
