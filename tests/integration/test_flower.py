@@ -18,28 +18,13 @@ from safetensors.numpy import load_file
 from fedhive.common.cli.certs import Authority
 from fedhive.common.config import FLOWER_TASK
 from tests.flower_apps.task import Net
+from tests.integration.flower_runtime import flower_node
 from tests.integration.harness import start_coordinator, wait_all
 
 INIT = "tests.flower_apps.task:Net"
 NODES = 2
 ROUNDS = 3
 TOLERANCE = 1e-6  # largest absolute difference from Flower's global model (measured 1.8e-7)
-
-
-def flower_node(
-    address: str, app: str, index: int, log: Path, *extra: str, nodes: int = NODES
-) -> subprocess.Popen[bytes]:
-    """``fedhive client --flower-app``: node ``index`` of ``nodes`` (plain text unless ``extra``
-    names a bundle with --tls-dir)."""
-    tls = ["--insecure"] if "--tls-dir" not in extra else []
-    cmd = [
-        sys.executable, "-m", "fedhive.common.cli", "client", "--server", address, *tls,
-        "--name", f"site-{index}", "--device", "cpu", "--max-connect-attempts", "10",
-        "--flower-app", app, "--task-arg", f"init={INIT}",
-        "--task-arg", f"partition-id={index}", "--task-arg", f"num-partitions={nodes}", *extra,
-    ]  # fmt: skip
-    with open(log, "wb") as out:  # the child keeps its own descriptor
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
 
 
 @pytest.mark.parametrize(
@@ -121,7 +106,7 @@ class LoopbackGrid:
 
 def run_under_flower(run_config: dict[str, Any]) -> dict[str, np.ndarray]:
     """The Flower ServerApp (tests/flower_apps/server_app.py) with FedAvg over NODES ClientApps;
-    its final model as it saves it (final_model.pt in the working directory)."""
+    its final model as it saves it (the run config's final-model)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         from flwr.app import Context, RecordDict
@@ -142,27 +127,26 @@ def run_under_flower(run_config: dict[str, Any]) -> dict[str, np.ndarray]:
             server_app(grid, Context(1, 0, {}, RecordDict(), dict(run_config)))  # type: ignore[arg-type]
         finally:
             TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-    state = torch.load(Path("final_model.pt"))
+    state = torch.load(Path(run_config["final-model"]))
     return {name: t.numpy() for name, t in state.items()}
 
 
-def test_same_global_model_as_flowers_own_fedavg_after_three_rounds(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_same_global_model_as_flowers_own_fedavg_after_three_rounds(tmp_path: Path) -> None:
     # Prepare: one thread everywhere (the same float reduction order in every training step);
-    # the same initial model on both sides: Net() right after torch.manual_seed(0)
-    run_config = {"fraction-train": 1.0, "num-server-rounds": ROUNDS, "lr": 0.05, "local-epochs": 1}
+    # the same initial model on both sides: Net() under torch.manual_seed(0) (the ServerApp's
+    # seed, fedhive's --seed)
+    run_config = {
+        "fraction-train": 1.0, "fraction-evaluate": 0.0, "min-nodes": NODES,
+        "num-server-rounds": ROUNDS, "lr": 0.05, "local-epochs": 1, "seed": 0,
+        "final-model": str(tmp_path / "final_model.pt"),
+    }  # fmt: skip
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with monkeypatch.context() as m:  # the ServerApp saves final_model.pt where it runs
-            m.chdir(tmp_path)
-            torch.manual_seed(0)
-            flower = run_under_flower(run_config)
-        torch.manual_seed(0)
+        flower = run_under_flower(run_config)
         coord = start_coordinator(
             tmp_path, task=FLOWER_TASK, task_args={"init": INIT}, rounds=ROUNDS, min_nodes=NODES,
-            train={"lr": 0.05, "local-epochs": 1},
+            train={"lr": 0.05, "local-epochs": 1}, seed=0,
         )  # fmt: skip
     finally:
         torch.set_num_threads(threads)

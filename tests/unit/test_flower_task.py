@@ -175,6 +175,70 @@ def test_initial_model_from_a_list_travels_under_array_record_names() -> None:
     assert task.evaluate(task.build_model(), CONFIG) is None
 
 
+def test_initial_model_is_built_under_the_runs_seed() -> None:
+    # Prepare: what a Flower ServerApp builds with torch.manual_seed(7); Net()
+    torch.manual_seed(7)
+    served = {n: t.clone() for n, t in Net().state_dict().items()}
+    torch.manual_seed(123)
+    outside = torch.rand(4)  # the caller's generator, to see that it is left where it was
+    torch.manual_seed(123)
+
+    # Execute: the coordinator's initial model with seed 7 (`fedhive server --seed 7`), twice
+    builds = [
+        exchanged_state(task.build_model(), task)
+        for task in (
+            flower.make_task(TaskContext(role="server", seed=7, args={"init": INIT}))
+            for _ in range(2)
+        )
+    ]
+
+    # Assert: the ServerApp's weights, every time; the caller's generator untouched
+    for state in builds:
+        assert all(torch.equal(state[n], served[n]) for n in served)
+    assert torch.equal(torch.rand(4), outside)
+
+
+def test_initial_model_from_a_safetensors_file(tmp_path: Path) -> None:
+    # Prepare: a checkpoint as fedhive writes one (the model's order), of a seeded Net
+    from fedhive.common.data.safetensors_io import write_safetensors
+    from fedhive.common.wire.tensors import spec_of, tensor_bytes
+
+    torch.manual_seed(3)
+    weights = Net().state_dict()
+    path = tmp_path / "round-0000.safetensors"
+    specs = [spec_of(n, t) for n, t in weights.items()]
+    write_safetensors(path, specs, [tensor_bytes(t) for t in weights.values()])
+
+    # Execute: the coordinator's initial model from the file; a node serving the app from it
+    server = flower.make_task(TaskContext(role="server", args={"init": str(path)}))
+    state = exchanged_state(server.build_model(), server)
+    node = node_task(MESSAGE_APP, init=str(path))
+    model = node.build_model()
+    fit = node.fit(model, CONFIG)
+
+    # Assert: the file's tensors, names and order; the app trains from them
+    assert list(state) == list(weights)
+    assert all(torch.equal(state[n], weights[n]) for n in weights)
+    assert fit.num_examples == 360
+    assert list(exchanged_state(model, node)) == list(weights)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "cannot read the initial model"), (b"\x04\x00", "not a safetensors file")],
+    ids=["missing", "not safetensors"],
+)
+def test_initial_model_file_that_cannot_be_read_is_refused(
+    tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    path = tmp_path / "init.safetensors"
+    if content is not None:
+        path.write_bytes(content)
+    task = flower.make_task(TaskContext(role="server", args={"init": str(path)}))
+    with pytest.raises(TaskError, match=message):
+        task.build_model()
+
+
 @pytest.mark.parametrize(
     ("app", "message"),
     [

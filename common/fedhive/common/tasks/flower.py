@@ -13,7 +13,11 @@ Task args (``task_args`` / ``--task-arg``):
   ``ArrayRecord``, a ``torch.nn.Module``, a list of NumPy arrays or a dict name -> array, or a
   callable with no arguments returning one of these (a model class such as ``task:Net`` works:
   its ``state_dict()`` travels, as ``ArrayRecord(Net().state_dict())`` would in a ServerApp).
+  It is called with torch's generator seeded by the run's ``seed`` (``fedhive server --seed``,
+  default 0), so ``torch.manual_seed(seed); Net()`` in a ServerApp builds the same weights.
   A list travels under the names ``"0"``, ``"1"``, ... (``ArrayRecord.from_numpy_ndarrays``).
+  Or a ``.safetensors`` file (e.g. a fedhive checkpoint ``models/round-NNNN.safetensors``): its
+  tensors, in the file's order.
 * ``examples``: the example count the node declares at join, an upper bound on what its replies
   may claim (the app's data is loaded by the app, on its first message); default 1,000,000, the
   coordinator's default ``max_node_examples``.
@@ -39,6 +43,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -48,8 +53,10 @@ from torch import nn
 
 from fedhive.common.api.task import EvalResult, FitResult, Scalar, TaskContext
 from fedhive.common.config import FLOWER_TASK
-from fedhive.common.errors import TaskError
+from fedhive.common.data.safetensors_io import SafetensorsFile
+from fedhive.common.errors import FedhiveError, TaskError
 from fedhive.common.runtime.imports import import_object
+from fedhive.common.wire.tensors import tensor_from_bytes
 
 TASK_PATH = FLOWER_TASK
 APP_ARG, INIT_ARG, EXAMPLES_ARG = "app", "init", "examples"
@@ -60,6 +67,7 @@ NUM_EXAMPLES_KEY = "num-examples"  # what flwr's strategies weigh replies by
 FEDHIVE_KEYS = frozenset({"round", "evaluate"})  # fedhive's own config keys, not the app's
 MESSAGE_TTL_S = 3600.0
 HANDLED = frozenset({"train.default", "evaluate.default"})
+SAFETENSORS_SUFFIX = ".safetensors"
 
 
 @contextmanager
@@ -132,13 +140,17 @@ def refuse_unmapped(app: Any, path: str) -> None:
         raise TaskError(f"{path}: the ClientApp has no @app.train() handler")
 
 
-def initial_arrays(path: str) -> dict[str, np.ndarray]:
-    """The initial model named by ``init``, as name -> NumPy array (see the module docstring)."""
+def initial_arrays(path: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """The initial model named by ``init``, as name -> NumPy array (see the module docstring);
+    a callable is called with torch's generator seeded by ``seed`` (and restored after)."""
+    if path.endswith(SAFETENSORS_SUFFIX):
+        return safetensors_arrays(Path(path))
     fl = flwr_modules()
     obj = load_object(path, "initial model (init)")
     if callable(obj) and not isinstance(obj, nn.Module):
         try:
-            with _quiet():
+            with _quiet(), torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
                 obj = obj()
         except Exception as exc:
             raise TaskError(f"init {path}() failed: {type(exc).__name__}: {exc}") from exc
@@ -159,6 +171,30 @@ def initial_arrays(path: str) -> dict[str, np.ndarray]:
     if not out:
         raise TaskError(f"init {path} gave no arrays")
     return out
+
+
+def safetensors_arrays(path: Path) -> dict[str, np.ndarray]:
+    """A ``.safetensors`` file's tensors by name, in the file's order."""
+    try:
+        stored = SafetensorsFile(path)
+        try:
+            tensors = {
+                spec.name: tensor_from_bytes(spec, buf)
+                for spec, buf in zip(stored.specs, stored.buffers(), strict=True)
+            }
+        finally:
+            stored.close()
+    except (OSError, ValueError, KeyError, TypeError, FedhiveError) as exc:
+        raise TaskError(f"init {path}: cannot read the initial model: {exc}") from exc
+    if not tensors:
+        raise TaskError(f"init {path} holds no tensors")
+    bf16 = [name for name, t in tensors.items() if t.dtype == torch.bfloat16]
+    if bf16:
+        raise TaskError(
+            f"init {path}: {bf16[0]!r} is bfloat16, which a Flower ArrayRecord (NumPy arrays) "
+            "cannot carry"
+        )
+    return {name: t.numpy() for name, t in tensors.items()}
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -207,7 +243,7 @@ class FlowerTask:
     # ------------------------------------------------------------------ the Task protocol
 
     def build_model(self) -> nn.Module:
-        return FlowerModel(initial_arrays(self.init))
+        return FlowerModel(initial_arrays(self.init, self.ctx.seed))
 
     def exchanged(self, model: nn.Module) -> dict[str, torch.Tensor]:
         if not isinstance(model, FlowerModel):
