@@ -29,6 +29,7 @@ from fedhive.client.secagg import (
     load_node_identity,
     model_blocks,
     push_update,
+    secure_stages,
 )
 from fedhive.client.transport import Transport
 from fedhive.common.chunks import Chunk, iter_chunks, payload_hash
@@ -44,7 +45,7 @@ from fedhive.common.errors import (
     TransportError,
     UnknownNodeError,
 )
-from fedhive.common.hooks import Block
+from fedhive.common.hooks import Block, gather, run
 from fedhive.common.messages import (
     EvaluationReport,
     JoinReply,
@@ -55,10 +56,18 @@ from fedhive.common.messages import (
     UpdateMessage,
     UpdateTrailer,
 )
+from fedhive.common.pipeline import DeltaStage, RebaseStage, load_stages, split
 from fedhive.common.secagg.node import NodeSecAgg
 from fedhive.common.secagg.stages import COUNT_WORDS, masked_spec, masked_words
 from fedhive.common.task import Task, TaskContext, exchanged_state, load_task
-from fedhive.common.tensors import TensorSpec, raw_view, spec_of, tensor_bytes, to_float
+from fedhive.common.tensors import (
+    TensorSpec,
+    from_float,
+    raw_view,
+    spec_of,
+    tensor_bytes,
+    to_float,
+)
 
 log = logging.getLogger("fedhive.client")
 
@@ -107,6 +116,8 @@ class Node:
         self.state = exchanged_state(self.model, self.task)
         self.specs = [spec_of(name, t) for name, t in self.state.items()]
         self.download = ModelDownload(self.specs, self.state)
+        self.stages = load_stages(config.pipeline.node) if config.pipeline else []
+        self._base: np.ndarray | None = None  # the downloaded model (flat), for the pipeline
         self.identity = load_node_identity(
             config.identity_key, config.identity_cert, config.tls_ca, config.name
         )
@@ -286,7 +297,9 @@ class Node:
         )
         times = keys.times
         rng = np.random.default_rng()
-        push_update(channel, machine, pad, values, num_examples, secure.quant, rng, times)
+        floats, words = split(self.stages, secure=True)
+        stages = secure_stages(secure, pad, num_examples, rng, self._base, floats, words)
+        push_update(channel, machine, pad, values, num_examples, secure.quant, rng, times, stages)
         log.info(
             "round %d: secure aggregation: key exchange %.3fs (%.3fs of it masking; waited "
             "%.3fs for it after training), %.3fs quantizing into the mask, %.3fs upload, %.3fs "
@@ -380,6 +393,11 @@ class Node:
             # the secure round's parameters are the runtime's, not training settings for the task
             config = {k: v for k, v in config.items() if not k.startswith(SECAGG_KEYS)}
         self._receive(header, stream)
+        self._base = None
+        if header.kind == TaskKind.TRAIN and (
+            self.stages or (secure is not None and secure[0].dp_variance is not None)
+        ):
+            self._base = self._flat_values()  # the pipeline works on the delta from it
         if secure is not None:
             secure[1].allow_masking()
         if header.kind == TaskKind.EVALUATE:
@@ -394,6 +412,32 @@ class Node:
             return False
         self._train_and_push(joined, header, config, secure, time.perf_counter() - header_at)
         return False
+
+    def _flat_values(self) -> np.ndarray:
+        """The model's exchanged values as one flat float64 array (a copy)."""
+        parts = [
+            to_float(tensor_bytes(t), spec.dtype).reshape(-1)
+            for spec, t in zip(self.specs, self.state.values(), strict=True)
+        ]
+        return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+
+    def _through_stages(self) -> list[memoryview]:
+        """A plain round's update through the user's float stages (on the delta from the
+        downloaded model, which is added back): the tensors' raw words."""
+        if self._base is None:  # pragma: no cover - _step keeps it for a pipeline
+            raise ConfigError("the pipeline needs the downloaded model")
+        floats, _ = split(self.stages, secure=False)
+        values = model_blocks(
+            to_float(tensor_bytes(t), spec.dtype)
+            for spec, t in zip(self.specs, self.state.values(), strict=True)
+        )
+        stages = [DeltaStage(self._base), *floats, RebaseStage(self._base)]
+        flat = gather(run(stages, values), self._base.size, np.float64)
+        out, start = [], 0
+        for spec in self.specs:
+            out.append(raw_view(from_float(flat[start : start + spec.numel], spec.dtype)))
+            start += spec.numel
+        return out
 
     def _receive(self, header: TaskHeader, stream: Iterator[object]) -> None:
         self.stats.bytes_down += self.download.receive(header, stream)
@@ -434,6 +478,13 @@ class Node:
                 return
             self._end_keys()
         else:
+            if self.stages:
+                try:
+                    buffers = self._through_stages()
+                except (ConfigError, InvalidUpdateError) as exc:  # a stage refused the update
+                    log.error("round %d: update pipeline: %s", header.round, exc)
+                    self._decline(joined, header.round, f"update pipeline: {exc}")
+                    return
             sent = self.transport.push(
                 self._messages(joined, header, fit.num_examples, self.specs, buffers, trailer)
             )

@@ -16,7 +16,7 @@ import hmac
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,9 +34,11 @@ from fedhive.common.errors import (
     SecAggAbortedError,
     SecAggAuthError,
 )
-from fedhive.common.hooks import Block, blocks_of, contiguous, run
+from fedhive.common.hooks import Block, Stage, blocks_of, contiguous, run
 from fedhive.common.messages import NodeAuth
+from fedhive.common.pipeline import DeltaStage, RebaseStage
 from fedhive.common.pki import load_cert, read_bytes, verify_identity_cert
+from fedhive.common.privacy.distributed import ClipDeltaStage, NoiseStage
 from fedhive.common.secagg.graph import Graph
 from fedhive.common.secagg.keys import KEY_BYTES, KeyAdvert
 from fedhive.common.secagg.messages import (
@@ -51,7 +53,7 @@ from fedhive.common.secagg.messages import (
 )
 from fedhive.common.secagg.node import NodeSecAgg
 from fedhive.common.secagg.quantize import QuantConfig
-from fedhive.common.secagg.stages import QuantizeStage
+from fedhive.common.secagg.stages import PadStage, QuantizeStage
 
 UPLOAD_BLOCK = 1 << 20  # words per block of the masked upload
 
@@ -101,8 +103,11 @@ def push_update(
     cfg: QuantConfig,
     rng: np.random.Generator,
     times: SecureTimes,
+    stages: Sequence[Stage] | None = None,
 ) -> None:
     """Steps 3 and 4: quantize ``values`` into ``pad`` (consumed), upload, reveal shares.
+
+    ``stages`` (from :func:`secure_stages`) replaces the plain quantization into the pad.
 
     Quantization clips. Every block is quantized before the upload starts (a NaN stops the
     round for this node before it sent anything): the coordinator stages a few uploads at a
@@ -111,7 +116,8 @@ def push_update(
     faster with 10 nodes on 2 cores.)
     """
     started = time.perf_counter()
-    for _ in run([QuantizeStage(cfg, weight, rng, pad)], values):  # into the mask
+    pipeline = [QuantizeStage(cfg, weight, rng, pad)] if stages is None else stages
+    for _ in run(pipeline, values):  # into the mask
         pass
     times.quantize_s = time.perf_counter() - started
     channel.push_masked(blocks_of(pad, UPLOAD_BLOCK))
@@ -275,6 +281,8 @@ class SecureTask:
     round: int
     graph: Graph
     quant: QuantConfig
+    dp_clip: float | None = None  # distributed DP: the L2 clip of the delta
+    dp_variance: int | None = None  # distributed DP: this node's discrete Gaussian variance
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SecureTask | None:
@@ -293,11 +301,54 @@ class SecureTask:
                 int(config["secagg_bits"]),
                 int(config["secagg_max_weight"]),
             )
-            return cls(int(config["secagg_round"]), graph, quant)
+            dp_clip = dp_variance = None
+            if "secagg_dp_variance" in config:
+                dp_clip = float(config["secagg_dp_clip"])
+                dp_variance = int(str(config["secagg_dp_variance"]))
+                if not (dp_clip > 0 and np.isfinite(dp_clip)) or dp_variance < 1:
+                    raise ValueError(f"distributed DP clip {dp_clip}, variance {dp_variance}")
+                if quant.max_weight != 1:
+                    raise ValueError("distributed DP rounds weigh every node 1")
+            return cls(int(config["secagg_round"]), graph, quant, dp_clip, dp_variance)
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidUpdateError(
                 f"secure round parameters in the task config: {exc!r}"
             ) from exc
+
+
+def secure_stages(
+    task: SecureTask,
+    pad: np.ndarray,
+    weight: int,
+    rng: np.random.Generator,
+    base: np.ndarray | None,
+    floats: Sequence[Stage] = (),
+    words: Sequence[Stage] = (),
+) -> list[Stage]:
+    """The node's pipeline for a secure round (:mod:`fedhive.common.pipeline`): with distributed
+    DP ``delta -> floats -> dp clip -> quantize -> words -> dp noise -> pad`` (weight 1);
+    otherwise ``[delta -> floats -> rebase] -> quantize -> [words] -> pad`` (``base``, the
+    downloaded model as flat floats, needed for DP or float stages)."""
+    if task.dp_variance is not None and task.dp_clip is not None:
+        if base is None:
+            raise ConfigError("distributed DP needs the model this node downloaded")
+        return [
+            DeltaStage(base),
+            *floats,
+            ClipDeltaStage(task.dp_clip),
+            QuantizeStage(task.quant, 1, rng),
+            *words,
+            NoiseStage(task.dp_variance),
+            PadStage(pad),
+        ]
+    front: list[Stage] = []
+    if floats:
+        if base is None:
+            raise ConfigError("float pipeline stages need the model this node downloaded")
+        front = [DeltaStage(base), *floats, RebaseStage(base)]
+    if not words:
+        return [*front, QuantizeStage(task.quant, weight, rng, pad)]
+    return [*front, QuantizeStage(task.quant, weight, rng), *words, PadStage(pad)]
 
 
 class TransportChannel:

@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fedhive.common.chunks import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 from fedhive.common.errors import ConfigError
+from fedhive.common.pipeline import PipelineSettings
+from fedhive.common.privacy.distributed import check_settings
+from fedhive.common.privacy.settings import DPSettings
 from fedhive.common.secagg.quantize import QuantConfig
 
 Scalar = bool | int | float | str
@@ -90,6 +93,8 @@ class ServerConfig(_Config):
     secagg_degree: int | None = Field(default=None, ge=1)
     secagg_threshold: int | None = Field(default=None, ge=1)
     secagg_step_timeout_s: float = Field(default=120.0, gt=0)
+    # Differential privacy ([dp], fedhive.common.privacy.settings); None: off.
+    dp: DPSettings | None = None
     # mutual TLS (the default): the coordinator's bundle from `fedhive certs server`
     insecure: bool = False
     tls_dir: Path | None = None
@@ -123,9 +128,20 @@ class ServerConfig(_Config):
                 f"max_registered_nodes ({self.max_registered_nodes}) is below min_nodes "
                 f"({self.min_nodes})"
             )
-        if self.secure_aggregation == "secagg+":
+        distributed = self.dp is not None and self.dp.distributed is not None
+        if self.secure_aggregation == "secagg+" and not distributed:  # DP: its own grid
             try:
                 self.secagg_quantization().check(self.min_nodes)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        if self.dp is not None and self.dp.distributed is not None:
+            if self.secure_aggregation != "secagg+":
+                raise ValueError(
+                    "dp.distributed adds the noise inside secure aggregation: it needs "
+                    "secure_aggregation = 'secagg+'"
+                )
+            try:
+                check_settings(self.dp.distributed, self.min_nodes)
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
         _check_insecure(self, ("tls_dir", "tls_cert", "tls_key", "tls_ca", "crl"))
@@ -196,6 +212,9 @@ class ClientConfig(_Config):
     # and the CA's certificate for it, which peers check (see fedhive.common.pki).
     identity_key: Path | None = None
     identity_cert: Path | None = None
+    # user stages on this node's update ([pipeline] node = ["package.module:Stage"]), checked
+    # at start (fedhive.common.pipeline)
+    pipeline: PipelineSettings | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ClientConfig:

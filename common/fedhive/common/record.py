@@ -41,6 +41,7 @@ class RoundRecord(Mapping[str, Any]):
     nodes: dict[str, dict[str, Any]] | None = None  # per node: examples, metrics, weight
     server_evaluate: dict[str, Any] | None = None  # the coordinator's own evaluation
     note: str | None = None  # why a committed round closed early (e.g. its deadline)
+    privacy: dict[str, Any] | None = None  # epsilon per level of DP ("distributed", ...)
 
     def to_event(self) -> dict[str, Any]:
         """The record as its events.jsonl line holds it (absent fields left out)."""

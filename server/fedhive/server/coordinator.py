@@ -587,7 +587,16 @@ class Coordinator:
         if secure_mode:  # parameters differ per attempt: encode the broadcast each time
             try:
                 secure = open_secure_round(
-                    cfg, self.specs, number, attempt, keys, certs, masked_deadline=deadline
+                    cfg,
+                    self.specs,
+                    number,
+                    attempt,
+                    keys,
+                    certs,
+                    masked_deadline=deadline,
+                    alive=len(alive),
+                    base=self.store.model_path(self.committed_rounds),
+                    history=self.history,
                 )
             except ConfigError as exc:
                 raise RunAborted(f"round {number}: secure aggregation cannot run: {exc}") from exc
@@ -716,6 +725,7 @@ class Coordinator:
                 )
             event["aggregate_s"] = round(time.monotonic() - started, 6)
             event["examples"] = st.secure.examples
+            event["privacy"] = st.secure.privacy  # distributed DP: what the survivors delivered
         if reason == STOPPING:  # a partial round is not committed: it runs again on resume
             failure = f"{STOPPING}; the round runs again when the coordinator resumes"
         if not failure and len(contributions) < needed:

@@ -1,0 +1,2 @@
+"""Differential privacy: settings, the exact discrete Gaussian sampler, the mechanisms and their
+accounting (:mod:`.settings`, :mod:`.discrete_gaussian`, :mod:`.distributed`)."""
