@@ -257,7 +257,9 @@ class Node:
                 node_id, self.identity.key, channel.directory, secure.graph, secure.round, words
             )
 
-        self._keys = KeyExchange(secure.round, channel, machine, cancelled)
+        self._keys = KeyExchange(
+            secure.round, channel, machine, cancelled, noise_variance=secure.dp_variance
+        )
         return self._keys.start()
 
     def _secure_push(
@@ -301,12 +303,13 @@ class Node:
         stages = secure_stages(secure, pad, num_examples, rng, self._base, floats, words)
         push_update(channel, machine, pad, values, num_examples, secure.quant, rng, times, stages)
         log.info(
-            "round %d: secure aggregation: key exchange %.3fs (%.3fs of it masking; waited "
-            "%.3fs for it after training), %.3fs quantizing into the mask, %.3fs upload, %.3fs "
-            "in SecAggStep calls",
+            "round %d: secure aggregation: key exchange %.3fs (%.3fs of it masking, %.3fs "
+            "noising; waited %.3fs for it after training), %.3fs quantizing into the mask, "
+            "%.3fs upload, %.3fs in SecAggStep calls",
             header.round,
             times.keys_s,
             times.mask_s,
+            times.noise_s,
             behind_s,
             times.quantize_s,
             channel.upload_s,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -38,7 +39,8 @@ from fedhive.common.hooks import Block, Stage, blocks_of, contiguous, run
 from fedhive.common.messages import NodeAuth
 from fedhive.common.pipeline import DeltaStage, RebaseStage
 from fedhive.common.pki import load_cert, read_bytes, verify_identity_cert
-from fedhive.common.privacy.distributed import ClipDeltaStage, NoiseStage
+from fedhive.common.privacy.discrete_gaussian import SecureBits
+from fedhive.common.privacy.distributed import ClipDeltaStage, add_noise
 from fedhive.common.secagg.graph import Graph
 from fedhive.common.secagg.keys import KEY_BYTES, KeyAdvert
 from fedhive.common.secagg.messages import (
@@ -53,7 +55,7 @@ from fedhive.common.secagg.messages import (
 )
 from fedhive.common.secagg.node import NodeSecAgg
 from fedhive.common.secagg.quantize import QuantConfig
-from fedhive.common.secagg.stages import PadStage, QuantizeStage
+from fedhive.common.secagg.stages import COUNT_WORDS, PadStage, QuantizeStage
 
 UPLOAD_BLOCK = 1 << 20  # words per block of the masked upload
 
@@ -75,6 +77,7 @@ class SecureTimes:
     keys_s: float = 0.0  # the key exchange, its waits included
     mask_s: float = 0.0  # computing the whole mask
     quantize_s: float = 0.0  # quantizing into the mask (after training)
+    noise_s: float = 0.0  # distributed DP: adding the noise to the mask (while training)
 
 
 def exchange_keys(channel: SecAggChannel, machine: NodeSecAgg, times: SecureTimes) -> None:
@@ -158,6 +161,7 @@ class KeyExchange:
         channel: SecAggChannel,
         make_machine: Callable[[], NodeSecAgg],
         cancelled: threading.Event | None = None,
+        noise_variance: int | None = None,
     ) -> None:
         self.round = round_
         self.channel = channel
@@ -165,6 +169,10 @@ class KeyExchange:
         self.cancelled = cancelled or threading.Event()
         self.machine: NodeSecAgg | None = None
         self._make_machine = make_machine
+        # distributed DP: the noise goes into the mask while the node trains; a repeated push
+        # gets the same noise again (the same key), never a second, averageable draw
+        self._noise_variance = noise_variance
+        self._noise_key = os.urandom(KEY_BYTES)
         self._pad: np.ndarray | None = None
         self._error: BaseException | None = None
         self._used = False
@@ -182,9 +190,17 @@ class KeyExchange:
             while not self._may_mask.wait(0.5):
                 if self.cancelled.is_set():
                     raise SecAggAbortedError("the secure round was given up")
-            self._pad = make_pad(self.machine, self.times)
+            self._pad = self._noised(make_pad(self.machine, self.times))
         except BaseException as exc:  # handed to the caller of pad()
             self._error = exc
+
+    def _noised(self, pad: np.ndarray) -> np.ndarray:
+        if self._noise_variance is not None:
+            started = time.perf_counter()
+            bits = SecureBits(self._noise_key)
+            add_noise(pad, self._noise_variance, bits, skip=COUNT_WORDS)
+            self.times.noise_s = time.perf_counter() - started
+        return pad
 
     def allow_masking(self) -> None:
         """The mask may be computed now (the node no longer downloads)."""
@@ -208,7 +224,7 @@ class KeyExchange:
         if machine is None:  # pragma: no cover - _run sets a machine or an error
             raise SecAggAbortedError("the key exchange ended without its state")
         if self._used or pad is None:
-            return machine, machine.pad()
+            return machine, self._noised(machine.pad())
         self._pad, self._used = None, True  # the caller owns it now
         return machine, pad
 
@@ -326,23 +342,17 @@ def secure_stages(
     words: Sequence[Stage] = (),
 ) -> list[Stage]:
     """The node's pipeline for a secure round (:mod:`fedhive.common.pipeline`): with distributed
-    DP ``delta -> floats -> dp clip -> quantize -> words -> dp noise -> pad`` (weight 1);
+    DP ``delta -> floats -> dp clip -> quantize -> words -> pad`` (weight 1; the pad already holds
+    the noise, :class:`KeyExchange`: the same sum as a noise stage before the mask);
     otherwise ``[delta -> floats -> rebase] -> quantize -> [words] -> pad`` (``base``, the
     downloaded model as flat floats, needed for DP or float stages)."""
+    front: list[Stage] = []
     if task.dp_variance is not None and task.dp_clip is not None:
         if base is None:
             raise ConfigError("distributed DP needs the model this node downloaded")
-        return [
-            DeltaStage(base),
-            *floats,
-            ClipDeltaStage(task.dp_clip),
-            QuantizeStage(task.quant, 1, rng),
-            *words,
-            NoiseStage(task.dp_variance),
-            PadStage(pad),
-        ]
-    front: list[Stage] = []
-    if floats:
+        front = [DeltaStage(base), *floats, ClipDeltaStage(task.dp_clip)]
+        weight = 1
+    elif floats:
         if base is None:
             raise ConfigError("float pipeline stages need the model this node downloaded")
         front = [DeltaStage(base), *floats, RebaseStage(base)]

@@ -70,6 +70,6 @@ def test_the_built_in_order_with_distributed_dp_and_user_stages() -> None:
 
     # Assert
     assert [s.name for s in stages] == [
-        "delta", "float-pass", "dp-clip", "quantize", "word-pass", "dp-noise", "pad",
+        "delta", "float-pass", "dp-clip", "quantize", "word-pass", "pad",
     ]  # fmt: skip
     assert [s.name for s in plain] == ["delta", "float-pass", "rebase", "quantize"]

@@ -54,6 +54,7 @@ from fedhive.common.secagg.quantize import MODULUS, QuantConfig
 TAIL = 14.0  # standard deviations of noise kept inside the field: P(beyond) < 1e-40
 MIN_NODE_VARIANCE = 16  # per-node variance in grid units^2: tau ~ 10 n exp(-158), negligible
 LEVEL = "distributed"
+NOISE_BLOCK = 1 << 20  # words noised per pass
 RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512, 1024]
 
 
@@ -155,8 +156,21 @@ class ClipDeltaStage:
             yield Block(b.start, np.asarray(b.values, dtype=np.float64) * factor)
 
 
+def add_noise(words: np.ndarray, variance: int, bits: SecureBits, skip: int = 1) -> None:
+    """Add ``N_Z(0, variance)`` to ``words[skip:]`` in place, mod 2^32 (block by block)."""
+    for lo in range(skip, words.size, NOISE_BLOCK):
+        hi = min(words.size, lo + NOISE_BLOCK)
+        part = words[lo:hi]
+        noise = discrete_gaussian(bits, hi - lo, variance)
+        np.add(part, noise.astype(np.uint32), out=part)  # two's complement: adds mod 2^32
+
+
 class NoiseStage:
-    """Add ``N_Z(0, variance)`` to each quantized word, mod 2^32 (word 0, the count, is left)."""
+    """Add ``N_Z(0, variance)`` to each quantized word, mod 2^32 (word 0, the count, is left).
+
+    The node's runtime adds the same noise to its mask instead, while it trains (the noise does
+    not depend on the update, and addition mod 2^32 commutes): :func:`add_noise`.
+    """
 
     name = "dp-noise"
     domain = "words"
@@ -175,8 +189,7 @@ class NoiseStage:
                 yield b
                 continue
             words = np.array(b.values, dtype=np.uint32)
-            noise = discrete_gaussian(self.bits, words.size - lo, self.variance)
-            words[lo:] += noise.astype(np.uint32)  # two's complement: adds mod 2^32
+            add_noise(words, self.variance, self.bits, skip=lo)
             yield Block(b.start, words)
 
 
