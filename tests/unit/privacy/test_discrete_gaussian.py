@@ -105,7 +105,7 @@ def test_bernoulli_exp_matches_exp_minus_gamma() -> None:
     se = math.sqrt(p * (1 - p) / n)
 
     # Execute
-    fast = bernoulli_exp(bits, np.full(n, 7, np.int64), np.full(n, 4, np.int64))
+    fast = bernoulli_exp(bits, np.full(n, 7, np.int64), 4)
     exact = [bernoulli_exp_exact(bits, Fraction(7, 4)) for _ in range(5_000)]
 
     # Assert

@@ -122,42 +122,49 @@ def geometric_e(bits: SecureBits, n: int) -> np.ndarray:
     count = np.zeros(n, dtype=np.int64)
     todo = np.arange(n)
     while todo.size:
-        ok = _bern_exp_fraction(bits, np.ones(todo.size, np.int64), np.ones(todo.size, np.int64))
+        ok = _bern_exp_fraction(bits, np.ones(todo.size, np.int64), 1)
         count[todo[ok]] += 1
         todo = todo[ok]
     return count
 
 
-def _bern_exp_fraction(bits: SecureBits, r: np.ndarray, den: np.ndarray) -> np.ndarray:
+def _bern_exp_fraction(bits: SecureBits, r: np.ndarray, den: int) -> np.ndarray:
     """``Bernoulli(exp(-r / den))`` for ``0 <= r <= den`` (Algorithm 1): ``K = 1, 2, ...``
-    while ``Bernoulli(r / (den K))`` succeeds; true when the loop stops at an odd ``K``."""
-    n = r.size
-    k = np.ones(n, dtype=np.int64)
-    live = np.arange(n)
+    while ``Bernoulli(r / (den K))`` succeeds; true when the loop stops at an odd ``K``.
+
+    The elements still in the loop all share ``K``: each pass draws below one bound, ``den K``.
+    """
+    out = np.zeros(r.size, dtype=bool)
+    live = np.arange(r.size)
+    rest = r
+    k = 1
+    if den == 1 and bool((r == 1).all()):  # gamma = 1: Bernoulli(1 / 1) always succeeds
+        k = 2
     while live.size:
-        hit = bits.below(den[live] * k[live]) < r[live]
-        k[live[hit]] += 1
-        live = live[hit]
-        if live.size and int(k[live].max()) > _MAX_K:  # probability below 1 / 100!
+        hit = bits.below(den * k, live.size) < rest
+        out[live[~hit]] = k % 2 == 1
+        live, rest = live[hit], rest[hit]
+        k += 1
+        if live.size and k > _MAX_K:  # probability below 1 / 100!
             raise ArithmeticError("Bernoulli(exp(-gamma)) loop ran past its int64 bound")
-    return (k & 1) == 1
+    return out
 
 
-def bernoulli_exp(bits: SecureBits, num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """``Bernoulli(exp(-num / den))`` elementwise (int64, ``num >= 0``, ``0 < den < 2^55``)."""
+def bernoulli_exp(bits: SecureBits, num: np.ndarray, den: int) -> np.ndarray:
+    """``Bernoulli(exp(-num / den))`` elementwise (int64 ``num >= 0``, ``0 < den < 2^55``)."""
     whole, frac = np.divmod(num, den)
     out = np.ones(num.size, dtype=bool)
     live = np.flatnonzero(whole)  # floor(gamma) trials of Bernoulli(exp(-1)), all must succeed
     left = whole[live]
     while live.size:
-        ok = _bern_exp_fraction(bits, np.ones(live.size, np.int64), np.ones(live.size, np.int64))
+        ok = _bern_exp_fraction(bits, np.ones(live.size, np.int64), 1)
         out[live[~ok]] = False
         left = left[ok] - 1
         live = live[ok]
         more = left > 0
         live, left = live[more], left[more]
     idx = np.flatnonzero(out)
-    out[idx] = _bern_exp_fraction(bits, frac[idx], den[idx])
+    out[idx] = _bern_exp_fraction(bits, frac[idx], den)
     return out
 
 
@@ -185,7 +192,7 @@ def discrete_laplace(bits: SecureBits, n: int, t: int) -> np.ndarray:
     while todo.size:
         m = todo.size
         u = bits.below(t, m)
-        keep = bernoulli_exp(bits, u, np.full(m, t, dtype=np.int64))
+        keep = bernoulli_exp(bits, u, t)
         x = u + t * geometric_e(bits, m)
         negative = (bits.words(m) & np.uint64(1)) == 1
         keep &= ~(negative & (x == 0))
@@ -256,7 +263,7 @@ def _gaussian_batch(bits: SecureBits, n: int, var: Fraction, t: int) -> np.ndarr
         idx = np.flatnonzero(small)
         if idx.size:
             m = alpha * mag[idx] - a
-            keep[idx] = bernoulli_exp(bits, c * m * m, np.full(idx.size, den, dtype=np.int64))
+            keep[idx] = bernoulli_exp(bits, c * m * m, den)
         for i in np.flatnonzero(~small).tolist():  # big numbers: Python integers, same algorithm
             mi = alpha * int(mag[i]) - a
             keep[i] = bernoulli_exp_exact(bits, Fraction(c * mi * mi, den))
