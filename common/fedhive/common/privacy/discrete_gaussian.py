@@ -190,14 +190,15 @@ def discrete_laplace(bits: SecureBits, n: int, t: int) -> np.ndarray:
     out = np.empty(n, dtype=np.int64)
     todo = np.arange(n)
     while todo.size:
+        u = bits.below(t, todo.size)
+        kept = bernoulli_exp(bits, u, t)  # the rest start over (V and the sign only for these)
+        todo, retry, u = todo[kept], todo[~kept], u[kept]
         m = todo.size
-        u = bits.below(t, m)
-        keep = bernoulli_exp(bits, u, t)
         x = u + t * geometric_e(bits, m)
         negative = (bits.words(m) & np.uint64(1)) == 1
-        keep &= ~(negative & (x == 0))
+        keep = ~(negative & (x == 0))
         out[todo[keep]] = np.where(negative, -x, x)[keep]
-        todo = todo[~keep]
+        todo = np.concatenate([retry, todo[~keep]])
     return out
 
 
