@@ -3,13 +3,18 @@ epsilon recorded is the one the survivors' noise delivered."""
 
 from __future__ import annotations
 
+import json
 import math
+import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fedhive.common.privacy.distributed import accountant_epsilon
+from fedhive.common.privacy.distributed import accountant_epsilon, past_rounds
 from tests.integration.harness import start_coordinator, start_node, wait_all
+from tests.integration.test_node_lifecycle import free_port
 from tests.integration.test_secagg import SIZES, Killer, final_model, seed_of
 
 ROUNDS = 3
@@ -82,3 +87,61 @@ def test_a_node_killed_mid_round_leaves_less_noise_and_more_epsilon(tmp_path: Pa
     assert abs(float(np.mean(error))) < 5 * noise / math.sqrt(got.size) + 1e-3
     # the noise is there, at its calibrated spread (3.9 standard errors: p <= 1e-4)
     assert abs(float(np.std(error)) / noise - 1) < 3.9 / math.sqrt(2 * got.size) + 0.01
+
+
+class AfterRound:
+    """Round listener: sets ``done`` once round ``n`` was committed."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.done = n, threading.Event()
+
+    def round_opened(self, round_: int, kind: str, selected: Sequence[str]) -> None:
+        pass
+
+    def update_received(self, round_: int, received: int, expected: int, bytes_in: int) -> None:
+        pass
+
+    def round_closed(self, event: Mapping[str, Any]) -> None:
+        if event.get("round", 0) >= self.n and event.get("committed"):
+            self.done.set()
+
+
+def test_a_resumed_run_continues_the_same_accountant(tmp_path: Path) -> None:
+    # Prepare: 3 nodes; the coordinator is stopped after round 1 and started again on the
+    # same run directory, with 3 fresh node processes (a resumed coordinator does not know the
+    # old processes' identity keys: they cannot take part in its secure rounds)
+    port = free_port()
+    settings = {**SECURE, "address": f"127.0.0.1:{port}", "rounds": 2, "min_nodes": 3}
+    first_done = AfterRound(1)
+    first = start_coordinator(tmp_path, first_done, **settings)
+    procs = [
+        start_node(first.address, f"n{i}", seed=i, task_args=ARGS, log=tmp_path / f"n{i}.log")
+        for i in range(3)
+    ]
+    assert first_done.done.wait(120), "round 1 was not committed"
+
+    # Execute
+    first.stop()
+    for p in procs:
+        p.kill()
+    wait_all(procs)
+    second = start_coordinator(tmp_path, **settings)
+    procs = [
+        start_node(second.address, f"m{i}", seed=i, task_args=ARGS, log=tmp_path / f"m{i}.log")
+        for i in range(3)
+    ]
+    second.join(timeout=120)
+    codes = wait_all(procs)
+
+    # Assert: every round committed once; each epsilon is the accountant over every round
+    # whose noised sum was unmasked before it, the rounds before the restart included
+    logs = [(tmp_path / f"m{i}.log").read_text() for i in range(3)]
+    assert codes == [0, 0, 0], logs
+    lines = (tmp_path / "run" / "events.jsonl").read_text().splitlines()
+    events = [json.loads(x) for x in lines]
+    assert any(e["event"] == "resumed" for e in events)
+    noised = [e for e in events if e["event"] == "round" and "privacy" in e]
+    assert [e["round"] for e in noised if e["committed"]] == [1, 2]
+    for i, e in enumerate(noised):
+        want = accountant_epsilon(past_rounds(noised[: i + 1]), DP["delta"])
+        assert e["privacy"]["distributed"]["epsilon"] == want, (i, noised)

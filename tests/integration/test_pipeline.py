@@ -36,7 +36,7 @@ def test_the_readme_stage_refuses_a_large_update(
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     extra = {"secure_aggregation": "secagg+", "secagg_clip": 32.0} if secure else {}
     coord = start_coordinator(
-        tmp_path, rounds=2, min_nodes=NODES, min_updates=2, round_timeout_s=30.0, **extra
+        tmp_path, rounds=1, min_nodes=NODES, min_updates=2, round_timeout_s=30.0, **extra
     )
     procs = [
         start_node(coord.address, f"n{i}", seed=i, log=tmp_path / f"n{i}.log", config=config)
@@ -47,11 +47,11 @@ def test_the_readme_stage_refuses_a_large_update(
     history = coord.join(timeout=120)
     codes = wait_all(procs)
 
-    # Assert: every round commits without n2, which declined naming the bound
+    # Assert: the round commits without n2, which declined naming the bound
     logs = [(tmp_path / f"n{i}.log").read_text() for i in range(NODES)]
     assert codes == [0] * NODES, logs
     rounds = [e for e in history if e["event"] == "round"]
-    assert [e["committed"] for e in rounds] == [True, True], rounds
+    assert [e["committed"] for e in rounds] == [True], rounds
     for e in rounds:
         refused = {u.split("-")[0]: why for u, why in e["refused"].items()}
         assert set(refused) == {"n2"}, e

@@ -22,6 +22,7 @@ import numpy as np
 
 from fedhive.client.device import describe_device, gpu_peak, resolve_device
 from fedhive.client.download import ModelDownload
+from fedhive.client.pipeline import flat_values, secure_stages, through_stages
 from fedhive.client.secagg import (
     KeyExchange,
     SecureTask,
@@ -29,7 +30,6 @@ from fedhive.client.secagg import (
     load_node_identity,
     model_blocks,
     push_update,
-    secure_stages,
 )
 from fedhive.client.transport import Transport
 from fedhive.common.chunks import Chunk, iter_chunks, payload_hash
@@ -45,7 +45,7 @@ from fedhive.common.errors import (
     TransportError,
     UnknownNodeError,
 )
-from fedhive.common.hooks import Block, gather, run
+from fedhive.common.hooks import Block
 from fedhive.common.messages import (
     EvaluationReport,
     JoinReply,
@@ -56,18 +56,11 @@ from fedhive.common.messages import (
     UpdateMessage,
     UpdateTrailer,
 )
-from fedhive.common.pipeline import DeltaStage, RebaseStage, load_stages, split
+from fedhive.common.pipeline import load_stages, split
 from fedhive.common.secagg.node import NodeSecAgg
 from fedhive.common.secagg.stages import COUNT_WORDS, masked_spec, masked_words
 from fedhive.common.task import Task, TaskContext, exchanged_state, load_task
-from fedhive.common.tensors import (
-    TensorSpec,
-    from_float,
-    raw_view,
-    spec_of,
-    tensor_bytes,
-    to_float,
-)
+from fedhive.common.tensors import TensorSpec, raw_view, spec_of, tensor_bytes, to_float
 
 log = logging.getLogger("fedhive.client")
 
@@ -400,7 +393,9 @@ class Node:
         if header.kind == TaskKind.TRAIN and (
             self.stages or (secure is not None and secure[0].dp_variance is not None)
         ):
-            self._base = self._flat_values()  # the pipeline works on the delta from it
+            self._base = flat_values(
+                self.specs, self.state
+            )  # the pipeline works on the delta from it
         if secure is not None:
             secure[1].allow_masking()
         if header.kind == TaskKind.EVALUATE:
@@ -415,32 +410,6 @@ class Node:
             return False
         self._train_and_push(joined, header, config, secure, time.perf_counter() - header_at)
         return False
-
-    def _flat_values(self) -> np.ndarray:
-        """The model's exchanged values as one flat float64 array (a copy)."""
-        parts = [
-            to_float(tensor_bytes(t), spec.dtype).reshape(-1)
-            for spec, t in zip(self.specs, self.state.values(), strict=True)
-        ]
-        return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
-
-    def _through_stages(self) -> list[memoryview]:
-        """A plain round's update through the user's float stages (on the delta from the
-        downloaded model, which is added back): the tensors' raw words."""
-        if self._base is None:  # pragma: no cover - _step keeps it for a pipeline
-            raise ConfigError("the pipeline needs the downloaded model")
-        floats, _ = split(self.stages, secure=False)
-        values = model_blocks(
-            to_float(tensor_bytes(t), spec.dtype)
-            for spec, t in zip(self.specs, self.state.values(), strict=True)
-        )
-        stages = [DeltaStage(self._base), *floats, RebaseStage(self._base)]
-        flat = gather(run(stages, values), self._base.size, np.float64)
-        out, start = [], 0
-        for spec in self.specs:
-            out.append(raw_view(from_float(flat[start : start + spec.numel], spec.dtype)))
-            start += spec.numel
-        return out
 
     def _receive(self, header: TaskHeader, stream: Iterator[object]) -> None:
         self.stats.bytes_down += self.download.receive(header, stream)
@@ -483,7 +452,7 @@ class Node:
         else:
             if self.stages:
                 try:
-                    buffers = self._through_stages()
+                    buffers = through_stages(self.specs, self.state, self._base, self.stages)
                 except (ConfigError, InvalidUpdateError) as exc:  # a stage refused the update
                     log.error("round %d: update pipeline: %s", header.round, exc)
                     self._decline(joined, header.round, f"update pipeline: {exc}")

@@ -37,10 +37,9 @@ from fedhive.common.errors import (
 )
 from fedhive.common.hooks import Block, Stage, blocks_of, contiguous, run
 from fedhive.common.messages import NodeAuth
-from fedhive.common.pipeline import DeltaStage, RebaseStage
 from fedhive.common.pki import load_cert, read_bytes, verify_identity_cert
 from fedhive.common.privacy.discrete_gaussian import SecureBits
-from fedhive.common.privacy.distributed import ClipDeltaStage, add_noise
+from fedhive.common.privacy.distributed import add_noise
 from fedhive.common.secagg.graph import Graph
 from fedhive.common.secagg.keys import KEY_BYTES, KeyAdvert
 from fedhive.common.secagg.messages import (
@@ -55,7 +54,7 @@ from fedhive.common.secagg.messages import (
 )
 from fedhive.common.secagg.node import NodeSecAgg
 from fedhive.common.secagg.quantize import QuantConfig
-from fedhive.common.secagg.stages import COUNT_WORDS, PadStage, QuantizeStage
+from fedhive.common.secagg.stages import COUNT_WORDS, QuantizeStage
 
 UPLOAD_BLOCK = 1 << 20  # words per block of the masked upload
 
@@ -330,35 +329,6 @@ class SecureTask:
             raise InvalidUpdateError(
                 f"secure round parameters in the task config: {exc!r}"
             ) from exc
-
-
-def secure_stages(
-    task: SecureTask,
-    pad: np.ndarray,
-    weight: int,
-    rng: np.random.Generator,
-    base: np.ndarray | None,
-    floats: Sequence[Stage] = (),
-    words: Sequence[Stage] = (),
-) -> list[Stage]:
-    """The node's pipeline for a secure round (:mod:`fedhive.common.pipeline`): with distributed
-    DP ``delta -> floats -> dp clip -> quantize -> words -> pad`` (weight 1; the pad already holds
-    the noise, :class:`KeyExchange`: the same sum as a noise stage before the mask);
-    otherwise ``[delta -> floats -> rebase] -> quantize -> [words] -> pad`` (``base``, the
-    downloaded model as flat floats, needed for DP or float stages)."""
-    front: list[Stage] = []
-    if task.dp_variance is not None and task.dp_clip is not None:
-        if base is None:
-            raise ConfigError("distributed DP needs the model this node downloaded")
-        front = [DeltaStage(base), *floats, ClipDeltaStage(task.dp_clip)]
-        weight = 1
-    elif floats:
-        if base is None:
-            raise ConfigError("float pipeline stages need the model this node downloaded")
-        front = [DeltaStage(base), *floats, RebaseStage(base)]
-    if not words:
-        return [*front, QuantizeStage(task.quant, weight, rng, pad)]
-    return [*front, QuantizeStage(task.quant, weight, rng), *words, PadStage(pad)]
 
 
 class TransportChannel:

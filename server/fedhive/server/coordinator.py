@@ -77,7 +77,13 @@ from fedhive.server.rounds import (
     check_header,
     check_open,
 )
-from fedhive.server.secure import SecureRound, finalize_secure, open_secure_round, watch_secure
+from fedhive.server.secure import (
+    SecureRound,
+    dp_inputs,
+    finalize_secure,
+    open_secure_round,
+    watch_secure,
+)
 from fedhive.server.spool import SpoolBudget
 from fedhive.server.store import ResumePoint, RunStore
 from fedhive.server.strategy import Aggregator
@@ -586,17 +592,9 @@ class Coordinator:
         deadline = time.monotonic() + cfg.round_timeout_s
         if secure_mode:  # parameters differ per attempt: encode the broadcast each time
             try:
+                dp = dp_inputs(cfg, self.store, self.committed_rounds, len(alive))
                 secure = open_secure_round(
-                    cfg,
-                    self.specs,
-                    number,
-                    attempt,
-                    keys,
-                    certs,
-                    masked_deadline=deadline,
-                    alive=len(alive),
-                    base=self.store.model_path(self.committed_rounds),
-                    history=self.history,
+                    cfg, self.specs, number, attempt, keys, certs, masked_deadline=deadline, dp=dp
                 )
             except ConfigError as exc:
                 raise RunAborted(f"round {number}: secure aggregation cannot run: {exc}") from exc

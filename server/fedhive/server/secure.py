@@ -46,6 +46,7 @@ from fedhive.common.secagg.stages import DequantizeStage, masked_spec, masked_wo
 from fedhive.common.tensors import DTYPES, TensorSpec, from_float
 from fedhive.server.privacy.distributed import finalize_distributed
 from fedhive.server.secagg_round import SecAggRound
+from fedhive.server.store import RunStore
 
 MAX_STEP_WAIT_S = 30.0
 UNMASK_WORKERS = max(1, min(4, os.cpu_count() or 1))  # the nodes wait for the unmask: use cores
@@ -183,6 +184,24 @@ def finalize_secure(secure: SecureRound, reason: str) -> tuple[list[np.ndarray],
     return arrays, ""
 
 
+@dataclass(frozen=True)
+class DPInputs:
+    """What a distributed DP round needs from the run: the nodes alive at selection (the
+    sampling rate), the model the deltas start from, the stored records (the accountant)."""
+
+    alive: int
+    base: Path
+    history: list[Mapping[str, Any]]
+
+
+def dp_inputs(config: ServerConfig, store: RunStore, committed: int, alive: int) -> DPInputs | None:
+    """The round's :class:`DPInputs` under ``[dp.distributed]`` (None otherwise); the records are
+    read from the store, so a resumed run continues the same accountant."""
+    if config.dp is None or config.dp.distributed is None:
+        return None
+    return DPInputs(alive, store.model_path(committed), list(store.events()))
+
+
 def open_secure_round(
     config: ServerConfig,
     specs: Sequence[TensorSpec],
@@ -192,22 +211,22 @@ def open_secure_round(
     certificates: Mapping[str, bytes] | None = None,
     *,
     masked_deadline: float | None = None,
-    alive: int = 0,
-    base: Path | None = None,
-    history: Sequence[Mapping[str, Any]] = (),
+    dp: DPInputs | None = None,
 ) -> SecureRound:
     """Plan one secure round over ``identities`` (the selected nodes and their Ed25519 keys);
     its masked step closes at ``masked_deadline`` (``time.monotonic``; the round's deadline).
 
     Raises :class:`ConfigError` when the round cannot run safely: fewer than two nodes, a graph
     or threshold that does not fit, or a configuration whose unmasked sum could overflow.
-    With ``[dp.distributed]`` the nodes send noised deltas from ``base`` (the current model);
-    ``alive`` and ``history`` feed the accountant.
+    With ``[dp.distributed]`` the nodes send noised deltas from the current model (``dp``, from
+    :func:`dp_inputs`, which also feeds the accountant).
     """
     elements = sum(s.numel for s in specs)
     ddp = config.dp.distributed if config.dp is not None else None
-    dp = plan(ddp, len(identities), elements) if ddp is not None else None
-    quant = config.secagg_quantization() if dp is None else dp.quant
+    if ddp is not None and dp is None:
+        raise ConfigError("distributed DP needs the round's model and records (dp_inputs)")
+    calibration = plan(ddp, len(identities), elements) if ddp is not None else None
+    quant = config.secagg_quantization() if calibration is None else calibration.quant
     quant.check(len(identities))
     digest = hashlib.sha256(f"{config.seed}:{number}:{attempt}".encode()).digest()
     seed = int.from_bytes(digest[:7], "big")
@@ -240,7 +259,7 @@ def open_secure_round(
         "secagg_clip": quant.clip,
         "secagg_bits": quant.bits,
         "secagg_max_weight": quant.max_weight,
-        **(dp.task_config() if dp is not None else {}),
+        **(calibration.task_config() if calibration is not None else {}),
     }
     return SecureRound(
         rnd,
@@ -249,10 +268,10 @@ def open_secure_round(
         dict(identities),
         task_config,
         dict(certificates or {}),
-        dp=dp,
-        base=base,
-        alive=alive,
-        history=list(history),
+        dp=calibration,
+        base=dp.base if dp is not None else None,
+        alive=dp.alive if dp is not None else 0,
+        history=dp.history if dp is not None else [],
         delta=config.dp.delta if config.dp is not None else 0.0,
     )
 

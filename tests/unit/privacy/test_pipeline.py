@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedhive.client.secagg import SecureTask, secure_stages
+from fedhive.client.pipeline import secure_stages
+from fedhive.client.secagg import SecureTask
 from fedhive.common.config import ClientConfig
 from fedhive.common.errors import ConfigError
 from fedhive.common.pipeline import load_stages, split
