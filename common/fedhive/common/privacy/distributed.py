@@ -32,6 +32,7 @@ records, so a resumed run continues it.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -122,6 +123,8 @@ def plan(settings: DistributedDPSettings, nodes: int, elements: int) -> Distribu
 
 def check_settings(settings: DistributedDPSettings, min_nodes: int) -> None:
     """The start-up check (the model's size is not known yet: the per-round check adds it)."""
+    if importlib.util.find_spec("opacus") is None:
+        raise ConfigError("dp.distributed needs the accountant (Opacus): pip install 'fedhive[dp]'")
     plan(settings, min_nodes, 0)
 
 
