@@ -9,7 +9,7 @@ import pytest
 from fedhive.client.pipeline import secure_stages
 from fedhive.client.secagg import SecureTask
 from fedhive.common.config import ClientConfig
-from fedhive.common.errors import ConfigError
+from fedhive.common.errors import ConfigError, InvalidUpdateError
 from fedhive.common.pipeline import load_stages, split
 from fedhive.common.secagg.graph import Graph
 from fedhive.common.secagg.quantize import QuantConfig
@@ -74,3 +74,34 @@ def test_the_built_in_order_with_distributed_dp_and_user_stages() -> None:
         "delta", "float-pass", "dp-clip", "quantize", "word-pass", "pad",
     ]  # fmt: skip
     assert [s.name for s in plain] == ["delta", "float-pass", "rebase", "quantize"]
+
+
+def secure_config(**dp: object) -> dict[str, object]:
+    return {
+        "secagg": "secagg+",
+        "secagg_round": 1,
+        "secagg_nodes": '["a", "b", "c"]',
+        "secagg_seed": 1,
+        "secagg_degree": 2,
+        "secagg_threshold": 2,
+        "secagg_clip": 1.0,
+        "secagg_bits": 16,
+        "secagg_max_weight": 1,
+        **dp,
+    }
+
+
+def test_a_node_reads_the_distributed_dp_parameters_and_refuses_bad_ones() -> None:
+    # Prepare / Execute
+    task = SecureTask.from_config(secure_config(secagg_dp_clip=1.0, secagg_dp_variance="420"))
+
+    # Assert: read; a zero variance, a bad clip or a weighted grid is refused (the node declines)
+    assert task is not None and task.dp_variance == 420 and task.dp_clip == 1.0
+    for bad in (
+        {"secagg_dp_clip": 1.0, "secagg_dp_variance": "0"},
+        {"secagg_dp_clip": float("nan"), "secagg_dp_variance": "420"},
+        {"secagg_dp_variance": "420"},
+        {"secagg_dp_clip": 1.0, "secagg_dp_variance": "420", "secagg_max_weight": 8},
+    ):
+        with pytest.raises(InvalidUpdateError, match="secure round parameters"):
+            SecureTask.from_config(secure_config(**bad))
