@@ -32,7 +32,6 @@ records, so a resumed run continues it.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -122,9 +121,14 @@ def plan(settings: DistributedDPSettings, nodes: int, elements: int) -> Distribu
 
 
 def check_settings(settings: DistributedDPSettings, min_nodes: int) -> None:
-    """The start-up check (the model's size is not known yet: the per-round check adds it)."""
-    if importlib.util.find_spec("opacus") is None:
-        raise ConfigError("dp.distributed needs the accountant (Opacus): pip install 'fedhive[dp]'")
+    """The start-up check (the model's size is not known yet: the per-round check adds it).
+    Loads the accountant now (seconds: Opacus imports much), not in the first round."""
+    try:
+        import opacus.accountants.analysis.rdp  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            f"dp.distributed needs the accountant (Opacus): pip install 'fedhive[dp]' ({exc})"
+        ) from exc
     plan(settings, min_nodes, 0)
 
 
