@@ -174,3 +174,16 @@ def test_noise_leaves_the_count_word_alone() -> None:
     stage = NoiseStage(100, SecureBits.for_tests(3))
     out = list(stage.transform([Block(0, np.array([1, 5, 5], dtype=np.uint32))]))
     assert int(out[0].values[0]) == 1
+
+
+def test_expected_dropout_calibrates_the_noise_for_the_survivors() -> None:
+    # Prepare: 4 selected, a quarter expected to drop: each node's share is sized for 3
+    settings = DistributedDPSettings(noise_multiplier=1.0, clip=2.0, expected_dropout=0.25)
+
+    # Execute
+    p = plan(settings, 4, 1000)
+
+    # Assert: 3 survivors deliver the target; all 4 deliver more
+    assert p.expected == 3
+    assert settings.noise_multiplier <= p.delivered(3) < settings.noise_multiplier * 1.001
+    assert p.delivered(4) == pytest.approx(p.delivered(3) * math.sqrt(4 / 3))
