@@ -100,6 +100,7 @@ def start_node(
     tls_dir: Path | None = None,
     max_connect_attempts: int = 10,
     device: str = "cpu",
+    config: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
@@ -126,6 +127,8 @@ def start_node(
         cmd += ["--task-arg", f"{key}={value}"]
     if data is not None:
         cmd += ["--data", str(data)]
+    if config is not None:
+        cmd += ["--config", str(config)]
     if log is None:
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     with open(log, "wb") as out:  # the child keeps its own descriptor

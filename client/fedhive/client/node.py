@@ -22,6 +22,7 @@ import numpy as np
 
 from fedhive.client.device import describe_device, gpu_peak, resolve_device
 from fedhive.client.download import ModelDownload
+from fedhive.client.pipeline import flat_values, secure_stages, through_stages
 from fedhive.client.secagg import (
     KeyExchange,
     SecureTask,
@@ -32,6 +33,7 @@ from fedhive.client.secagg import (
 )
 from fedhive.client.transport import Transport
 from fedhive.common.api.hooks import Block
+from fedhive.common.api.pipeline import load_stages, split
 from fedhive.common.api.task import Task, TaskContext, exchanged_state, load_task
 from fedhive.common.config import ClientConfig
 from fedhive.common.errors import (
@@ -107,6 +109,8 @@ class Node:
         self.state = exchanged_state(self.model, self.task)
         self.specs = [spec_of(name, t) for name, t in self.state.items()]
         self.download = ModelDownload(self.specs, self.state)
+        self.stages = load_stages(config.pipeline.node) if config.pipeline else []
+        self._base: np.ndarray | None = None  # the downloaded model (flat), for the pipeline
         self.identity = load_node_identity(
             config.identity_key, config.identity_cert, config.tls_ca, config.name
         )
@@ -246,7 +250,9 @@ class Node:
                 node_id, self.identity.key, channel.directory, secure.graph, secure.round, words
             )
 
-        self._keys = KeyExchange(secure.round, channel, machine, cancelled)
+        self._keys = KeyExchange(
+            secure.round, channel, machine, cancelled, noise_variance=secure.dp_variance
+        )
         return self._keys.start()
 
     def _secure_push(
@@ -286,14 +292,17 @@ class Node:
         )
         times = keys.times
         rng = np.random.default_rng()
-        push_update(channel, machine, pad, values, num_examples, secure.quant, rng, times)
+        floats, words = split(self.stages, secure=True)
+        stages = secure_stages(secure, pad, num_examples, rng, self._base, floats, words)
+        push_update(channel, machine, pad, values, num_examples, secure.quant, rng, times, stages)
         log.info(
-            "round %d: secure aggregation: key exchange %.3fs (%.3fs of it masking; waited "
-            "%.3fs for it after training), %.3fs quantizing into the mask, %.3fs upload, %.3fs "
-            "in SecAggStep calls",
+            "round %d: secure aggregation: key exchange %.3fs (%.3fs of it masking, %.3fs "
+            "noising; waited %.3fs for it after training), %.3fs quantizing into the mask, "
+            "%.3fs upload, %.3fs in SecAggStep calls",
             header.round,
             times.keys_s,
             times.mask_s,
+            times.noise_s,
             behind_s,
             times.quantize_s,
             channel.upload_s,
@@ -380,6 +389,13 @@ class Node:
             # the secure round's parameters are the runtime's, not training settings for the task
             config = {k: v for k, v in config.items() if not k.startswith(SECAGG_KEYS)}
         self._receive(header, stream)
+        self._base = None
+        if header.kind == TaskKind.TRAIN and (
+            self.stages or (secure is not None and secure[0].dp_variance is not None)
+        ):
+            self._base = flat_values(
+                self.specs, self.state
+            )  # the pipeline works on the delta from it
         if secure is not None:
             secure[1].allow_masking()
         if header.kind == TaskKind.EVALUATE:
@@ -434,6 +450,13 @@ class Node:
                 return
             self._end_keys()
         else:
+            if self.stages:
+                try:
+                    buffers = through_stages(self.specs, self.state, self._base, self.stages)
+                except (ConfigError, InvalidUpdateError) as exc:  # a stage refused the update
+                    log.error("round %d: update pipeline: %s", header.round, exc)
+                    self._decline(joined, header.round, f"update pipeline: {exc}")
+                    return
             sent = self.transport.push(
                 self._messages(joined, header, fit.num_examples, self.specs, buffers, trailer)
             )

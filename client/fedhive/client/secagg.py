@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedhive.client.transport import Transport
-from fedhive.common.api.hooks import Block, blocks_of, contiguous, run
+from fedhive.common.api.hooks import Block, Stage, blocks_of, contiguous, run
 from fedhive.common.crypto.pki import load_cert, read_bytes, verify_identity_cert
 from fedhive.common.errors import (
     ConfigError,
@@ -36,6 +37,8 @@ from fedhive.common.errors import (
     SecAggAbortedError,
     SecAggAuthError,
 )
+from fedhive.common.privacy.discrete_gaussian import SecureBits
+from fedhive.common.privacy.distributed import add_noise
 from fedhive.common.secagg.graph import Graph
 from fedhive.common.secagg.keys import KEY_BYTES, KeyAdvert
 from fedhive.common.secagg.messages import (
@@ -50,7 +53,7 @@ from fedhive.common.secagg.messages import (
 )
 from fedhive.common.secagg.node import NodeSecAgg
 from fedhive.common.secagg.quantize import QuantConfig
-from fedhive.common.secagg.stages import QuantizeStage
+from fedhive.common.secagg.stages import COUNT_WORDS, QuantizeStage
 from fedhive.common.wire.messages import NodeAuth
 
 UPLOAD_BLOCK = 1 << 20  # words per block of the masked upload
@@ -73,6 +76,7 @@ class SecureTimes:
     keys_s: float = 0.0  # the key exchange, its waits included
     mask_s: float = 0.0  # computing the whole mask
     quantize_s: float = 0.0  # quantizing into the mask (after training)
+    noise_s: float = 0.0  # distributed DP: adding the noise to the mask (while training)
 
 
 def exchange_keys(channel: SecAggChannel, machine: NodeSecAgg, times: SecureTimes) -> None:
@@ -101,8 +105,11 @@ def push_update(
     cfg: QuantConfig,
     rng: np.random.Generator,
     times: SecureTimes,
+    stages: Sequence[Stage] | None = None,
 ) -> None:
     """Steps 3 and 4: quantize ``values`` into ``pad`` (consumed), upload, reveal shares.
+
+    ``stages`` (from :func:`secure_stages`) replaces the plain quantization into the pad.
 
     Quantization clips. Every block is quantized before the upload starts (a NaN stops the
     round for this node before it sent anything): the coordinator stages a few uploads at a
@@ -111,7 +118,8 @@ def push_update(
     faster with 10 nodes on 2 cores.)
     """
     started = time.perf_counter()
-    for _ in run([QuantizeStage(cfg, weight, rng, pad)], values):  # into the mask
+    pipeline = [QuantizeStage(cfg, weight, rng, pad)] if stages is None else stages
+    for _ in run(pipeline, values):  # into the mask
         pass
     times.quantize_s = time.perf_counter() - started
     channel.push_masked(blocks_of(pad, UPLOAD_BLOCK))
@@ -152,6 +160,7 @@ class KeyExchange:
         channel: SecAggChannel,
         make_machine: Callable[[], NodeSecAgg],
         cancelled: threading.Event | None = None,
+        noise_variance: int | None = None,
     ) -> None:
         self.round = round_
         self.channel = channel
@@ -159,6 +168,10 @@ class KeyExchange:
         self.cancelled = cancelled or threading.Event()
         self.machine: NodeSecAgg | None = None
         self._make_machine = make_machine
+        # distributed DP: the noise goes into the mask while the node trains; a repeated push
+        # gets the same noise again (the same key), never a second, averageable draw
+        self._noise_variance = noise_variance
+        self._noise_key = os.urandom(KEY_BYTES)
         self._pad: np.ndarray | None = None
         self._error: BaseException | None = None
         self._used = False
@@ -176,9 +189,17 @@ class KeyExchange:
             while not self._may_mask.wait(0.5):
                 if self.cancelled.is_set():
                     raise SecAggAbortedError("the secure round was given up")
-            self._pad = make_pad(self.machine, self.times)
+            self._pad = self._noised(make_pad(self.machine, self.times))
         except BaseException as exc:  # handed to the caller of pad()
             self._error = exc
+
+    def _noised(self, pad: np.ndarray) -> np.ndarray:
+        if self._noise_variance is not None:
+            started = time.perf_counter()
+            bits = SecureBits(self._noise_key)
+            add_noise(pad, self._noise_variance, bits, skip=COUNT_WORDS)
+            self.times.noise_s = time.perf_counter() - started
+        return pad
 
     def allow_masking(self) -> None:
         """The mask may be computed now (the node no longer downloads)."""
@@ -202,7 +223,7 @@ class KeyExchange:
         if machine is None:  # pragma: no cover - _run sets a machine or an error
             raise SecAggAbortedError("the key exchange ended without its state")
         if self._used or pad is None:
-            return machine, machine.pad()
+            return machine, self._noised(machine.pad())
         self._pad, self._used = None, True  # the caller owns it now
         return machine, pad
 
@@ -275,6 +296,8 @@ class SecureTask:
     round: int
     graph: Graph
     quant: QuantConfig
+    dp_clip: float | None = None  # distributed DP: the L2 clip of the delta
+    dp_variance: int | None = None  # distributed DP: this node's discrete Gaussian variance
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SecureTask | None:
@@ -293,7 +316,15 @@ class SecureTask:
                 int(config["secagg_bits"]),
                 int(config["secagg_max_weight"]),
             )
-            return cls(int(config["secagg_round"]), graph, quant)
+            dp_clip = dp_variance = None
+            if "secagg_dp_variance" in config:
+                dp_clip = float(config["secagg_dp_clip"])
+                dp_variance = int(str(config["secagg_dp_variance"]))
+                if not (dp_clip > 0 and np.isfinite(dp_clip)) or dp_variance < 1:
+                    raise ValueError(f"distributed DP clip {dp_clip}, variance {dp_variance}")
+                if quant.max_weight != 1:
+                    raise ValueError("distributed DP rounds weigh every node 1")
+            return cls(int(config["secagg_round"]), graph, quant, dp_clip, dp_variance)
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidUpdateError(
                 f"secure round parameters in the task config: {exc!r}"

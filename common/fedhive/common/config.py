@@ -14,7 +14,9 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedhive.common.api.pipeline import PipelineSettings
 from fedhive.common.errors import ConfigError
+from fedhive.common.privacy.distributed import check_settings
 from fedhive.common.privacy.settings import DPSettings, check_run
 from fedhive.common.secagg.quantize import QuantConfig
 from fedhive.common.status_config import StatusConfig
@@ -129,9 +131,20 @@ class ServerConfig(_Config):
                 f"max_registered_nodes ({self.max_registered_nodes}) is below min_nodes "
                 f"({self.min_nodes})"
             )
-        if self.secure_aggregation == "secagg+":
+        distributed = self.dp is not None and self.dp.distributed is not None
+        if self.secure_aggregation == "secagg+" and not distributed:  # DP: its own grid
             try:
                 self.secagg_quantization().check(self.min_nodes)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        if self.dp is not None and self.dp.distributed is not None:
+            if self.secure_aggregation != "secagg+":
+                raise ValueError(
+                    "dp.distributed adds the noise inside secure aggregation: it needs "
+                    "secure_aggregation = 'secagg+'"
+                )
+            try:
+                check_settings(self.dp.distributed, self.min_nodes)
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
         _check_insecure(self, ("tls_dir", "tls_cert", "tls_key", "tls_ca", "crl"))
@@ -203,6 +216,9 @@ class ClientConfig(_Config):
     # and the CA's certificate for it, which peers check (see fedhive.common.crypto.pki).
     identity_key: Path | None = None
     identity_cert: Path | None = None
+    # user stages on this node's update ([pipeline] node = ["package.module:Stage"]), checked
+    # at start (fedhive.common.api.pipeline)
+    pipeline: PipelineSettings | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ClientConfig:

@@ -78,7 +78,13 @@ from fedhive.server.rounds import (
     check_header,
     check_open,
 )
-from fedhive.server.secure import SecureRound, finalize_secure, open_secure_round, watch_secure
+from fedhive.server.secure import (
+    SecureRound,
+    dp_inputs,
+    finalize_secure,
+    open_secure_round,
+    watch_secure,
+)
 from fedhive.server.spool import SpoolBudget
 from fedhive.server.store import ResumePoint, RunStore
 from fedhive.server.strategy import Aggregator
@@ -596,8 +602,9 @@ class Coordinator:
         deadline = time.monotonic() + cfg.round_timeout_s
         if secure_mode:  # parameters differ per attempt: encode the broadcast each time
             try:
+                dp = dp_inputs(cfg, self.store, self.committed_rounds, len(alive))
                 secure = open_secure_round(
-                    cfg, self.specs, number, attempt, keys, certs, masked_deadline=deadline
+                    cfg, self.specs, number, attempt, keys, certs, masked_deadline=deadline, dp=dp
                 )
             except ConfigError as exc:
                 raise RunAborted(f"round {number}: secure aggregation cannot run: {exc}") from exc
@@ -726,6 +733,7 @@ class Coordinator:
                 )
             event["aggregate_s"] = round(time.monotonic() - started, 6)
             event["examples"] = st.secure.examples
+            event["privacy"] = st.secure.privacy  # distributed DP: what the survivors delivered
         if reason == STOPPING:  # a partial round is not committed: it runs again on resume
             failure = f"{STOPPING}; the round runs again when the coordinator resumes"
         if not failure and len(contributions) < needed:

@@ -19,6 +19,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fedhive.common.api.hooks import Block, contiguous, run
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import ConfigError, InvalidUpdateError, SecAggError, StaleRoundError
+from fedhive.common.privacy.distributed import DistributedPlan, plan
 from fedhive.common.secagg.graph import Graph
 from fedhive.common.secagg.keys import KeyAdvert
 from fedhive.common.secagg.messages import (
@@ -42,7 +44,9 @@ from fedhive.common.secagg.messages import (
 from fedhive.common.secagg.quantize import QuantConfig
 from fedhive.common.secagg.stages import DequantizeStage, masked_spec, masked_words
 from fedhive.common.wire.tensors import DTYPES, TensorSpec, from_float
+from fedhive.server.privacy.distributed import finalize_distributed
 from fedhive.server.secagg_round import SecAggRound
+from fedhive.server.store import RunStore
 
 MAX_STEP_WAIT_S = 30.0
 UNMASK_WORKERS = max(1, min(4, os.cpu_count() or 1))  # the nodes wait for the unmask: use cores
@@ -62,6 +66,12 @@ class SecureRound:
     task_config: dict[str, Any]
     certificates: dict[str, bytes] = field(default_factory=dict)  # identity certs (mTLS runs)
     examples: int = 0  # the unmasked summed example count, once finalized
+    dp: DistributedPlan | None = None  # distributed DP: the round's calibration
+    base: Path | None = None  # distributed DP: the model the nodes' deltas start from
+    alive: int = 0  # nodes alive at selection (the accountant's sampling rate)
+    history: list[Mapping[str, Any]] = field(default_factory=list)  # the run's earlier records
+    delta: float = 0.0
+    privacy: dict[str, Any] | None = None  # the round record's ``privacy``, once finalized
 
     @property
     def id(self) -> int:
@@ -115,6 +125,21 @@ class SecureRound:
 
         Raises :class:`~fedhive.common.errors.SecAggAbortedError` if the round was abandoned.
         """
+        if self.dp is not None:
+            if self.base is None:  # pragma: no cover - open_secure_round sets it
+                raise ValueError("distributed DP needs the model the deltas start from")
+            out, survivors, privacy = finalize_distributed(
+                self.dp,
+                self.specs,
+                self.rnd.result(UNMASK_WORKERS),
+                len(self.rnd.machine.survivors),
+                self.base,
+                self.alive,
+                self.history,
+                self.delta,
+            )
+            self.privacy = {"distributed": privacy}
+            return out, survivors
         elements = sum(s.numel for s in self.specs)
         dequantize = DequantizeStage(self.quant)
         # each dequantized block goes straight into the tensors' own dtype (no model-sized
@@ -159,6 +184,24 @@ def finalize_secure(secure: SecureRound, reason: str) -> tuple[list[np.ndarray],
     return arrays, ""
 
 
+@dataclass(frozen=True)
+class DPInputs:
+    """What a distributed DP round needs from the run: the nodes alive at selection (the
+    sampling rate), the model the deltas start from, the stored records (the accountant)."""
+
+    alive: int
+    base: Path
+    history: list[Mapping[str, Any]]
+
+
+def dp_inputs(config: ServerConfig, store: RunStore, committed: int, alive: int) -> DPInputs | None:
+    """The round's :class:`DPInputs` under ``[dp.distributed]`` (None otherwise); the records are
+    read from the store, so a resumed run continues the same accountant."""
+    if config.dp is None or config.dp.distributed is None:
+        return None
+    return DPInputs(alive, store.model_path(committed), list(store.events()))
+
+
 def open_secure_round(
     config: ServerConfig,
     specs: Sequence[TensorSpec],
@@ -168,14 +211,22 @@ def open_secure_round(
     certificates: Mapping[str, bytes] | None = None,
     *,
     masked_deadline: float | None = None,
+    dp: DPInputs | None = None,
 ) -> SecureRound:
     """Plan one secure round over ``identities`` (the selected nodes and their Ed25519 keys);
     its masked step closes at ``masked_deadline`` (``time.monotonic``; the round's deadline).
 
     Raises :class:`ConfigError` when the round cannot run safely: fewer than two nodes, a graph
     or threshold that does not fit, or a configuration whose unmasked sum could overflow.
+    With ``[dp.distributed]`` the nodes send noised deltas from the current model (``dp``, from
+    :func:`dp_inputs`, which also feeds the accountant).
     """
-    quant = config.secagg_quantization()
+    elements = sum(s.numel for s in specs)
+    ddp = config.dp.distributed if config.dp is not None else None
+    if ddp is not None and dp is None:
+        raise ConfigError("distributed DP needs the round's model and records (dp_inputs)")
+    calibration = plan(ddp, len(identities), elements) if ddp is not None else None
+    quant = config.secagg_quantization() if calibration is None else calibration.quant
     quant.check(len(identities))
     digest = hashlib.sha256(f"{config.seed}:{number}:{attempt}".encode()).digest()
     seed = int.from_bytes(digest[:7], "big")
@@ -190,7 +241,6 @@ def open_secure_round(
     except ValueError as exc:
         raise ConfigError(f"a selected node's identity key is not an Ed25519 key: {exc}") from exc
     rid = round_id(number, attempt)
-    elements = sum(s.numel for s in specs)
     rnd = SecAggRound(
         graph,
         rid,
@@ -209,9 +259,20 @@ def open_secure_round(
         "secagg_clip": quant.clip,
         "secagg_bits": quant.bits,
         "secagg_max_weight": quant.max_weight,
+        **(calibration.task_config() if calibration is not None else {}),
     }
     return SecureRound(
-        rnd, quant, list(specs), dict(identities), task_config, dict(certificates or {})
+        rnd,
+        quant,
+        list(specs),
+        dict(identities),
+        task_config,
+        dict(certificates or {}),
+        dp=calibration,
+        base=dp.base if dp is not None else None,
+        alive=dp.alive if dp is not None else 0,
+        history=dp.history if dp is not None else [],
+        delta=config.dp.delta if config.dp is not None else 0.0,
     )
 
 

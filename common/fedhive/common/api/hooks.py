@@ -10,8 +10,10 @@ O(block) and works for models of any size::
 
 Plain FedAvg is the pipeline with no stages on either side. Secure aggregation is
 ``node=[Clip, Quantize, Mask]``, ``coordinator=[Unmask, Dequantize]``
-(:mod:`fedhive.common.secagg.stages`). A user stage (say homomorphic encryption) implements
-:class:`Stage` and is plugged into the lists; the round engine only calls :func:`run`.
+(:mod:`fedhive.common.secagg.stages`). The node's pipeline is chosen by configuration
+(:mod:`fedhive.common.api.pipeline`: distributed DP's clip and noise, SecAgg+'s quantization and
+mask, and user stages named by import path in the node's ``[pipeline]``); the round engine only
+calls :func:`run`.
 
 A stage may change the element type (float -> uint32) and the index space (a stage may prepend
 or drop elements, as quantization does with the example count), but it must emit blocks in

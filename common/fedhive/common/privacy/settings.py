@@ -12,6 +12,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedhive.common.privacy.central import CentralDPSettings
+from fedhive.common.privacy.distributed import DistributedDPSettings
 
 LEVELS = ("sgd", "central", "distributed")
 
@@ -22,6 +23,7 @@ class DPSettings(BaseModel):
     delta: float = Field(default=1e-5, gt=0, lt=1)
     max_epsilon: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     central: CentralDPSettings | None = None
+    distributed: DistributedDPSettings | None = None
 
     @model_validator(mode="after")
     def _check(self) -> DPSettings:
