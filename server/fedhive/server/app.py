@@ -24,6 +24,7 @@ from fedhive.common.chunks import MAX_CHUNK_SIZE
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import ConfigError, TaskError
 from fedhive.common.memory import startup_gc
+from fedhive.common.record import RoundRecord
 from fedhive.common.safetensors_io import SafetensorsFile
 from fedhive.common.task import Task, TaskContext, exchanged_state, load_task, validate_config
 from fedhive.common.tensors import (
@@ -260,7 +261,7 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
 
 def serve(
     config: ServerConfig, listener: RoundListener | None = None, *, freeze_startup: bool = False
-) -> list[Mapping[str, Any]]:
+) -> list[RoundRecord]:
     """Start, run every round, stop. SIGTERM/SIGINT stop the run cleanly. ``freeze_startup``
     (the ``fedhive server`` command): start up without cyclic GC, then freeze what start-up built
     (:func:`fedhive.common.memory.startup_gc`; not for a process that serves repeatedly)."""
