@@ -38,7 +38,7 @@ from fedhive.common.tensors import TensorSpec, payload_bytes, raw_view
 from fedhive.server import waiting
 from fedhive.server.aggregation import StrategyHost
 from fedhive.server.global_model import GlobalModel
-from fedhive.server.node_api import MAX_PULL_WAIT_S, PULL_CHECK_S, NodeAPI, RoundListener
+from fedhive.server.node_api import NodeAPI, RoundListener
 from fedhive.server.paths import Paths
 from fedhive.server.registry import NodeRecord, NodeRegistry
 from fedhive.server.round_close import STOPPING, Evaluator, RoundCloser, base_event, cut_off
@@ -47,10 +47,7 @@ from fedhive.server.spool import SpoolBudget
 from fedhive.server.store import ResumePoint, RunStore
 from fedhive.server.strategy import Aggregator
 
-__all__ = [
-    "MAX_PULL_WAIT_S",
-    "PULL_CHECK_S",
-    "STOPPING",
+__all__ = [  # RoundListener and Evaluator: the types a caller passes in, importable from here
     "Coordinator",
     "Evaluator",
     "RoundListener",
