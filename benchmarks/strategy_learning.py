@@ -4,6 +4,9 @@ Two scenarios, each run once per rule, then compared with ``fedhive report RUN .
 
 * ``noniid``: 8 nodes with Dirichlet(0.1) label-skewed shares (``fedhive simulate --alpha 0.1``);
   FedAvg against FedAdam and FedYogi (server learning rate ``--eta``, tau 1e-3).
+* ``eta``: the same label skew, the server learning rate tuned: FedAdam, FedYogi and FedAdagrad
+  (tau 1e-3 each) at every ``--etas`` value, and FedAvg; the best eta of each rule (by its final
+  held-out accuracy) is drawn against FedAvg.
 * ``byzantine``: 8 nodes with IID shares, 2 of which train and then send their weights
   sign-flipped and scaled by 10 (``tests/integration/byzantine_task.py``); FedAvg against
   FedMedian, FedTrimmedAvg(0.25), MultiKrum(f=2, m=4) and Bulyan(f=1), and FedAvg with the two
@@ -14,6 +17,7 @@ Prints each run's held-out accuracy per round as a JSON line, then the side-by-s
 plot goes to ``OUT/<scenario>/compare.png``. Usage::
 
     python benchmarks/strategy_learning.py noniid --rounds 20 --out bench-out/strategies
+    python benchmarks/strategy_learning.py eta --rounds 20 --etas 0.01 0.03 0.1 0.3 1.0
     python benchmarks/strategy_learning.py byzantine --rounds 10 --out bench-out/strategies
 """
 
@@ -59,20 +63,47 @@ def accuracy(run_dir: Path) -> list[float]:
     return out
 
 
+def simulate_noniid(work: Path, name: str, args: dict[str, Any], rounds: int, nodes: int) -> Path:
+    """One label-skewed digits run of rule ``name``; its run directory."""
+    shutil.rmtree(work, ignore_errors=True)
+    cmd = [*CLI, "simulate", "--nodes", str(nodes), "--alpha", "0.1", "--rounds", str(rounds)]
+    cmd += ["--workdir", str(work), "--no-progress", "--insecure", "--seed", "0"]
+    cmd += strategy_flags(name, args)
+    subprocess.run(cmd, check=True, timeout=TIMEOUT_S, capture_output=True)
+    return work / "run"
+
+
 def noniid(out: Path, rounds: int, eta: float, nodes: int) -> list[Path]:
     runs = []
     rules = [("fedavg", {}), ("fedadam", {"eta": eta, "tau": 1e-3}), ("fedyogi", {"eta": eta})]
     for name, args in rules:
-        work = out / name
-        shutil.rmtree(work, ignore_errors=True)
-        cmd = [*CLI, "simulate", "--nodes", str(nodes), "--alpha", "0.1", "--rounds", str(rounds)]
-        cmd += ["--workdir", str(work), "--no-progress", "--insecure", "--seed", "0"]
-        cmd += strategy_flags(name, args)
-        subprocess.run(cmd, check=True, timeout=TIMEOUT_S, capture_output=True)
-        run_dir = work / "run"
+        run_dir = simulate_noniid(out / name, name, args, rounds, nodes)
         print(json.dumps({"scenario": "noniid", "rule": name, "accuracy": accuracy(run_dir)}))
         runs.append(run_dir)
     return runs
+
+
+def eta_sweep(out: Path, rounds: int, etas: list[float], nodes: int) -> list[Path]:
+    """Each adaptive rule at every eta; returns FedAvg's run and each rule's best eta's run."""
+    fedavg = simulate_noniid(out / "fedavg", "fedavg", {}, rounds, nodes)
+    curve = accuracy(fedavg)
+    print(json.dumps({"scenario": "eta", "rule": "fedavg", "accuracy": curve}), flush=True)
+    best_runs = [fedavg]
+    for name in ("fedadam", "fedyogi", "fedadagrad"):
+        results: list[tuple[float, float, Path]] = []
+        for eta in etas:
+            args = {"eta": eta, "tau": 1e-3}
+            run_dir = simulate_noniid(out / f"{name}-eta{eta:g}", name, args, rounds, nodes)
+            curve = accuracy(run_dir)
+            final = curve[-1] if curve else 0.0
+            row = {"scenario": "eta", "rule": name, "eta": eta, "final": final}
+            row["best"] = max(curve, default=0.0)
+            print(json.dumps({**row, "accuracy": curve}), flush=True)
+            results.append((final, -eta, run_dir))
+        final, neg_eta, run_dir = max(results, key=lambda r: (r[0], r[1]))
+        print(json.dumps({"scenario": "eta", "rule": name, "best_eta": -neg_eta, "final": final}))
+        best_runs.append(run_dir)
+    return best_runs
 
 
 def byzantine(out: Path, rounds: int, nodes: int, hostile: int) -> list[Path]:
@@ -143,17 +174,26 @@ def byzantine(out: Path, rounds: int, nodes: int, hostile: int) -> list[Path]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("scenario", choices=["noniid", "byzantine"])
+    p.add_argument("scenario", choices=["noniid", "eta", "byzantine"])
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--nodes", type=int, default=8)
     p.add_argument("--hostile", type=int, default=2, help="byzantine: poisoning nodes")
     p.add_argument("--eta", type=float, default=0.01, help="noniid: the server learning rate")
+    p.add_argument(
+        "--etas",
+        type=float,
+        nargs="+",
+        default=[0.01, 0.03, 0.1, 0.3, 1.0],
+        help="eta: the server learning rates tried per rule",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench-out" / "strategies")
     ns = p.parse_args()
     out = ns.out / ns.scenario
     out.mkdir(parents=True, exist_ok=True)
     if ns.scenario == "noniid":
         runs = noniid(out, ns.rounds, ns.eta, ns.nodes)
+    elif ns.scenario == "eta":
+        runs = eta_sweep(out, ns.rounds, ns.etas, ns.nodes)
     else:
         runs = byzantine(out, ns.rounds, ns.nodes, ns.hostile)
     report = [*CLI, "report", *map(str, runs), "--out", str(out / "compare.png")]

@@ -3,6 +3,7 @@ log lines on a terminal, nothing stray on stdout."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 from collections.abc import Iterator
@@ -12,23 +13,28 @@ import pytest
 
 from fedhive.common.cli.certs import main as certs_main
 from fedhive.common.cli.logs import setup_logging
+from fedhive.common.record import RoundRecord
 from fedhive.server.cli import server_main
 from fedhive.server.progress import RichProgress, make_console, summary_table
 
-EVENT = {
-    "event": "round",
-    "round": 7,
-    "selected": ["site-a", "site-b", "site-c"],
-    "reported": ["site-a", "site-b", "site-c"],
-    "committed": True,
-    "duration_s": 0.21,
-    "examples": 1151,
-    "bytes_in": 512_000,
-    "bytes_out": 512_000,
-    "train": {"loss": 1.8656, "accuracy": 0.3354},
-    "evaluate": {"loss": 2.2868, "accuracy": 0.1359},
-    "server_evaluate": {"loss": 1.6126, "accuracy": 0.6462},
-}
+EVENT = RoundRecord(
+    event="round",
+    round=7,
+    attempt=0,
+    selected=["site-a", "site-b", "site-c"],
+    refused={},
+    dropped=[],
+    reported=["site-a", "site-b", "site-c"],
+    committed=True,
+    duration_s=0.21,
+    time=0.0,
+    examples=1151,
+    bytes_in=512_000,
+    bytes_out=512_000,
+    train={"loss": 1.8656, "accuracy": 0.3354},
+    evaluate={"loss": 2.2868, "accuracy": 0.1359},
+    server_evaluate={"loss": 1.6126, "accuracy": 0.6462},
+)
 
 
 @pytest.fixture
@@ -95,7 +101,7 @@ def test_a_late_update_never_moves_the_bar_back_or_into_the_next_round() -> None
     progress.update_received(1, 3, 3, 10)
     progress.update_received(1, 2, 3, 5)  # out of order
     shown = progress.progress.tasks[0].completed
-    progress.round_closed({**EVENT, "round": 1})
+    progress.round_closed(dataclasses.replace(EVENT, round=1))
     progress.round_opened(2, "train", ["a", "b", "c"])
     progress.update_received(1, 3, 3, 10)  # about round 1, after round 2 opened
 

@@ -2,36 +2,56 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 from fedhive.common.cli.report import load_run, main, markdown
+from fedhive.common.record import RoundRecord
+
+
+def record(**fields: Any) -> dict[str, Any]:
+    """An events.jsonl line of a round record (as the coordinator writes it)."""
+    base = RoundRecord(
+        event="round",
+        round=0,
+        attempt=0,
+        selected=["n0", "n1"],
+        refused={},
+        dropped=[],
+        duration_s=2.0,
+        bytes_in=0,
+        bytes_out=0,
+        time=100.0,
+        reported=["n0", "n1"],
+        examples=10,
+        committed=True,
+    )
+    return dataclasses.replace(base, **fields).to_event()
 
 
 def write_events(run_dir: Path) -> None:
     events = [{"event": "start", "run_id": "abc", "time": 100.0, "model_bytes": 4000}]
     for r, acc in ((1, 0.5), (2, 0.8), (3, 0.7)):
         events.append(
-            {
-                "event": "round",
-                "round": r,
-                "committed": True,
-                "duration_s": 2.0,
-                "bytes_in": 8000,
-                "bytes_out": 8000,
-                "train": {"loss": 1.0 / r, "accuracy": acc - 0.1},
-                "evaluate": {"model_round": r - 1, "accuracy": acc - 0.2, "loss": 1.5 / r},
-                "server_evaluate": {"accuracy": acc, "loss": 1.2 / r, "macro_f1": acc},
-                "nodes": {
+            record(
+                round=r,
+                committed=True,
+                duration_s=2.0,
+                bytes_in=8000,
+                bytes_out=8000,
+                train={"loss": 1.0 / r, "accuracy": acc - 0.1},
+                evaluate={"model_round": r - 1, "accuracy": acc - 0.2, "loss": 1.5 / r},
+                server_evaluate={"accuracy": acc, "loss": 1.2 / r, "macro_f1": acc},
+                nodes={
                     "n0": {"examples": 5, "train": {"loss": 1.0, "accuracy": 0.4}, "evaluate": {}},
                     "n1": {"examples": 5, "train": {"loss": 0.9, "accuracy": 0.6}, "evaluate": {}},
                 },
-            }
+            )
         )
-    events.append({"event": "round", "round": 4, "committed": False, "reason": "x"})
-    events.append(
-        {"event": "evaluate", "model_round": 3, "evaluate": {"accuracy": 0.75, "loss": 0.4}}
-    )
+    events.append(record(round=4, committed=False, reason="x"))
+    events.append(record(event="evaluate", model_round=3, evaluate={"accuracy": 0.75, "loss": 0.4}))
     events.append({"event": "finished", "rounds": 3, "time": 112.5})
     run_dir.mkdir(parents=True, exist_ok=True)
     text = "\n".join(json.dumps(e) for e in events) + "\n"
@@ -114,3 +134,17 @@ def test_several_runs_are_compared_side_by_side_by_strategy(tmp_path: Path, caps
     assert "| b: fedadam(eta=0.01) | 3 | 0.8000 (2) | 0.7000 | 2 | 2.00 |" in out
     assert (tmp_path / "runs" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "runs" / "compare.md").read_text().startswith("# Runs side by side")
+
+
+def test_a_line_that_is_not_a_round_record_is_named(tmp_path: Path, capsys) -> None:
+    # Prepare: a committed round's line missing most of its record's fields
+    line = {"event": "round", "round": 1, "committed": True, "duration_s": 1.0}
+    (tmp_path / "events.jsonl").write_text(json.dumps(line) + "\n", encoding="utf-8")
+
+    # Execute
+    code = main([str(tmp_path)])
+
+    # Assert: a clear error naming the file and line, not a traceback
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "events.jsonl, line 1: not a round record" in err

@@ -24,6 +24,7 @@ from fedhive.common.api.task import Task, TaskContext, exchanged_state, load_tas
 from fedhive.common.config import ServerConfig
 from fedhive.common.data.safetensors_io import SafetensorsFile
 from fedhive.common.errors import ConfigError, TaskError
+from fedhive.common.record import RoundRecord
 from fedhive.common.runtime.memory import startup_gc
 from fedhive.common.wire.chunks import MAX_CHUNK_SIZE
 from fedhive.common.wire.tensors import (
@@ -276,7 +277,7 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
 
 def serve(
     config: ServerConfig, listener: RoundListener | None = None, *, freeze_startup: bool = False
-) -> list[Mapping[str, Any]]:
+) -> list[RoundRecord]:
     """Start, run every round, stop. SIGTERM/SIGINT stop the run cleanly. ``freeze_startup``
     (the ``fedhive server`` command): start up without cyclic GC, then freeze what start-up built
     (:func:`fedhive.common.runtime.memory.startup_gc`; not for a process that serves repeatedly)."""

@@ -1,22 +1,22 @@
-"""The round engine. Imports no grpc: the servicer (or a test) calls the node-facing methods.
+"""The round engine's driver. Imports no grpc: the servicer (or a test) calls the node-facing
+methods, which it inherits from :class:`~fedhive.server.node_api.NodeAPI`.
 
-Node-facing, thread-safe: :meth:`Coordinator.join`, :meth:`pull`, :meth:`open_update` (returns an
-:class:`~fedhive.server.rounds.UpdateSession` that takes checked chunks and a trailer),
-:meth:`report_evaluation`, :meth:`heartbeat`, :meth:`leave`. The driver, :meth:`Coordinator.run`,
-loops over rounds:
+:meth:`Coordinator.run` loops over rounds:
 
-    wait for ``min_nodes`` -> select a fraction -> open the round (every selected node's pull now
-    returns the task) -> collect until all selected nodes reported, were refused or dropped, or the
-    deadline passes -> close -> if at least ``min_updates`` arrived: finalize the strategy, commit
-    the model and the round's record -> next round; else retry or stop, per config.
+    wait for ``min_nodes`` -> select a fraction -> open the round with its aggregation path
+    (every selected node's pull now returns the task) -> collect until the path says collection
+    is over (all selected nodes reported, were refused or dropped), or the deadline passes ->
+    close -> if at least ``min_updates`` arrived and the path gave a finite model: commit the
+    model and the round's record -> next round; else retry or stop, per config.
+
+The driver composes its parts and never asks which aggregation path a round has: plain or
+SecAgg+ is chosen once per round by :class:`~fedhive.server.paths.Paths`
+(:mod:`fedhive.server.plain_path`, :mod:`fedhive.server.secure_path`); the close and the record
+are :mod:`fedhive.server.round_close`'s; the model the nodes pull is
+:mod:`fedhive.server.global_model`'s.
 
 Invariant: an update touches the aggregate only after its whole stream was checked (every chunk
 on arrival, length and digest at the end); a refused or broken update leaves no trace.
-
-Identity: under mutual TLS the servicer passes each call's verified certificate name as
-``peer_id``. A node joined with a ``peer_id`` *is* that id, and every later call must come from the
-same identity as well as carry the node's token (a token is useless with another certificate).
-The node registry (:mod:`fedhive.server.registry`) checks both; the engine calls it under its lock.
 """
 
 from __future__ import annotations
@@ -24,75 +24,41 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from fedhive.common.config import ServerConfig
-from fedhive.common.errors import (
-    AggregationError,
-    ConfigError,
-    CoordinatorStopping,
-    DuplicateUpdateError,
-    FedhiveError,
-    NotSelectedError,
-    RequestRefused,
-    StaleRoundError,
-)
-from fedhive.common.record import EVALUATE, KINDS, ROUND, RoundRecord
-from fedhive.common.secagg.messages import SecAggReply, SecAggRequest
-from fedhive.common.wire import serde
-from fedhive.common.wire.messages import (
-    EvaluationReport,
-    JoinReply,
-    JoinRequest,
-    NodeAuth,
-    TaskHeader,
-    TaskKind,
-    TaskTrailer,
-    UpdateHeader,
-    UpdateTrailer,
-)
-from fedhive.common.wire.tensors import TensorSpec, check_finite, payload_bytes, raw_view
+from fedhive.common.errors import AggregationError, ConfigError, FedhiveError
+from fedhive.common.record import KINDS, RoundRecord
+from fedhive.common.wire.messages import TaskKind
+from fedhive.common.wire.tensors import TensorSpec, payload_bytes, raw_view
 from fedhive.server import waiting
-from fedhive.server.aggregation import StrategyHost, weighted_mean
-from fedhive.server.broadcast import (
-    DEFAULT_BROADCAST_MEMORY,
-    EMPTY_BROADCAST,
-    Broadcast,
-    EncodedModel,
-    FileModel,
-    ModelSource,
-)
-from fedhive.server.limits import check_examples, wire_wait
+from fedhive.server.aggregation import StrategyHost
+from fedhive.server.global_model import GlobalModel
+from fedhive.server.node_api import NodeAPI, RoundListener
+from fedhive.server.paths import Paths
 from fedhive.server.privacy.budget import RunPrivacy
 from fedhive.server.registry import NodeRecord, NodeRegistry
-from fedhive.server.rounds import (
-    Contribution,
-    RoundState,
-    UpdateSession,
-    check_header,
-    check_open,
-)
-from fedhive.server.secure import (
-    SecureRound,
-    dp_inputs,
-    finalize_secure,
-    open_secure_round,
-    watch_secure,
-)
+from fedhive.server.round_close import STOPPING, Evaluator, RoundCloser, base_event, cut_off
+from fedhive.server.rounds import RoundState, UpdateSession
+from fedhive.server.secure import dp_inputs
 from fedhive.server.spool import SpoolBudget
 from fedhive.server.store import ResumePoint, RunStore
 from fedhive.server.strategy import Aggregator
 
+__all__ = [  # RoundListener and Evaluator: the types a caller passes in, importable from here
+    "Coordinator",
+    "Evaluator",
+    "RoundListener",
+    "RunAborted",
+    "RunStopped",
+]
+
 log = logging.getLogger("fedhive.server")
 
-MAX_PULL_WAIT_S = 60.0
-PULL_CHECK_S = 0.5  # a waiting pull checks this often whether its caller is still there
 DEFAULT_SPOOL_MEMORY = 256 << 20
 RECORDS = KINDS  # the events a run's history (its summary) is made of
 
@@ -110,19 +76,7 @@ class BudgetSpent(RunAborted):
     """The next round would exceed the run's privacy budget ([dp] max_epsilon)."""
 
 
-STOPPING = "the coordinator is stopping"
-
-
-class RoundListener(Protocol):
-    def round_opened(self, round_: int, kind: str, selected: Sequence[str]) -> None: ...
-    def update_received(self, round_: int, received: int, expected: int, bytes_in: int) -> None: ...
-    def round_closed(self, event: RoundRecord) -> None: ...
-
-
-Evaluator = Callable[[int, Sequence[TensorSpec], Sequence[np.ndarray]], Mapping[str, float] | None]
-
-
-class Coordinator:
+class Coordinator(NodeAPI):
     def __init__(
         self,
         config: ServerConfig,
@@ -137,17 +91,13 @@ class Coordinator:
         resume: ResumePoint | None = None,
         identity_verifier: Callable[[bytes, str], bytes] | None = None,
     ) -> None:
-        if config.secure_aggregation != "none" and getattr(aggregator, "needs_updates", False):
-            raise ConfigError(
-                f"secure_aggregation = {config.secure_aggregation!r} yields only the sum of "
-                "updates the coordinator never sees; the strategy "
-                f"{type(aggregator).__name__} must see each update"
-            )
+        super().__init__()
         self.config = config
         self.specs = list(specs)
         self.store = store
         self.strategy = StrategyHost(aggregator, store.models_dir)
         self.aggregator: Aggregator = self.strategy.aggregator
+        self.paths = Paths(config, self.specs, self.strategy)  # refuses what cannot compose
         self.evaluator = evaluator
         self.listener = listener
         self.resume = resume
@@ -158,299 +108,31 @@ class Coordinator:
             budget = min(2 * self.model_bytes, DEFAULT_SPOOL_MEMORY)
         self.spool_budget = SpoolBudget(budget)
         initial = [np.ascontiguousarray(a).reshape(-1) for a in initial]
-        self._check_initial(initial)
+        resumed_from = store.model_path(resume.round) if resume is not None else None
+        self.model = GlobalModel(config, self.specs, self.run_id, initial, resumed_from)
         # round 0 is written by run() on a new run; afterwards only the encoded chunks remain
         self._initial: list[np.ndarray] | None = initial if resume is None else None
-        limit = config.broadcast_memory_bytes
-        self._model_in_memory = self.model_bytes <= (
-            DEFAULT_BROADCAST_MEMORY if limit is None else limit
-        )
-        self._model: ModelSource | None = None
-        if self._model_in_memory:
-            self._model = EncodedModel.of(self.specs, initial, config.chunk_size)
-        elif resume is not None:  # served from the checkpoint it was resumed from
-            self._model = FileModel.load(
-                store.model_path(resume.round), self.specs, config.chunk_size
-            )
         del initial
-        self._cv = threading.Condition()
-        self._fold_lock = threading.Lock()
+        self.privacy = RunPrivacy.for_run(config, self.aggregator, store.events() if resume else ())
+        self.closer = RoundCloser(
+            config, self.specs, store, self.strategy, self.model, evaluator, self.privacy
+        )
         self.registry = NodeRegistry(
             config, store, resume=resume, identity_verifier=identity_verifier
         )
-        self._round: RoundState | None = None
-        self._broadcast: Broadcast | None = None
-        self._broadcast_kind: tuple[int, TaskKind] | None = None
-        self._finished = False
-        self._stop = threading.Event()
         self.committed_rounds = resume.round if resume else 0
         if resume is not None:
             self.strategy.restore(resume.strategy_state)
-        self.privacy = RunPrivacy.for_run(config, self.aggregator, store.events() if resume else ())
-        self.history: list[Mapping[str, Any]] = []  # RoundRecords (stored events if finished)
-
-    def _check_initial(self, initial: Sequence[np.ndarray]) -> None:
-        if len(initial) != len(self.specs):
-            raise ValueError("initial model and specs differ in length")
-        for spec, arr in zip(self.specs, initial, strict=True):
-            if arr.nbytes != spec.nbytes:
-                raise ValueError(
-                    f"initial tensor {spec.name!r} has {arr.nbytes} bytes, not {spec.nbytes}"
-                )
-
-    # ------------------------------------------------------------------ node-facing API
-
-    def join(self, req: JoinRequest, peer_id: str | None = None) -> JoinReply:
-        """A node joins; with ``peer_id`` (its verified certificate name) that is its node id,
-        and joining again under the same identity replaces the old session."""
-        identity = self.registry.check_join(req, peer_id)
-        with self._cv:
-            st = self._round
-            busy = st.pending() | set(st.uploads) if st is not None and not st.closed else ()
-            auth, again = self.registry.register(req, peer_id, identity, busy)
-            self._cv.notify_all()
-        log.info(
-            "node %s %s (device=%s, examples=%d%s)",
-            auth.node_id,
-            "joined again" if again else "joined",
-            req.device,
-            req.num_examples,
-            ", identity from its certificate" if peer_id is not None else "",
-        )
-        return JoinReply(auth, self.run_id, self.config.heartbeat_interval_s)
-
-    def nodes(self) -> dict[str, NodeRecord]:
-        """A snapshot of the node registry, by node id."""
-        with self._cv:
-            return self.registry.snapshot()
-
-    def _auth(self, auth: NodeAuth, peer_id: str | None = None) -> NodeRecord:
-        return self.registry.auth(auth, peer_id)
-
-    def evict_peer(self, peer_id: str, reason: object) -> None:
-        """The gate refused this identity (e.g. its certificate was just revoked): it leaves the
-        run now, and its pending round stops waiting for it."""
-        with self._cv:
-            if not self.registry.evict(peer_id):
-                return
-            if self._round is not None and peer_id in self._round.pending():
-                self._round.dropped.add(peer_id)
-            self._cv.notify_all()
-        log.warning("node %s removed from the run: %s", peer_id, reason)
-
-    def heartbeat(self, auth: NodeAuth, peer_id: str | None = None) -> tuple[int, float]:
-        with self._cv:
-            self._auth(auth, peer_id)
-            rnd = self._round.number if self._round else 0
-        return rnd, self.config.heartbeat_interval_s
-
-    def leave(self, auth: NodeAuth, reason: str = "", peer_id: str | None = None) -> None:
-        with self._cv:
-            node = self._auth(auth, peer_id)
-            self.registry.leave(node)
-            st = self._round
-            if st is not None and (
-                node.node_id in st.pending()
-                or (st.secure is not None and node.node_id in st.selected)
-            ):
-                st.dropped.add(node.node_id)  # a secure round needs every step's participants
-            self._cv.notify_all()
-        log.info("node %s left%s", node.node_id, f" ({reason})" if reason else "")
-
-    def decline(
-        self, auth: NodeAuth, round_: int, reason: str = "", peer_id: str | None = None
-    ) -> None:
-        """A selected node cannot do the training round it pulled: stop waiting for it (a secure
-        round treats it as a dropout at whatever step it reached)."""
-        reason = reason.strip()[:500] or "no reason given"
-        with self._cv:
-            node = self._auth(auth, peer_id)
-            st = self._round
-            if st is None or st.closed or st.kind != TaskKind.TRAIN or st.number != round_:
-                raise StaleRoundError(
-                    f"decline from {node.node_id} for round {round_}: no such round is open"
-                )
-            if node.node_id not in st.selected:
-                raise NotSelectedError(f"node {node.node_id} was not selected for round {round_}")
-            if node.node_id in st.reported:
-                raise DuplicateUpdateError(
-                    f"node {node.node_id} already reported its update for round {round_}"
-                )
-            st.refused[node.node_id] = f"declined: {reason}"
-            self._cv.notify_all()
-        log.warning("node %s declined round %d: %s", node.node_id, round_, reason)
-
-    def pull(
-        self,
-        auth: NodeAuth,
-        wait_s: float,
-        peer_id: str | None = None,
-        active: Callable[[], bool] | None = None,
-    ) -> Iterable[bytes]:
-        """The node's next task as encoded TaskMessages; long-polls up to ``wait_s`` seconds,
-        or until ``active()`` turns false (the caller hung up)."""
-        wait_s = wire_wait(wait_s, "PullTask wait_s", MAX_PULL_WAIT_S)
-        deadline = time.monotonic() + wait_s
-        with self._cv:
-            node = self._auth(auth, peer_id)
-            while True:
-                if self._finished:
-                    node.finished = True
-                    self._cv.notify_all()
-                    return [self._header_bytes(TaskKind.FINISH, self.committed_rounds)]
-                st = self._round
-                if (
-                    st is not None
-                    and not st.closed
-                    and node.node_id in st.pending()
-                    and node.node_id not in st.uploads
-                ):
-                    st.pulled.add(node.node_id)
-                    st.bytes_out += st.broadcast.payload_bytes
-                    return st.broadcast.messages()
-                if self._stop.is_set():
-                    raise CoordinatorStopping(
-                        f"{STOPPING}; the run is not over: reconnect until it is back"
-                    )
-                remaining = deadline - time.monotonic()
-                gone = active is not None and not active()
-                if remaining <= 0 or gone:
-                    number = st.number if st is not None else 0
-                    return [self._header_bytes(TaskKind.WAIT, number, retry_after_s=0.0)]
-                self._cv.wait(min(remaining, PULL_CHECK_S))
-                node.last_seen = time.monotonic()
-
-    def open_update(
-        self,
-        header: UpdateHeader,
-        peer_id: str | None = None,
-        cancel: Callable[[], None] | None = None,
-    ) -> UpdateSession:
-        with self._cv:
-            node = self._auth(header.auth, peer_id)
-            nid = node.node_id
-            st = check_open(self._round, nid, header.round)
-            st.admit(nid)
-            specs = st.upload_specs or self.specs
-            try:
-                check_header(header, nid, node.num_examples, specs, self.config.max_update_bytes)
-                session = UpdateSession(
-                    nid,
-                    st,
-                    header,
-                    specs,
-                    self.config,
-                    self.spool_budget,
-                    commit=self._commit,
-                    refuse=self._refuse,
-                    cancel=cancel,
-                )
-            except RequestRefused as exc:
-                st.refused[nid] = str(exc)
-                self._cv.notify_all()
-                log.warning("refused update: %s", exc)
-                raise
-            st.uploads[nid] = session
-            return session
-
-    def _commit(self, session: UpdateSession, trailer: UpdateTrailer) -> Contribution:
-        st = session.state
-        nid = session.node_id
-        with self._cv:
-            try:
-                st.start_fold(nid, current=self._round is st)
-            except StaleRoundError:
-                self._cv.notify_all()
-                raise
-        try:
-            if st.secure is not None:  # serialised by the SecAgg round itself
-                st.secure.fold(nid, session.pieces(0))
-            else:
-                with self._fold_lock:
-                    self.aggregator.fold(session)
-        except RequestRefused as exc:  # e.g. it would overflow the aggregate: nothing was folded
-            refusal = type(exc)(f"update from {nid} for round {st.number}: {exc}")
-            with self._cv:
-                st.fold_failed(nid, str(refusal))
-                self._cv.notify_all()
-            log.warning("refused update: %s", refusal)
-            raise refusal from exc
-        except Exception:
-            with self._cv:
-                st.fold_failed(nid, "aggregation failed")
-                self._cv.notify_all()
-            raise
-        contribution = session.contribution(trailer)
-        with self._cv:
-            received, expected, bytes_in = st.folded(contribution)
-            self._cv.notify_all()
-        if self.listener is not None:
-            self.listener.update_received(st.number, received, expected, bytes_in)
-        return contribution
-
-    def _refuse(self, session: UpdateSession, reason: str) -> None:
-        st = session.state
-        nid = session.node_id
-        with self._cv:
-            st.drop_upload(session, reason)
-            self._cv.notify_all()
-        log.warning("refused update from %s for round %d: %s", nid, st.number, reason)
-
-    def report_evaluation(self, report: EvaluationReport, peer_id: str | None = None) -> None:
-        check_examples(report.num_examples, self.config.max_node_examples, "num_examples")
-        with self._cv:
-            node = self._auth(report.auth, peer_id)
-            st = self._round
-            if st is None or st.kind != TaskKind.EVALUATE or st.number != report.round or st.closed:
-                raise StaleRoundError(
-                    f"evaluation from {node.node_id} for round {report.round}: "
-                    "no such evaluation is open"
-                )
-            if node.node_id not in st.selected:
-                raise NotSelectedError(f"node {node.node_id} was not asked to evaluate")
-            if node.node_id in st.evaluations:
-                raise DuplicateUpdateError(f"node {node.node_id} already reported its evaluation")
-            st.evaluations[node.node_id] = (report.num_examples, dict(report.metrics))
-            self._cv.notify_all()
-
-    # ------------------------------------------------------------------ driver
+        self.history: list[RoundRecord] = []  # this run's round records (all, once finished)
 
     def stop(self) -> None:
         self._stop.set()
         with self._cv:
             self._cv.notify_all()
 
-    def _header_bytes(self, kind: TaskKind, number: int, **extra: Any) -> bytes:
-        return serde.task_message_to_bytes(TaskHeader(self.run_id, number, kind, **extra))
-
-    def _model_source(self, path: Path, arrays: Sequence[np.ndarray]) -> ModelSource:
-        """The new global model as the nodes will pull it (``path``: its checkpoint)."""
-        if self._model_in_memory:
-            return EncodedModel.of(self.specs, arrays, self.config.chunk_size)
-        return FileModel.of(path, self.specs, arrays, self.config.chunk_size)
-
     def global_model(self) -> list[np.ndarray]:
         """A copy of the current global model (raw bytes per tensor)."""
-        assert self._model is not None
-        return self._model.arrays()
-
-    def _encode(self, number: int, kind: TaskKind, config: Mapping[str, Any]) -> Broadcast:
-        assert self._model is not None
-        header = TaskHeader(
-            run_id=self.run_id,
-            round=number,
-            kind=kind,
-            config=dict(config),
-            tensors=tuple(self.specs),
-            payload_bytes=self.model_bytes,
-            chunk_size=self.config.chunk_size,
-        )
-        return Broadcast(
-            serde.task_message_to_bytes(header),
-            self._model,
-            serde.task_message_to_bytes(TaskTrailer(self._model.digest)),
-            self.model_bytes,
-        )
+        return self.model.arrays()
 
     def _wait_for_nodes(self, count: int, what: str) -> None:
         started = time.monotonic()
@@ -472,7 +154,7 @@ class Coordinator:
                     log.info(waiting.waiting_message(count, known, now - started, timeout, what))
                 self._cv.wait(0.5)
 
-    def run(self) -> list[Mapping[str, Any]]:
+    def run(self) -> list[RoundRecord]:
         """Run every round, then the final federated evaluation; returns the round records."""
         cfg = self.config
         if self.resume is not None and self.resume.finished:
@@ -483,7 +165,9 @@ class Coordinator:
                 cfg.run_dir,
             )
             self._finish(grace_s=0.0)  # a node that calls now is told the run is over
-            self.history = [e for e in self.store.events() if e["event"] in RECORDS]
+            self.history = [
+                RoundRecord.from_event(e) for e in self.store.events() if e["event"] in RECORDS
+            ]
             return self.history
         base = {"run_id": self.run_id, "time": time.time(), "model_bytes": self.model_bytes}
         if self.resume is None:
@@ -493,8 +177,8 @@ class Coordinator:
                 path = self.store.write_model(0, self.specs, buffers)
                 self.store.commit_round(0, path, None, self.strategy.state(0), time.time())
                 del buffers
-                if self._model is None:
-                    self._model = self._model_source(path, self._initial)
+                if self.model.source is None:
+                    self.model.adopt(path, self._initial)
         self._initial = None
         if self.resume is not None:
             self.store.append_event({"event": "resumed", "round": self.resume.round, **base})
@@ -503,18 +187,18 @@ class Coordinator:
         try:
             while number <= cfg.rounds:
                 self._check_stop()
-                event = self._run_round(number, attempt, TaskKind.TRAIN)
+                record = self._run_round(number, attempt, TaskKind.TRAIN)
                 self._check_stop()
-                if event["committed"]:
+                if record.committed:
                     number, attempt = number + 1, 0
                     continue
                 attempt += 1
                 if cfg.on_failed_round == "stop" or attempt > cfg.max_round_retries:
-                    raise RunAborted(f"round {number} failed: {event['reason']}")
+                    raise RunAborted(f"round {number} failed: {record.reason}")
                 log.warning(
                     "round %d failed (%s); retrying (%d/%d)",
                     number,
-                    event["reason"],
+                    record.reason,
                     attempt,
                     cfg.max_round_retries,
                 )
@@ -574,48 +258,43 @@ class Coordinator:
         else:
             self._wait_for_nodes(1, "evaluate the final model")
         train_config: dict[str, Any] = {**cfg.train, "round": number}
-        secure_mode = kind == TaskKind.TRAIN and cfg.secure_aggregation == "secagg+"
         if kind == TaskKind.TRAIN:
             train_config["evaluate"] = cfg.federated_evaluation
             try:
                 train_config = self.strategy.configure(number, train_config)
             except AggregationError as exc:
                 raise RunAborted(f"round {number}: {exc}") from exc
-            if not secure_mode:  # a secure round sums masked words itself
-                self.strategy.begin(self.specs, self.store.model_path(self.committed_rounds))
         with self._cv:
-            alive = self.registry.alive()
-            if secure_mode:  # only nodes that sent an identity key can take part
-                alive = [n for n in alive if n.identity_key]
+            alive = self.paths.eligible(kind, self.registry.alive())
             selected = (
                 self._select(number, attempt, alive)
                 if kind == TaskKind.TRAIN
                 else {n.node_id for n in alive}
             )
             chosen = [self.registry[u] for u in selected]
-            keys = {n.node_id: n.identity_key for n in chosen}
-            certs = {n.node_id: n.identity_cert for n in chosen if n.identity_cert}
         budget = self.privacy.before_round  # checked before the round opens
         if kind == TaskKind.TRAIN and (why := budget(number, len(selected), len(alive))):
             raise BudgetSpent(why)
-        secure: SecureRound | None = None
         deadline = time.monotonic() + cfg.round_timeout_s
-        if secure_mode:  # parameters differ per attempt: encode the broadcast each time
-            try:
-                dp = dp_inputs(cfg, self.store, self.committed_rounds, len(alive))
-                secure = open_secure_round(
-                    cfg, self.specs, number, attempt, keys, certs, masked_deadline=deadline, dp=dp
-                )
-            except ConfigError as exc:
-                raise RunAborted(f"round {number}: secure aggregation cannot run: {exc}") from exc
-            self._broadcast = None
-            broadcast = self._encode(number, kind, {**train_config, **secure.task_config})
-        else:
-            broadcast = self._broadcast_for(number, kind, train_config)
+        dp = None
+        if kind == TaskKind.TRAIN:  # distributed DP: the round's base model and the accountant
+            dp = dp_inputs(cfg, self.store, self.committed_rounds, len(alive))
+        try:
+            path = self.paths.open(
+                kind,
+                number,
+                attempt,
+                chosen,
+                deadline,
+                self.store.model_path(self.committed_rounds),
+                dp,
+            )
+        except ConfigError as exc:
+            raise RunAborted(f"round {number}: {exc}") from exc
+        broadcast = self.model.broadcast(number, kind, {**train_config, **path.task_config})
         with self._cv:
             now = time.monotonic()
-            st = RoundState(number, attempt, kind, selected, deadline, now, broadcast)
-            st.secure = secure
+            st = RoundState(number, attempt, kind, selected, deadline, now, broadcast, path)
             self._round = st
             self._cv.notify_all()
         log.info(
@@ -627,23 +306,40 @@ class Coordinator:
         )
         if self.listener is not None:
             self.listener.round_opened(number, kind.name.lower(), sorted(selected))
+        reason, unfinished = self._collect(st)
+        with self._cv:
+            base = base_event(st, time.monotonic() - st.opened_at)
+        try:
+            if kind == TaskKind.EVALUATE:
+                record = self.closer.evaluation(st, base, self.committed_rounds)
+            else:
+                record = self.closer.training(st, base, reason)
+        finally:  # after the round's record: their refusals cannot change it any more
+            cut_off(st.number, unfinished)
+        if record.committed and kind == TaskKind.TRAIN:
+            self.committed_rounds = st.number
+        self.history.append(record)
+        if self.listener is not None:
+            self.listener.round_closed(record)
+        return record
+
+    def _collect(self, st: RoundState) -> tuple[str, list[UpdateSession]]:
+        """Wait until round ``st``'s path says collection is over, its deadline passes or the
+        coordinator stops; then close it. Returns why it closed early ("" if it did not) and the
+        uploads still open (to be cut off once its record is written)."""
         reason = ""
+        path = st.path
         with self._cv:
             while True:
                 now = time.monotonic()
-                watched = st.pending() if secure is None else st.selected - st.dropped
+                watched = path.watched(st)
                 for nid in self.registry.silent([n for n in watched if n not in st.uploads], now):
                     st.dropped.add(nid)
-                    log.warning("round %d: node %s dropped (no heartbeat)", number, nid)
-                if secure is not None:
-                    if watch_secure(st, secure):
-                        break
-                elif not st.pending() and not st.uploads and st.folding == 0:
+                    log.warning("round %d: node %s dropped (no heartbeat)", st.number, nid)
+                if path.collected(st):
                     break
-                # a secure round's masked step closes at the deadline; the unmask step after
-                # it has its own (secagg_step_timeout_s)
-                if now >= st.deadline and (secure is None or secure.rnd.step != "unmask"):
-                    reason = f"deadline of {cfg.round_timeout_s:g}s passed"
+                if now >= st.deadline and path.deadline_applies():
+                    reason = f"deadline of {self.config.round_timeout_s:g}s passed"
                     break
                 if self._stop.is_set():
                     reason = STOPPING
@@ -653,180 +349,4 @@ class Coordinator:
             self._cv.notify_all()
             while st.folding:
                 self._cv.wait(0.1)
-            unfinished = list(st.uploads.values())
-        duration = time.monotonic() - st.opened_at
-        try:
-            if kind == TaskKind.EVALUATE:
-                return self._close_evaluation(st, duration)
-            return self._close_training(st, duration, reason)
-        finally:  # after the round's record: their refusals cannot change it any more
-            self._cut_off(st.number, unfinished)
-
-    @staticmethod
-    def _cut_off(number: int, unfinished: list[UpdateSession]) -> None:
-        """Cancel uploads still open when their round closed (a stalled stream would otherwise
-        keep its handler thread and staging buffer until the node hangs up)."""
-        for session in unfinished:
-            if session.cancel is not None and not session.done:
-                log.warning(
-                    "round %d: cancelling the unfinished upload from %s",
-                    number,
-                    session.node_id,
-                )
-                session.cancel()
-
-    def _broadcast_for(self, number: int, kind: TaskKind, config: dict[str, Any]) -> Broadcast:
-        broadcast = self._broadcast
-        if broadcast is None or self._broadcast_kind != (number, kind):
-            self._broadcast = None
-            broadcast = self._encode(number, kind, config)
-            self._broadcast = broadcast
-            self._broadcast_kind = (number, kind)
-        return broadcast
-
-    def secagg_step(self, request: SecAggRequest, peer_id: str | None = None) -> SecAggReply:
-        """One step of the open secure round for the calling node (waits up to its wait_s)."""
-        with self._cv:
-            node = self._auth(request.auth, peer_id)
-            st = self._round
-            if st is None or st.secure is None or st.closed:
-                raise StaleRoundError(f"secagg step from {node.node_id}: no secure round is open")
-            if node.node_id not in st.selected:
-                raise NotSelectedError(f"node {node.node_id} is not selected for round {st.number}")
-            secure = st.secure
-        try:
-            return secure.step(node.node_id, request)
-        finally:
-            if secure.rnd.finished:  # wake the round engine now, not at its next poll
-                with self._cv:
-                    self._cv.notify_all()
-
-    def _base_event(self, st: RoundState, duration: float) -> dict[str, Any]:
-        with self._cv:  # a late refusal or pull may still touch the closed round's state
-            return {
-                "round": st.number,
-                "attempt": st.attempt,
-                "selected": sorted(st.selected),
-                "refused": dict(sorted(st.refused.items())),
-                "dropped": sorted(st.dropped),
-                "duration_s": round(duration, 6),
-                "bytes_in": st.bytes_in,
-                "bytes_out": st.bytes_out,
-                "time": time.time(),
-            }
-
-    def _close_training(self, st: RoundState, duration: float, reason: str) -> RoundRecord:
-        cfg = self.config
-        event = {"event": ROUND, **self._base_event(st, duration)}
-        contributions = list(st.reported.values())
-        event["reported"] = sorted(st.reported)
-        event["examples"] = sum(c.num_examples for c in contributions)
-        needed = cfg.min_updates or 1
-        new_global: Sequence[np.ndarray] = []
-        failure = ""
-        if st.secure is not None:  # abandoned (and why), or unmasked and dequantized
-            started = time.monotonic()
-            new_global, failure = finalize_secure(st.secure, reason)
-            if not failure:  # the sum-only rules take the mean from here
-                new_global, failure = self.strategy.from_mean(
-                    self.specs, list(new_global), self.store.model_path(self.committed_rounds)
-                )
-            event["aggregate_s"] = round(time.monotonic() - started, 6)
-            event["examples"] = st.secure.examples
-            event["privacy"] = st.secure.privacy  # distributed DP: what the survivors delivered
-        if reason == STOPPING:  # a partial round is not committed: it runs again on resume
-            failure = f"{STOPPING}; the round runs again when the coordinator resumes"
-        if not failure and len(contributions) < needed:
-            failure = f"{len(contributions)} update(s) accepted, {needed} needed" + (
-                f" ({reason})" if reason else ""
-            )
-        if not failure and st.secure is None:
-            started = time.monotonic()
-            new_global, failure = self.strategy.finalize()
-            event["aggregate_s"] = round(time.monotonic() - started, 6)
-        elif st.secure is None:
-            self.strategy.abandon()
-        if not failure:
-            failure = _non_finite(self.specs, new_global)
-        if failure:
-            event["committed"] = False
-            event["reason"] = failure
-            log.warning("round %d not committed: %s", st.number, event["reason"])
-            event["duration_s"] = round(time.monotonic() - st.opened_at, 6)
-            record = RoundRecord(**event)
-            self.store.append_event(record)
-        else:
-            new_flat = [np.ascontiguousarray(a).reshape(-1) for a in new_global]
-            model_path = self.store.write_model(
-                st.number, self.specs, [raw_view(a) for a in new_flat]
-            )
-            event["committed"] = True
-            event["train"] = self.strategy.aggregate_metrics(
-                [(c.num_examples, c.metrics) for c in contributions]
-            )
-            evals = [(c.eval_examples, c.eval_metrics) for c in contributions if c.eval_examples]
-            if evals:
-                event["evaluate"] = {
-                    "model_round": st.number - 1,
-                    "examples": sum(n for n, _ in evals),
-                    **weighted_mean(evals),
-                }
-            event["nodes"] = {
-                c.node_id: {
-                    "examples": c.num_examples,
-                    "train": dict(c.metrics),
-                    "evaluate": dict(c.eval_metrics),
-                }
-                for c in sorted(contributions, key=lambda c: c.node_id)
-            }
-            if st.secure is None:  # the weights FedAvg used (each node's claim, bounded at join)
-                for c in contributions:
-                    event["nodes"][c.node_id]["weight"] = c.num_examples / event["examples"]
-            if self.evaluator is not None:
-                metrics = self.evaluator(st.number, self.specs, new_flat)
-                if metrics is not None:
-                    event["server_evaluate"] = dict(metrics)
-            if reason:
-                event["note"] = reason
-            event["privacy"] = self.privacy.committed(event)
-            event["duration_s"] = round(time.monotonic() - st.opened_at, 6)
-            record = RoundRecord(**event)
-            self.store.commit_round(
-                st.number, model_path, record, self.strategy.state(st.number), time.time()
-            )
-            # free the old model's chunks before encoding the new one (2x the model at most)
-            self._broadcast, st.broadcast, self._model = None, EMPTY_BROADCAST, None
-            self._model = self._model_source(model_path, new_flat)
-            del new_flat, new_global
-            self.committed_rounds = st.number
-        self.history.append(record)
-        if self.listener is not None:
-            self.listener.round_closed(record)
-        return record
-
-    def _close_evaluation(self, st: RoundState, duration: float) -> RoundRecord:
-        event = {"event": EVALUATE, **self._base_event(st, duration)}
-        items = list(st.evaluations.values())
-        event["reported"] = sorted(st.evaluations)
-        event["committed"] = True
-        event["model_round"] = self.committed_rounds
-        event["examples"] = sum(n for n, _ in items)
-        event["evaluate"] = weighted_mean(items)
-        event["nodes"] = {
-            nid: {"examples": n, "evaluate": dict(m)}
-            for nid, (n, m) in sorted(st.evaluations.items())
-        }
-        record = RoundRecord(**event)
-        self.store.append_event(record)
-        self.history.append(record)
-        if self.listener is not None:
-            self.listener.round_closed(record)
-        return record
-
-
-def _non_finite(specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray]) -> str:
-    """Why the new global model must not be committed ("" when every value is finite)."""
-    for spec, arr in zip(specs, arrays, strict=True):
-        if not check_finite(raw_view(arr), spec.dtype):
-            return f"the aggregate holds non-finite values in tensor {spec.name!r}"
-    return ""
+            return reason, list(st.uploads.values())

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedhive.common.privacy.epsilon import epsilon_text, epsilons
+from fedhive.common.record import EVALUATE, RoundRecord
 
 # width of the page when the output is not a terminal: long enough that no line wraps (rich
 # would otherwise wrap at 80 columns and squeeze the table's headers)
@@ -31,18 +32,17 @@ def make_console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=FILE_WIDTH)
 
 
-def _metric_text(event: Mapping[str, Any]) -> str:
+def _metric_text(record: RoundRecord) -> str:
     parts = []
-    for section, label in (
-        ("server_evaluate", "test"),
-        ("evaluate", "fed-eval"),
-        ("train", "train"),
+    for metrics, label in (
+        (record.server_evaluate or {}, "test"),
+        (record.evaluate or {}, "fed-eval"),
+        (record.train or {}, "train"),
     ):
-        metrics = event.get(section) or {}
         for key in ("accuracy", "loss"):
             if key in metrics:
                 parts.append(f"{label} {key}={metrics[key]:.4f}")
-    privacy = epsilon_text(event)  # the budget spent so far, per DP level
+    privacy = epsilon_text(record)  # the budget spent so far, per DP level
     if privacy:
         parts.append(privacy)
     return "  ".join(parts)
@@ -100,26 +100,24 @@ class RichProgress:
                 self._task, completed=done, rate=f"{bytes_in / elapsed / 1e6:8.1f} MB/s in"
             )
 
-    def round_closed(self, event: Mapping[str, Any]) -> None:
-        """``event``: a RoundRecord (fedhive.common.record), or a stored event line like it."""
+    def round_closed(self, event: RoundRecord) -> None:
         with self._lock:
             if self._task is not None:
                 self.progress.remove_task(self._task)
                 self._task = None
             self._round = None
-        kind = event.get("event")
-        n_rep, n_sel = len(event.get("reported", [])), len(event.get("selected", []))
-        reason = escape(str(event.get("reason")))
-        status = "" if event.get("committed") else f"  [red]not committed: {reason}"
-        head = "final evaluation" if kind == "evaluate" else f"round {event['round']:>3}"
+        n_rep, n_sel = len(event.reported), len(event.selected)
+        reason = escape(str(event.reason))
+        status = "" if event.committed else f"  [red]not committed: {reason}"
+        head = "final evaluation" if event.event == EVALUATE else f"round {event.round:>3}"
         self.console.print(
-            f"{head}: {n_rep}/{n_sel} nodes, {event.get('duration_s', 0):.2f}s  "
+            f"{head}: {n_rep}/{n_sel} nodes, {event.duration_s:.2f}s  "
             f"{_metric_text(event)}{status}",
             highlight=False,
         )
 
 
-def summary_table(history: Sequence[Mapping[str, Any]]) -> Table:
+def summary_table(history: Sequence[RoundRecord]) -> Table:
     table = Table(title="fedhive run summary")
     levels = sorted({level for ev in history for level in epsilons(ev)})
     for col in (
@@ -136,25 +134,26 @@ def summary_table(history: Sequence[Mapping[str, Any]]) -> Table:
         table.add_column(col, justify="right")
     for level in levels:  # each DP level's epsilon (at the run's delta) after the round
         table.add_column(f"eps {level}", justify="right")
-    for ev in history:
-        train = ev.get("train") or {}
-        fed = ev.get("evaluate") or {}
-        test = ev.get("server_evaluate") or {}
+    for rec in history:
+        train = rec.train or {}
+        fed = rec.evaluate or {}
+        test = rec.server_evaluate or {}
+        eps = epsilons(rec)
 
         def fmt(d: Mapping[str, Any], k: str) -> str:
             return f"{d[k]:.4f}" if k in d else "-"
 
-        label = "final eval" if ev.get("event") == "evaluate" else str(ev["round"])
+        label = "final eval" if rec.event == EVALUATE else str(rec.round)
         table.add_row(
             label,
-            f"{len(ev.get('reported', []))}/{len(ev.get('selected', []))}",
-            str(ev.get("examples", "-")),
+            f"{len(rec.reported)}/{len(rec.selected)}",
+            str(rec.examples),
             fmt(train, "loss"),
             fmt(fed, "accuracy"),
             fmt(test, "accuracy"),
-            f"{ev.get('duration_s', 0):.2f}",
-            f"{ev.get('bytes_in', 0) / 1e6:.1f}",
-            f"{ev.get('bytes_out', 0) / 1e6:.1f}",
-            *(f"{epsilons(ev)[v]:.3f}" if v in epsilons(ev) else "-" for v in levels),
+            f"{rec.duration_s:.2f}",
+            f"{rec.bytes_in / 1e6:.1f}",
+            f"{rec.bytes_out / 1e6:.1f}",
+            *(f"{eps[v]:.3f}" if v in eps else "-" for v in levels),
         )
     return table

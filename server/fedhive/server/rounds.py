@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,8 +35,10 @@ from fedhive.common.wire.messages import TaskKind, UpdateHeader, UpdateTrailer
 from fedhive.common.wire.tensors import TensorSpec, payload_bytes
 from fedhive.server.broadcast import Broadcast
 from fedhive.server.limits import check_examples
-from fedhive.server.secure import SecureRound
 from fedhive.server.spool import Spool, SpoolBudget
+
+if TYPE_CHECKING:
+    from fedhive.server.aggregation_path import AggregationPath
 
 
 @dataclass
@@ -58,6 +61,7 @@ class RoundState:
     deadline: float
     opened_at: float
     broadcast: Broadcast
+    path: AggregationPath  # how its updates are aggregated (plain, SecAgg+, none)
     pulled: set[str] = field(default_factory=set)
     reported: dict[str, Contribution] = field(default_factory=dict)
     evaluations: dict[str, tuple[int, Mapping[str, float]]] = field(default_factory=dict)
@@ -68,12 +72,10 @@ class RoundState:
     closed: bool = False
     bytes_in: int = 0
     bytes_out: int = 0
-    secure: SecureRound | None = None  # a SecAgg+ round: masked uploads, folded by it
-    gone: set[str] = field(default_factory=set)  # reported to `secure` as dropped
 
     @property
     def upload_specs(self) -> list[TensorSpec] | None:
-        return self.secure.upload_specs if self.secure is not None else None
+        return self.path.upload_specs
 
     def pending(self) -> set[str]:
         return (

@@ -156,20 +156,6 @@ class SecureRound:
         return out, dequantize.total_weight
 
 
-def watch_secure(st: Any, secure: SecureRound) -> bool:
-    """The round engine's watch over a secure round (``st`` is its RoundState, under its lock).
-
-    Tells the SecAgg round about nodes that dropped or were refused, lets a step whose deadline
-    passed close, and says whether collection is over: the unmask step closed or the round was
-    abandoned (e.g. nobody can take part any more), and no upload is still being folded.
-    """
-    for nid in sorted((st.dropped | set(st.refused)) - st.gone):
-        st.gone.add(nid)
-        secure.drop(nid)
-    secure.rnd.poll()
-    return secure.rnd.finished and not st.uploads and st.folding == 0
-
-
 def finalize_secure(secure: SecureRound, reason: str) -> tuple[list[np.ndarray], str]:
     """The new global model, or no model and why the round cannot be committed."""
     if not secure.rnd.finished:

@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from fedhive.common.cli.helptext import plain
 from fedhive.common.cli.logs import setup_logging
 from fedhive.common.config import FLOWER_TASK
 from fedhive.common.errors import FedhiveError
+from fedhive.common.record import RoundRecord
 from fedhive.common.runtime.cpus import usable_cpus
 from fedhive.server.cli import add_server_args, config_from_args
 
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env))
     console.print(f"coordinator on {address}; {ns.nodes} node processes (logs in {logs})")
     code = 0
-    history: list[Mapping[str, Any]] | None = None
+    history: list[RoundRecord] | None = None
     try:
         with progress if config.progress else contextlib.nullcontext():
             history = running.coordinator.run()

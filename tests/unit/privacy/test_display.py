@@ -10,6 +10,7 @@ import pytest
 from rich.console import Console
 
 from fedhive.common.cli import report
+from fedhive.common.record import RoundRecord
 from fedhive.server.progress import RichProgress, summary_table
 
 
@@ -31,8 +32,8 @@ def test_progress_line_and_summary_show_each_level() -> None:
     console = Console(record=True, width=300)
     progress = RichProgress(3, console)
     progress.live = False
-    progress.round_closed(record(2))
-    console.print(summary_table([record(1), record(2)]))
+    progress.round_closed(RoundRecord.from_event(record(2)))
+    console.print(summary_table([RoundRecord.from_event(record(r)) for r in (1, 2)]))
     out = console.export_text()
     assert "eps central=1.000 future_level=0.200 sgd=0.500" in out
     assert "eps central" in out and "eps sgd" in out and "eps future_level" in out

@@ -21,6 +21,7 @@ from typing import Any
 
 from fedhive.common.cli.helptext import plain
 from fedhive.common.privacy.epsilon import epsilons
+from fedhive.common.record import EVALUATE, ROUND, RoundRecord
 
 Series = dict[str, list[tuple[int, float]]]
 
@@ -29,8 +30,8 @@ Series = dict[str, list[tuple[int, float]]]
 class RunSummary:
     run_id: str = ""
     model_bytes: int = 0
-    rounds: list[dict[str, Any]] = field(default_factory=list)
-    final_eval: dict[str, Any] | None = None
+    rounds: list[RoundRecord] = field(default_factory=list)  # the committed training rounds
+    final_eval: RoundRecord | None = None  # the final federated evaluation
     started: float | None = None
     ended: float | None = None
     status: str = "running or interrupted"
@@ -43,36 +44,44 @@ class RunSummary:
             if metrics and isinstance(metrics.get(metric), int | float):
                 out.setdefault(name, []).append((x, float(metrics[metric])))
 
-        for ev in self.rounds:
-            r = int(ev["round"])
-            add("train", r, ev.get("train"))
-            fed = ev.get("evaluate")
-            if fed:
-                add("federated eval", int(fed.get("model_round", r - 1)), fed)
-            add("server eval", r, ev.get("server_evaluate"))
-            for node, rec in sorted((ev.get("nodes") or {}).items()):
-                add(f"{node} train", r, rec.get("train"))
-                add(f"{node} eval", r - 1, rec.get("evaluate"))
-        if self.final_eval:
-            add("federated eval", int(self.final_eval["model_round"]), self.final_eval["evaluate"])
+        for rec in self.rounds:
+            r = rec.round
+            add("train", r, rec.train)
+            if rec.evaluate:
+                add("federated eval", int(rec.evaluate.get("model_round", r - 1)), rec.evaluate)
+            add("server eval", r, rec.server_evaluate)
+            for node, per_node in sorted((rec.nodes or {}).items()):
+                add(f"{node} train", r, per_node.get("train"))
+                add(f"{node} eval", r - 1, per_node.get("evaluate"))
+        final = self.final_eval
+        if final is not None and final.model_round is not None:
+            add("federated eval", final.model_round, final.evaluate)
         return out
 
     def epsilon_series(self) -> Series:
         """Per DP level (any level a record's ``privacy`` holds): (round, epsilon) points."""
         out: Series = {}
-        for ev in self.rounds:
-            for level, value in epsilons(ev).items():
-                out.setdefault(level, []).append((int(ev["round"]), value))
+        for rec in self.rounds:
+            for level, value in epsilons(rec).items():
+                out.setdefault(level, []).append((rec.round, value))
         return out
 
 
+def _record(event: Mapping[str, Any], path: Path, line: int) -> RoundRecord:
+    try:
+        return RoundRecord.from_event(event)
+    except TypeError as exc:  # a field missing: not a line the coordinator wrote
+        raise ValueError(f"{path}, line {line}: not a round record ({exc})") from exc
+
+
 def load_run(run_dir: Path) -> RunSummary:
+    """A run's summary from its events.jsonl (ValueError names a line that cannot be read)."""
     path = Path(run_dir) / "events.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no events.jsonl in {run_dir}")
     summary = RunSummary()
     with open(path, encoding="utf-8") as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             ev = json.loads(line)
@@ -81,10 +90,10 @@ def load_run(run_dir: Path) -> RunSummary:
                 summary.run_id = str(ev.get("run_id", ""))
                 summary.model_bytes = int(ev.get("model_bytes", 0))
                 summary.started = ev.get("time")
-            elif kind == "round" and ev.get("committed"):
-                summary.rounds.append(ev)
-            elif kind == "evaluate":
-                summary.final_eval = ev
+            elif kind == ROUND and ev.get("committed"):
+                summary.rounds.append(_record(ev, path, number))
+            elif kind == EVALUATE:
+                summary.final_eval = _record(ev, path, number)
             elif kind == "stopped":  # the coordinator was stopped; a restart resumes the run
                 summary.status = f"stopped after round {ev.get('round')} (resumes on restart)"
             elif kind == "resumed":
@@ -114,13 +123,13 @@ def best_round(summary: RunSummary) -> tuple[str, int, float] | None:
 
 def markdown(summary: RunSummary, run_dir: Path) -> str:
     rounds = summary.rounds
-    bytes_in = sum(int(e.get("bytes_in", 0)) for e in rounds)
-    bytes_out = sum(int(e.get("bytes_out", 0)) for e in rounds)
+    bytes_in = sum(r.bytes_in for r in rounds)
+    bytes_out = sum(r.bytes_out for r in rounds)
     lines = [f"# Run {summary.run_id or run_dir.name}", ""]
     lines.append(f"- status: {summary.status}; committed rounds: {len(rounds)}")
     lines.append(f"- model exchanged per node and direction: {summary.model_bytes / 1e6:.3f} MB")
     if rounds:
-        mean = sum(float(e["duration_s"]) for e in rounds) / len(rounds)
+        mean = sum(r.duration_s for r in rounds) / len(rounds)
         lines.append(
             f"- bytes moved: {bytes_in / 1e6:.2f} MB in (updates), {bytes_out / 1e6:.2f} MB out "
             f"(broadcasts); {(bytes_in + bytes_out) / len(rounds) / 1e6:.2f} MB per round"
@@ -134,19 +143,19 @@ def markdown(summary: RunSummary, run_dir: Path) -> str:
     eps = summary.epsilon_series()
     if eps:
         spent = ", ".join(f"{level} {points[-1][1]:.4f}" for level, points in eps.items())
-        entries = [e for ev in rounds for e in (ev.get("privacy") or {}).values()]
+        entries = [e for rec in rounds for e in (rec.privacy or {}).values()]
         delta = {e.get("delta") for e in entries if isinstance(e, dict)}
         at = ", ".join(f"{d:g}" for d in sorted(d for d in delta if isinstance(d, float)))
         lines.append(f"- privacy spent (epsilon at delta {at or '-'}): {spent}")
     if rounds:
         last = rounds[-1]
         lines += ["", "## Final metrics", ""]
-        lines.append(f"- training (round {last['round']}): {_fmt(last.get('train'))}")
-        if last.get("server_evaluate"):
-            lines.append(f"- coordinator held-out: {_fmt(last.get('server_evaluate'))}")
-        if summary.final_eval:
+        lines.append(f"- training (round {last.round}): {_fmt(last.train)}")
+        if last.server_evaluate:
+            lines.append(f"- coordinator held-out: {_fmt(last.server_evaluate)}")
+        if summary.final_eval is not None:
             lines.append(
-                f"- federated evaluation of the final model: {_fmt(summary.final_eval['evaluate'])}"
+                f"- federated evaluation of the final model: {_fmt(summary.final_eval.evaluate)}"
             )
         extra = "".join(f" eps {level} |" for level in eps)
         lines += [
@@ -156,16 +165,16 @@ def markdown(summary: RunSummary, run_dir: Path) -> str:
             "| round | train loss | fed-eval acc | server acc | s |" + extra,
         ]
         lines.append("|---:|---:|---:|---:|---:|" + "---:|" * len(eps))
-        for e in rounds:
+        for r in rounds:
             cells = [
-                (e.get("train") or {}).get("loss"),
-                (e.get("evaluate") or {}).get("accuracy"),
-                (e.get("server_evaluate") or {}).get("accuracy"),
-                e.get("duration_s"),
-                *(epsilons(e).get(level) for level in eps),
+                (r.train or {}).get("loss"),
+                (r.evaluate or {}).get("accuracy"),
+                (r.server_evaluate or {}).get("accuracy"),
+                r.duration_s,
+                *(epsilons(r).get(level) for level in eps),
             ]
             text = " | ".join("-" if v is None else f"{float(v):.4f}" for v in cells)
-            lines.append(f"| {e['round']} | {text} |")
+            lines.append(f"| {r.round} | {text} |")
     return "\n".join(lines) + "\n"
 
 
@@ -219,12 +228,12 @@ def write_tensorboard(summary: RunSummary, out: Path) -> Path:
             for name, points in summary.series(metric).items():
                 for r, value in points:
                     writer.add_scalar(f"{metric}/{name.replace(' ', '_')}", value, r)
-        for e in summary.rounds:
-            writer.add_scalar("bytes/in", int(e.get("bytes_in", 0)), int(e["round"]))
-            writer.add_scalar("bytes/out", int(e.get("bytes_out", 0)), int(e["round"]))
-            writer.add_scalar("seconds/round", float(e["duration_s"]), int(e["round"]))
-            for level, value in epsilons(e).items():
-                writer.add_scalar(f"epsilon/{level}", value, int(e["round"]))
+        for rec in summary.rounds:
+            writer.add_scalar("bytes/in", rec.bytes_in, rec.round)
+            writer.add_scalar("bytes/out", rec.bytes_out, rec.round)
+            writer.add_scalar("seconds/round", rec.duration_s, rec.round)
+            for level, value in epsilons(rec).items():
+                writer.add_scalar(f"epsilon/{level}", value, rec.round)
     finally:
         writer.close()
     return out
@@ -235,7 +244,7 @@ def compare_main(run_dirs: list[Path], out: Path | None, title: str) -> int:
 
     try:
         runs = report_compare.load_runs(run_dirs)
-    except (FileNotFoundError, json.JSONDecodeError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # ValueError: JSONDecodeError too
         print(f"fedhive report: {exc}", file=sys.stderr)
         return 2
     png = out or run_dirs[0].resolve().parent / "compare.png"
@@ -272,7 +281,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         return compare_main([ns.run_dir, *ns.more_runs], ns.out, ns.title)
     try:
         summary = load_run(ns.run_dir)
-    except (FileNotFoundError, json.JSONDecodeError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # ValueError: JSONDecodeError too
         print(f"fedhive report: {exc}", file=sys.stderr)
         return 2
     text = markdown(summary, ns.run_dir)

@@ -64,7 +64,7 @@ def markdown(runs: Sequence[Compared]) -> str:
     for run in runs:
         points = run.accuracy()
         rounds = run.summary.rounds
-        seconds = sum(float(e["duration_s"]) for e in rounds) / len(rounds) if rounds else None
+        seconds = sum(r.duration_s for r in rounds) / len(rounds) if rounds else None
         if points:
             best_r, best = max(points, key=lambda p: (p[1], -p[0]))
             near = next(r for r, a in points if a >= best - NEAR_BEST)

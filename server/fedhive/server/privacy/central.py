@@ -113,8 +113,7 @@ class CentralDP:
         self.updates = self.unclipped = 0
         self.round_clip = self.clip
         self._next_clip = None  # an uncommitted round's clip change is dropped
-        self.selected = None
-        self.inner.begin(specs, global_raw)
+        self.inner.begin(specs, global_raw)  # (``selected``: set by expect before the round opens)
 
     def _deltas(self, update: StagedUpdate, index: int) -> Iterator[tuple[int, np.ndarray]]:
         """(offset, float64 delta) pieces of tensor ``index`` of ``update``."""
@@ -173,6 +172,7 @@ class CentralDP:
             raw.append(from_float(acc, spec.dtype))
             self._sums[index] = np.empty(0)  # release as we go
         self._sums = []
+        self.selected = None  # each round's count is set anew (expect)
         self._adapt(m)
         self.inner.fold(PrivateMean(self.specs, raw))
         del raw
@@ -189,6 +189,7 @@ class CentralDP:
 
     def abandon(self) -> None:
         self._sums, self.updates, self.unclipped = [], 0, 0
+        self.selected = None
         drop = getattr(self.inner, "abandon", None)
         if drop is not None:
             drop()
