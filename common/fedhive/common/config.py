@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fedhive.common.chunks import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 from fedhive.common.errors import ConfigError
+from fedhive.common.privacy.settings import DPSettings
 from fedhive.common.secagg.quantize import QuantConfig
 
 Scalar = bool | int | float | str
@@ -98,6 +99,8 @@ class ServerConfig(_Config):
     tls_ca: Path | None = None
     crl: Path | None = None
     allowed_nodes: tuple[str, ...] | None = None
+    # differential privacy (fedhive.common.privacy.settings): [dp], [dp.sgd] ...
+    dp: DPSettings | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -180,6 +183,12 @@ class ClientConfig(_Config):
     # an unchanged Flower ClientApp (or legacy client_fn), package.module:app, as this node's task:
     # sets task to FLOWER_TASK and task_args["app"] (fedhive.common.tasks.flower)
     flower_app: str | None = None
+    # DP-SGD: this site's own budget wins (fedhive.common.privacy.sgd): a round that would take
+    # the node past max_epsilon (at dp_delta, default the run's delta) is declined. The node's
+    # ledger of what it spent is state_dir/dp-ledger.json (state_dir default: data_dir).
+    max_epsilon: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    dp_delta: float | None = Field(default=None, gt=0, lt=1, allow_inf_nan=False)
+    state_dir: Path | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -41,6 +41,8 @@ class RoundRecord(Mapping[str, Any]):
     nodes: dict[str, dict[str, Any]] | None = None  # per node: examples, metrics, weight
     server_evaluate: dict[str, Any] | None = None  # the coordinator's own evaluation
     note: str | None = None  # why a committed round closed early (e.g. its deadline)
+    # differential privacy, keyed by level ("sgd": {"delta", "max", "nodes": {id: epsilon}} ...)
+    privacy: dict[str, Any] | None = None
 
     def to_event(self) -> dict[str, Any]:
         """The record as its events.jsonl line holds it (absent fields left out)."""

@@ -69,6 +69,8 @@ from fedhive.server.broadcast import (
     ModelSource,
 )
 from fedhive.server.limits import check_examples, wire_wait
+from fedhive.server.privacy.sgd import round_privacy
+from fedhive.server.privacy.sgd import task_config as sgd_task_config
 from fedhive.server.registry import NodeRecord, NodeRegistry
 from fedhive.server.rounds import (
     Contribution,
@@ -568,6 +570,7 @@ class Coordinator:
                 train_config = self.strategy.configure(number, train_config)
             except AggregationError as exc:
                 raise RunAborted(f"round {number}: {exc}") from exc
+            train_config.update(sgd_task_config(cfg.dp, cfg.rounds))  # after the strategy's
             if not secure_mode:  # a secure round sums masked words itself
                 self.strategy.begin(self.specs, self.store.model_path(self.committed_rounds))
         with self._cv:
@@ -770,6 +773,7 @@ class Coordinator:
                     event["server_evaluate"] = dict(metrics)
             if reason:
                 event["note"] = reason
+            event["privacy"] = round_privacy(cfg.dp, contributions) or None
             event["duration_s"] = round(time.monotonic() - st.opened_at, 6)
             record = RoundRecord(**event)
             self.store.commit_round(

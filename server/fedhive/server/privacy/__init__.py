@@ -1,0 +1,1 @@
+"""The coordinator's side of differential privacy (one module per level)."""
