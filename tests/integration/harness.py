@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,7 @@ def start_node(
     tls_dir: Path | None = None,
     max_connect_attempts: int = 10,
     device: str = "cpu",
+    extra: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
@@ -126,6 +128,7 @@ def start_node(
         cmd += ["--task-arg", f"{key}={value}"]
     if data is not None:
         cmd += ["--data", str(data)]
+    cmd += list(extra)
     if log is None:
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     with open(log, "wb") as out:  # the child keeps its own descriptor
