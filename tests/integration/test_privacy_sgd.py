@@ -64,7 +64,7 @@ def test_dp_sgd_digits_federation_records_epsilon_and_a_spent_site_declines(
     [entries] = ledger["runs"].values()
     assert len(entries) == 1 and entries[0]["steps"] == STEPS
     assert rdp.epsilon([(1.0, entries[0]["sample_rate"], STEPS)], 1e-5) == pytest.approx(
-        [e for e in sgd1["nodes"].values()][0], rel=0.01
+        next(iter(sgd1["nodes"].values())), rel=0.01
     )
 
 

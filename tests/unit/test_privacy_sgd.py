@@ -80,7 +80,10 @@ def tiny_model() -> nn.Module:
 
 
 def armed(
-    noise: float = 1.0, clip: float = 1.0, max_epsilon: float | None = None, path: Path | None = None
+    noise: float = 1.0,
+    clip: float = 1.0,
+    max_epsilon: float | None = None,
+    path: Path | None = None,
 ) -> PrivacyLedger:
     ledger = PrivacyLedger(max_epsilon=max_epsilon, path=path)
     ledger.begin_run("run-a")
@@ -238,9 +241,9 @@ def test_a_target_epsilon_is_reached_after_the_runs_rounds() -> None:
 def test_dp_settings_name_what_is_wrong() -> None:
     with pytest.raises(ValueError, match="exactly one of noise_multiplier and target_epsilon"):
         ServerConfig(insecure=True, dp={"sgd": {"noise_multiplier": 1, "target_epsilon": 3}})
-    with pytest.raises(ValueError, match="dp.sgd.clip"):
+    with pytest.raises(ValueError, match=r"dp\.sgd\.clip"):
         ServerConfig(insecure=True, dp={"sgd": {"noise_multiplier": 1, "clip": 1}})
-    with pytest.raises(ValueError, match="dp.delta"):
+    with pytest.raises(ValueError, match=r"dp\.delta"):
         ServerConfig(insecure=True, dp={"delta": 2, "sgd": {"noise_multiplier": 1}})
 
 
