@@ -260,3 +260,27 @@ def test_settings_travel_and_come_back_validated() -> None:
     assert SgdRound.from_config({"lr": 0.1}) is None
     with pytest.raises(TaskError, match="dp_sgd_max_grad_norm"):
         SgdRound.from_config({**keys, "dp_sgd_max_grad_norm": float("nan")})
+
+
+def test_the_lora_text_task_trains_only_its_adapters_with_dp_sgd(tmp_path: Path) -> None:
+    # Prepare: the tiny random encoder with LoRA, the node's ledger in its context
+    from fedhive.common.task import TaskContext, exchanged_state
+    from fedhive.common.tasks import text
+
+    _, nodes = text.prepare_simulation(tmp_path, 1, None, 0, examples=200)
+    ledger = PrivacyLedger()
+    ledger.begin_run("run-a")
+    task = text.make_task(
+        TaskContext(role="node", data_dir=nodes[0], args={"tiny": True}, privacy=ledger)
+    )
+    model = task.build_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ledger.arm(1, SgdRound(noise_multiplier=1.0, max_grad_norm=1.0, delta=DELTA, rounds=1))
+
+    # Execute
+    result = task.fit(model, {"round": 1, "steps": 2})
+
+    # Assert: a DP round (spent, reported), and only the exchanged tensors (adapters, head) moved
+    assert ledger.history == [(1.0, result.metrics["dp_sample_rate"], 2)]
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed and changed <= set(exchanged_state(model, task))

@@ -13,7 +13,10 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
+
+import numpy as np
 
 from fedhive.common.errors import ConfigError
 
@@ -35,19 +38,27 @@ def _rdp() -> Any:
     return rdp
 
 
+@lru_cache(maxsize=4096)
+def _curve(sigma: float, q: float) -> np.ndarray:
+    """The RDP of one step at every order (a step's RDP is linear in the number of steps)."""
+    return np.asarray(
+        _rdp().compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=list(ORDERS)),
+        dtype=np.float64,
+    )
+
+
 def epsilon(history: Sequence[Entry], delta: float) -> float:
     """The epsilon (at ``delta``) of the composed history; 0 for an empty one."""
-    entries = [e for e in history if e[2] > 0]
-    if not entries:
+    steps_of: dict[tuple[float, float], int] = {}
+    for sigma, q, steps in history:
+        if steps > 0:
+            steps_of[(sigma, q)] = steps_of.get((sigma, q), 0) + steps
+    if not steps_of:
         return 0.0
-    rdp = _rdp()
-    total = None
-    for sigma, q, steps in entries:
-        part = rdp.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=list(ORDERS))
-        total = part if total is None else total + part
+    total = sum(n * _curve(sigma, q) for (sigma, q), n in steps_of.items())
     with warnings.catch_warnings():  # an extreme best order: the bound holds, a little loose
         warnings.filterwarnings("ignore", message="Optimal order is the")
-        eps, _ = rdp.get_privacy_spent(orders=list(ORDERS), rdp=total, delta=delta)
+        eps, _ = _rdp().get_privacy_spent(orders=list(ORDERS), rdp=total, delta=delta)
     return float(eps)
 
 
@@ -63,17 +74,20 @@ def noise_for_epsilon(
     def eps(sigma: float) -> float:
         return epsilon([*prior, (sigma, sample_rate, steps)], delta)
 
-    high = 1.0
-    while eps(high) > target:
-        high *= 2
-        if high > NOISE_MAX:
-            raise ConfigError(
-                f"no noise multiplier up to {NOISE_MAX} reaches epsilon {target} at delta "
-                f"{delta} over {steps} steps at sample rate {sample_rate:.4g}"
-            )
-    low = NOISE_MIN
-    if eps(low) <= target:
-        return low
+    low = high = 1.0  # bracket: eps(low) > target >= eps(high)
+    if eps(high) > target:
+        while eps(high) > target:
+            low, high = high, high * 2
+            if high > NOISE_MAX:
+                raise ConfigError(
+                    f"no noise multiplier up to {NOISE_MAX} reaches epsilon {target} at delta "
+                    f"{delta} over {steps} steps at sample rate {sample_rate:.4g}"
+                )
+    else:
+        while eps(low) <= target:
+            if low <= NOISE_MIN:
+                return NOISE_MIN
+            low, high = max(low / 2, NOISE_MIN), low
     while high - low > CALIBRATION_TOLERANCE * low:
         mid = (low + high) / 2
         if eps(mid) > target:
