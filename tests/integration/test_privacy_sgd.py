@@ -22,8 +22,9 @@ STEPS = 5  # per round
 def test_dp_sgd_digits_federation_records_epsilon_and_a_spent_site_declines(
     tmp_path: Path,
 ) -> None:
-    # Prepare: three sites; one round of 5 steps at q = 16/383 costs epsilon 1.76, two 1.94 (at
-    # delta 1e-5, noise multiplier 1): site n2's own budget of 1.85 covers one round only
+    # Prepare: three sites under SecAgg+ (the epsilon travels in the masked update's trailer);
+    # one round of 5 steps at q = 16/383 costs epsilon 1.76, two 1.94 (at delta 1e-5, noise
+    # multiplier 1): site n2's own budget of 1.85 covers one round only
     _, dirs = prepare_simulation(tmp_path / "data", 3, None, 0)
     coord = start_coordinator(
         tmp_path,
@@ -34,6 +35,8 @@ def test_dp_sgd_digits_federation_records_epsilon_and_a_spent_site_declines(
         min_updates=2,
         train={"steps": STEPS},
         dp={"delta": 1e-5, "sgd": {"noise_multiplier": 1.0, "max_grad_norm": 1.0}},
+        secure_aggregation="secagg+",
+        secagg_clip=8.0,
     )
     logs = [tmp_path / f"n{i}.log" for i in range(3)]
     budgets = [[], [], ["--max-epsilon", "1.85"]]
