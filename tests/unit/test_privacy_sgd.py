@@ -245,6 +245,8 @@ def test_dp_settings_name_what_is_wrong() -> None:
         ServerConfig(insecure=True, dp={"sgd": {"noise_multiplier": 1, "clip": 1}})
     with pytest.raises(ValueError, match=r"dp\.delta"):
         ServerConfig(insecure=True, dp={"delta": 2, "sgd": {"noise_multiplier": 1}})
+    with pytest.raises(ValueError, match=r"train\.mu = 0\.1 \(FedProx\)"):
+        ServerConfig(insecure=True, train={"mu": 0.1}, dp={"sgd": {"noise_multiplier": 1}})
 
 
 def test_settings_travel_and_come_back_validated() -> None:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from fedhive.common.chunks import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
 from fedhive.common.errors import ConfigError
 from fedhive.common.privacy.settings import DPSettings
+from fedhive.common.privacy.sgd import check_train as check_sgd_train
 from fedhive.common.secagg.quantize import QuantConfig
 
 Scalar = bool | int | float | str
@@ -132,6 +133,7 @@ class ServerConfig(_Config):
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
         _check_insecure(self, ("tls_dir", "tls_cert", "tls_key", "tls_ca", "crl"))
+        check_sgd_train(self.dp, self.train)
         allowed = self.allowed_nodes
         if allowed is not None and (not allowed or not all(n.strip() for n in allowed)):
             raise ValueError(

@@ -117,6 +117,19 @@ def task_config(dp: DPSettings | None, rounds: int) -> dict[str, float | int]:
     return {KEY_PREFIX + k: v for k, v in out.items()}
 
 
+def check_train(dp: DPSettings | None, train: Mapping[str, Any]) -> None:
+    """ValueError naming a ``[train]`` setting DP-SGD cannot run with (found on the coordinator
+    before the run exists, not by every node at round 1)."""
+    if dp is None or dp.sgd is None:
+        return
+    mu = train.get("mu", 0)
+    if isinstance(mu, int | float) and mu > 0:
+        raise ValueError(
+            f"[dp.sgd] with train.mu = {mu} (FedProx): the proximal term's gradient would bypass "
+            "the per-example clipping; set mu = 0 or drop [dp.sgd]"
+        )
+
+
 def check_epsilon_claim(value: float) -> float:
     """A node's reported epsilon from the wire: finite, >= 0, at most MAX_EPSILON_CLAIM
     (ValueError naming the problem otherwise)."""
