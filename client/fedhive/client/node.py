@@ -398,8 +398,8 @@ class Node:
             self._refusals = 0
             log.info("round %d: evaluated %s", header.round, _fmt(metrics))
             return False
-        started = time.perf_counter() - header_at
-        self._train_and_push(joined, header, config, dp_keys, secure, started)
+        download_s = time.perf_counter() - header_at
+        self._train_and_push(joined, header, config, dp_keys, secure, download_s)
         return False
 
     def _receive(self, header: TaskHeader, stream: Iterator[object]) -> None:
