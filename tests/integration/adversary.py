@@ -61,6 +61,7 @@ class Adversary:
         chunk_size: int | None = None,
         eval_examples: int = 0,
         metrics: dict[str, float] | None = None,
+        dp_epsilon: float | None = None,
     ) -> list[pb.UpdateMessage]:
         arrays = arrays if arrays is not None else task.arrays
         size = chunk_size or task.chunk_size
@@ -92,6 +93,7 @@ class Adversary:
                         digest=digest if digest is not None else h.digest(),
                         eval_examples=eval_examples,
                         metrics=metrics or {},
+                        dp_epsilon=dp_epsilon,
                     )
                 )
             )

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,7 @@ def start_node(
     max_connect_attempts: int = 10,
     device: str = "cpu",
     config: Path | None = None,
+    extra: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
@@ -129,6 +131,7 @@ def start_node(
         cmd += ["--data", str(data)]
     if config is not None:
         cmd += ["--config", str(config)]
+    cmd += list(extra)
     if log is None:
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     with open(log, "wb") as out:  # the child keeps its own descriptor

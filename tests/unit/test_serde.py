@@ -74,6 +74,7 @@ update_trailers = st.builds(
     metrics=metrics,
     eval_metrics=metrics,
     eval_examples=u64,
+    dp_epsilon=st.none() | st.floats(min_value=0, max_value=1e6),
 )
 
 
@@ -521,3 +522,19 @@ def test_truncated_message_is_refused_as_malformed():
 
     with pytest.raises(InvalidUpdateError, match="malformed UpdateMessage"):
         serde.update_message_from_bytes(data)
+
+
+@pytest.mark.parametrize("claim", [math.nan, math.inf, -0.5, 1e7])
+def test_an_absurd_dp_epsilon_claim_is_refused(claim):
+    # Prepare: a hostile node's trailer
+    msg = pb.UpdateTrailer(digest=b"d", dp_epsilon=claim)
+
+    # Execute / Assert
+    with pytest.raises(InvalidUpdateError, match="dp_epsilon must be a finite number"):
+        serde.update_trailer_from_proto(wire(msg))
+
+
+def test_a_trailer_without_dp_epsilon_reads_as_none_and_zero_travels():
+    assert serde.update_trailer_from_proto(pb.UpdateTrailer(digest=b"d")).dp_epsilon is None
+    zero = serde.update_trailer_to_proto(UpdateTrailer(digest=b"d", dp_epsilon=0.0))
+    assert serde.update_trailer_from_proto(wire(zero)).dp_epsilon == 0.0

@@ -32,7 +32,7 @@ EXIT_HANDSHAKE_REFUSED = 3
 FLAGGED = (
     "server", "task", "data_dir", "name", "device", "threads", "seed", "task_args",
     "max_connect_attempts", "identity_key", "backoff_max_s", "tls_dir", "tls_cert", "tls_key",
-    "tls_ca", "tls_server_name", "insecure", "flower_app",
+    "tls_ca", "tls_server_name", "insecure", "flower_app", "max_epsilon", "dp_delta", "state_dir",
 )  # fmt: skip
 
 
@@ -121,6 +121,21 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="plain text, no TLS (tests only)",
     )
+    p.add_argument(
+        "--max-epsilon",
+        type=float,
+        help="this site's DP-SGD budget: decline a round that would spend more (default none)",
+    )
+    p.add_argument(
+        "--dp-delta",
+        type=float,
+        help="the delta this site's budget is checked at (default: the run's [dp] delta)",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where the node keeps its DP-SGD ledger, dp-ledger.json (default: --data)",
+    )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING ... (default INFO)")
     return p
 
@@ -177,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
                 "tls_server_name": ns.tls_server_name,
                 "insecure": ns.insecure,
                 "flower_app": ns.flower_app,
+                "max_epsilon": ns.max_epsilon,
+                "dp_delta": ns.dp_delta,
+                "state_dir": ns.state_dir,
             },
         )
         with startup_gc():

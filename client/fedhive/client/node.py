@@ -23,6 +23,7 @@ import numpy as np
 from fedhive.client.device import describe_device, gpu_peak, resolve_device
 from fedhive.client.download import ModelDownload
 from fedhive.client.pipeline import flat_values, secure_stages, through_stages
+from fedhive.client.privacy import sgd as dp_sgd
 from fedhive.client.secagg import (
     KeyExchange,
     SecureTask,
@@ -41,6 +42,7 @@ from fedhive.common.errors import (
     ConfigError,
     FedhiveError,
     InvalidUpdateError,
+    PrivacyBudgetExceeded,
     RequestRefused,
     SecAggError,
     TaskError,
@@ -65,6 +67,7 @@ from fedhive.common.wire.tensors import TensorSpec, raw_view, spec_of, tensor_by
 log = logging.getLogger("fedhive.client")
 
 SECAGG_KEYS = "secagg"  # prefix of the secure round's parameters in a task config
+Trailer = tuple[dict[str, float], dict[str, float], int, float | None]  # UpdateTrailer's fields
 
 
 @dataclass
@@ -88,6 +91,7 @@ class Node:
         self.before_task = before_task
         self.transport = transport
         self.device = resolve_device(config.device)
+        self.ledger = dp_sgd.make_ledger(config)  # this site's own DP-SGD budget
         self.task = task or load_task(
             config.task,
             TaskContext(
@@ -96,6 +100,7 @@ class Node:
                 device=self.device,
                 seed=config.seed,
                 args=config.task_args,
+                privacy=self.ledger,
             ),
         )
         examples = self.task.num_examples()
@@ -163,6 +168,7 @@ class Node:
                 )
                 self._rejoin.clear()
                 self._attempt = 0
+                self.ledger.begin_run(self._join.run_id)
                 log.info(
                     "joined run %s as %s (device %s)",
                     self._join.run_id,
@@ -200,7 +206,7 @@ class Node:
         num_examples: int,
         specs: list[TensorSpec],
         buffers: list[memoryview],
-        trailer: tuple[dict[str, float], dict[str, float], int],
+        trailer: Trailer,
     ) -> Iterator[UpdateMessage]:
         chunks = iter_chunks(buffers, header.chunk_size or (1 << 20))
         return self._stream(joined, header, num_examples, specs, chunks, trailer)
@@ -212,7 +218,7 @@ class Node:
         num_examples: int,
         specs: list[TensorSpec],
         chunks: Iterable[Chunk],
-        trailer: tuple[dict[str, float], dict[str, float], int],
+        trailer: Trailer,
     ) -> Iterator[UpdateMessage]:
         digest = payload_hash()
         yield UpdateHeader(joined.auth, header.round, num_examples, tuple(specs))
@@ -262,7 +268,7 @@ class Node:
         secure: SecureTask,
         keys: KeyExchange,
         num_examples: int,
-        trailer: tuple[dict[str, float], dict[str, float], int],
+        trailer: Trailer,
     ) -> int:
         """SecAgg+: the example count travels masked (the header says 1), the update as one
         int32 tensor of masked words through PushUpdate."""
@@ -381,7 +387,7 @@ class Node:
             return True
         if self.before_task is not None:
             self.before_task()
-        config = dict(header.config)
+        config, dp_keys = dp_sgd.split(header.config)
         secure: tuple[SecureTask, KeyExchange] | None = None
         if header.kind == TaskKind.TRAIN:
             task = SecureTask.from_config(config)
@@ -408,7 +414,8 @@ class Node:
             self._refusals = 0
             log.info("round %d: evaluated %s", header.round, _fmt(metrics))
             return False
-        self._train_and_push(joined, header, config, secure, time.perf_counter() - header_at)
+        download_s = time.perf_counter() - header_at
+        self._train_and_push(joined, header, config, dp_keys, secure, download_s)
         return False
 
     def _receive(self, header: TaskHeader, stream: Iterator[object]) -> None:
@@ -419,6 +426,7 @@ class Node:
         joined: JoinReply,
         header: TaskHeader,
         config: dict,
+        dp_keys: dict,
         secure: tuple[SecureTask, KeyExchange] | None,
         download_s: float,
     ) -> None:
@@ -429,9 +437,15 @@ class Node:
             if ev is not None:
                 eval_n, eval_metrics = ev.num_examples, dict(ev.metrics)
         try:
+            sgd = dp_sgd.arm(self.ledger, header.round, dp_keys)
             fit = self.task.fit(self.model, config)
             if fit.num_examples <= 0:
                 raise TaskError("fit() must report a positive number of examples")
+            epsilon = dp_sgd.reported_epsilon(self.ledger, sgd)
+        except PrivacyBudgetExceeded as exc:  # this site's budget wins: decline, keep going
+            self._end_keys()
+            self._decline(joined, header.round, str(exc))
+            return
         except Exception as exc:  # the coordinator stops waiting for this node, then it stops
             self._end_keys()
             self._decline(joined, header.round, f"training failed: {type(exc).__name__}: {exc}")
@@ -439,7 +453,7 @@ class Node:
         trained_at = time.perf_counter()
         train_s = trained_at - started
         buffers = [tensor_bytes(t) for t in self.state.values()]
-        trailer = (dict(fit.metrics), eval_metrics, eval_n)
+        trailer = (dict(fit.metrics), eval_metrics, eval_n, epsilon)
         if secure is not None:
             try:
                 sent = self._secure_push(joined, header, *secure, fit.num_examples, trailer)

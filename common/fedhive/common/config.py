@@ -18,6 +18,7 @@ from fedhive.common.api.pipeline import PipelineSettings
 from fedhive.common.errors import ConfigError
 from fedhive.common.privacy.distributed import check_settings
 from fedhive.common.privacy.settings import DPSettings, check_run
+from fedhive.common.privacy.sgd import check_train as check_sgd_train
 from fedhive.common.secagg.quantize import QuantConfig
 from fedhive.common.status_config import StatusConfig
 from fedhive.common.wire.chunks import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE
@@ -149,6 +150,7 @@ class ServerConfig(_Config):
                 raise ValueError(str(exc)) from None
         _check_insecure(self, ("tls_dir", "tls_cert", "tls_key", "tls_ca", "crl"))
         check_run(self.dp, secure_aggregation=self.secure_aggregation, min_nodes=self.min_nodes)
+        check_sgd_train(self.dp, self.train)
         allowed = self.allowed_nodes
         if allowed is not None and (not allowed or not all(n.strip() for n in allowed)):
             raise ValueError(
@@ -200,6 +202,12 @@ class ClientConfig(_Config):
     # an unchanged Flower ClientApp (or legacy client_fn), package.module:app, as this node's task:
     # sets task to FLOWER_TASK and task_args["app"] (fedhive.common.tasks.flower)
     flower_app: str | None = None
+    # DP-SGD: this site's own budget wins (fedhive.common.privacy.sgd): a round that would take
+    # the node past max_epsilon (at dp_delta, default the run's delta) is declined. The node's
+    # ledger of what it spent is state_dir/dp-ledger.json (state_dir default: data_dir).
+    max_epsilon: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    dp_delta: float | None = Field(default=None, gt=0, lt=1, allow_inf_nan=False)
+    state_dir: Path | None = None
 
     @model_validator(mode="before")
     @classmethod

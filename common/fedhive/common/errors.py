@@ -8,6 +8,8 @@
     │   └── HandshakeRefused        the TLS handshake fails for a reason retrying cannot fix
     │                               (the peer's certificate is from another CA, names another host)
     ├── TaskError                   a task factory could not be loaded or misbehaved
+    │   └── PrivacyBudgetExceeded   the round would take the node past its own max_epsilon
+    │                               (the node declines the round, naming this)
     ├── AggregationError            a strategy cannot aggregate this round (e.g. too few
     │                               updates for its robust rule); the round fails, model untouched
     ├── TransportError              the coordinator could not be reached / the call broke
@@ -57,6 +59,10 @@ class HandshakeRefused(PkiError):
 
 class TaskError(FedhiveError):
     """A task (model + data + training code) could not be loaded or failed."""
+
+
+class PrivacyBudgetExceeded(TaskError):
+    """A DP-SGD round would take this node past its own privacy budget (``max_epsilon``)."""
 
 
 class AggregationError(FedhiveError):

@@ -41,6 +41,7 @@ from fedhive.server.global_model import GlobalModel
 from fedhive.server.node_api import NodeAPI, RoundListener
 from fedhive.server.paths import Paths
 from fedhive.server.privacy.budget import RunPrivacy
+from fedhive.server.privacy.sgd import task_config as sgd_task_config
 from fedhive.server.registry import NodeRecord, NodeRegistry
 from fedhive.server.round_close import STOPPING, Evaluator, RoundCloser, base_event, cut_off
 from fedhive.server.rounds import RoundState, UpdateSession
@@ -264,6 +265,7 @@ class Coordinator(NodeAPI):
                 train_config = self.strategy.configure(number, train_config)
             except AggregationError as exc:
                 raise RunAborted(f"round {number}: {exc}") from exc
+            train_config.update(sgd_task_config(cfg.dp, cfg.rounds))  # after the strategy's
         with self._cv:
             alive = self.paths.eligible(kind, self.registry.alive())
             selected = (

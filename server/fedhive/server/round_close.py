@@ -27,6 +27,7 @@ from fedhive.server.aggregation import StrategyHost, weighted_mean
 from fedhive.server.broadcast import EMPTY_BROADCAST
 from fedhive.server.global_model import GlobalModel
 from fedhive.server.privacy.budget import RunPrivacy
+from fedhive.server.privacy.sgd import round_privacy
 from fedhive.server.rounds import RoundState, UpdateSession
 from fedhive.server.store import RunStore
 
@@ -154,6 +155,9 @@ class RoundCloser:
                 event["server_evaluate"] = dict(metrics)
         if reason:
             event["note"] = reason
+        sgd = round_privacy(self.config.dp, contributions)  # the sites' own DP-SGD epsilons
+        if sgd:
+            event["privacy"] = {**(event.get("privacy") or {}), **sgd}
         event["privacy"] = self.privacy.committed(event)
         event["duration_s"] = round(time.monotonic() - st.opened_at, 6)
         record = RoundRecord(**event)

@@ -35,6 +35,7 @@ from fedhive.common.wire.messages import TaskKind, UpdateHeader, UpdateTrailer
 from fedhive.common.wire.tensors import TensorSpec, payload_bytes
 from fedhive.server.broadcast import Broadcast
 from fedhive.server.limits import check_examples
+from fedhive.server.privacy.sgd import check_update as check_sgd_update
 from fedhive.server.spool import Spool, SpoolBudget
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ class Contribution:
     eval_examples: int
     bytes_in: int
     upload_s: float
+    dp_epsilon: float | None = None  # DP-SGD: the node's epsilon so far (its bounded claim)
 
 
 @dataclass
@@ -211,6 +213,7 @@ class UpdateSession:
         self._commit = commit
         self._refuse = refuse
         self._max_eval_examples = config.max_node_examples
+        self._dp = config.dp
         # ends the stream from the coordinator's side (the transport's cancel): an upload still
         # open when its round closes is cut off, so its handler and staging buffer are freed
         self.cancel = cancel
@@ -249,6 +252,7 @@ class UpdateSession:
     def finish(self, trailer: UpdateTrailer) -> Contribution:
         self.checker.finish(trailer.digest)
         check_examples(trailer.eval_examples, self._max_eval_examples, "eval_examples")
+        check_sgd_update(self._dp, trailer.dp_epsilon, self.node_id, self.state.number)
         try:
             return self._commit(self, trailer)
         finally:
@@ -274,4 +278,5 @@ class UpdateSession:
             eval_examples=trailer.eval_examples,
             bytes_in=self.checker.received,
             upload_s=time.monotonic() - self.started,
+            dp_epsilon=trailer.dp_epsilon,
         )

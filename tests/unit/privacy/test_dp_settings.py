@@ -65,7 +65,7 @@ def test_central_dp_wraps_a_streaming_rule(tmp_path: Path, strategy: str) -> Non
 def test_the_readme_example_is_a_valid_central_dp_config(tmp_path: Path) -> None:
     # Prepare: the TOML of the README's "Differential privacy" section
     text = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("## Differential privacy") :]
+    section = text[text.index("### Central DP (node-level, on the coordinator)") :]
     match = re.search(r"```toml\n(.*?)```", section, re.S)
     assert match, "the README lost its [dp] example"
 

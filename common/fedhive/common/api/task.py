@@ -23,6 +23,8 @@ from fedhive.common.runtime.imports import import_object
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from fedhive.common.privacy.sgd import PrivacyLedger
+
 Scalar = bool | int | float | str
 
 
@@ -33,6 +35,9 @@ class TaskContext:
     device: str = "cpu"
     seed: int = 0
     args: Mapping[str, Scalar] = field(default_factory=dict)
+    # the node's DP-SGD ledger (its own budget): the shared training loop trains with DP-SGD when
+    # the round asks for it (fedhive.common.privacy.sgd); a custom loop must do the same
+    privacy: PrivacyLedger | None = None
 
 
 @dataclass(frozen=True)

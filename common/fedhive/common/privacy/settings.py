@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedhive.common.privacy.central import CentralDPSettings
 from fedhive.common.privacy.distributed import DistributedDPSettings
+from fedhive.common.privacy.sgd import SgdDPSettings
 
 LEVELS = ("sgd", "central", "distributed")
 
@@ -20,8 +21,9 @@ LEVELS = ("sgd", "central", "distributed")
 class DPSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    delta: float = Field(default=1e-5, gt=0, lt=1)
+    delta: float = Field(default=1e-5, gt=0, lt=1, allow_inf_nan=False)
     max_epsilon: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    sgd: SgdDPSettings | None = None  # record-level DP-SGD at each site (privacy.sgd)
     central: CentralDPSettings | None = None
     distributed: DistributedDPSettings | None = None
 

@@ -108,7 +108,9 @@ class ClassificationTask:
         if self.train is None:
             raise TaskError(f"{self.name} task: this node has no training data (data_dir unset)")
         self.last_config = cfg
-        stats = self.trainer.fit(model, self.train, cfg, seed=self.ctx.seed)
+        stats = self.trainer.fit(
+            model, self.train, cfg, seed=self.ctx.seed, privacy=self.ctx.privacy
+        )
         return FitResult(
             num_examples=self.num_examples(), metrics={**stats.metrics, "steps": stats.steps}
         )

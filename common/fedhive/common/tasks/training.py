@@ -30,6 +30,7 @@ from torch import nn
 
 from fedhive.common.config import validation_problems
 from fedhive.common.errors import TaskError
+from fedhive.common.privacy.sgd import PrivacyLedger
 
 Forward = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
 
@@ -217,7 +218,11 @@ class Trainer:
         data: Sequence[torch.Tensor],
         cfg: TrainConfig,
         seed: int = 0,
+        privacy: PrivacyLedger | None = None,
     ) -> FitStats:
+        """One round; with ``privacy`` armed for DP-SGD (the node's ledger, see
+        :mod:`fedhive.common.privacy.sgd`), a DP-SGD round instead
+        (:func:`fedhive.common.privacy.sgd_training.fit_private`)."""
         if len(data[-1]) == 0:
             raise TaskError("no training examples on this node")
         data_seed, torch_seed = round_seeds(seed, cfg.round)
@@ -227,6 +232,10 @@ class Trainer:
             devices = [torch.cuda.current_device() if index is None else index]
         with torch.random.fork_rng(devices=devices, device_type="cuda"):
             torch.manual_seed(torch_seed)
+            if privacy is not None and privacy.settings is not None:
+                from fedhive.common.privacy.sgd_training import fit_private
+
+                return fit_private(self, model, data, cfg, privacy)
             return self._fit(model, data, cfg, torch.Generator().manual_seed(data_seed))
 
     def _fit(

@@ -74,6 +74,7 @@ class UpdateTrailer:
     metrics: Mapping[str, float] = field(default_factory=dict)
     eval_metrics: Mapping[str, float] = field(default_factory=dict)
     eval_examples: int = 0
+    dp_epsilon: float | None = None  # DP-SGD: the node's epsilon so far (a bounded claim)
 
 
 @dataclass(frozen=True)

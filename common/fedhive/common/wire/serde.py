@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fedhive.common.errors import InvalidUpdateError
+from fedhive.common.privacy.sgd import check_epsilon_claim
 from fedhive.common.wire.chunks import Chunk
 from fedhive.common.wire.messages import (
     ConfigScalar,
@@ -243,15 +244,23 @@ def update_trailer_to_proto(t: UpdateTrailer) -> pb.UpdateTrailer:
         metrics=dict(t.metrics),
         eval_metrics=dict(t.eval_metrics),
         eval_examples=t.eval_examples,
+        dp_epsilon=t.dp_epsilon,
     )
 
 
 def update_trailer_from_proto(msg: pb.UpdateTrailer) -> UpdateTrailer:
+    epsilon = msg.dp_epsilon if msg.HasField("dp_epsilon") else None
+    if epsilon is not None:
+        try:
+            check_epsilon_claim(epsilon)
+        except ValueError as exc:
+            raise InvalidUpdateError(str(exc)) from None
     return UpdateTrailer(
         digest=bytes(msg.digest),
         metrics=metrics_from_proto(msg.metrics),
         eval_metrics=metrics_from_proto(msg.eval_metrics),
         eval_examples=msg.eval_examples,
+        dp_epsilon=epsilon,
     )
 
 

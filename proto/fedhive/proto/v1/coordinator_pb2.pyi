@@ -169,7 +169,7 @@ class UpdateHeader(_message.Message):
     def __init__(self, auth: _Optional[_Union[NodeAuth, _Mapping]] = ..., round: _Optional[int] = ..., num_examples: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...) -> None: ...
 
 class UpdateTrailer(_message.Message):
-    __slots__ = ("digest", "metrics", "eval_metrics", "eval_examples")
+    __slots__ = ("digest", "metrics", "eval_metrics", "eval_examples", "dp_epsilon")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -188,11 +188,13 @@ class UpdateTrailer(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     EVAL_METRICS_FIELD_NUMBER: _ClassVar[int]
     EVAL_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    DP_EPSILON_FIELD_NUMBER: _ClassVar[int]
     digest: bytes
     metrics: _containers.ScalarMap[str, float]
     eval_metrics: _containers.ScalarMap[str, float]
     eval_examples: int
-    def __init__(self, digest: _Optional[bytes] = ..., metrics: _Optional[_Mapping[str, float]] = ..., eval_metrics: _Optional[_Mapping[str, float]] = ..., eval_examples: _Optional[int] = ...) -> None: ...
+    dp_epsilon: float
+    def __init__(self, digest: _Optional[bytes] = ..., metrics: _Optional[_Mapping[str, float]] = ..., eval_metrics: _Optional[_Mapping[str, float]] = ..., eval_examples: _Optional[int] = ..., dp_epsilon: _Optional[float] = ...) -> None: ...
 
 class UpdateMessage(_message.Message):
     __slots__ = ("header", "chunk", "trailer")
