@@ -18,7 +18,10 @@ from fedhive.common.memory import startup_gc
 
 if TYPE_CHECKING:
     from fedhive.client.node import Node
+    from fedhive.client.standing import StandingNode
     from fedhive.client.transport import GrpcTransport
+
+    Runner = Node | StandingNode
 
 log = logging.getLogger("fedhive.client")
 
@@ -125,10 +128,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_node(config: ClientConfig, name_flag: str | None) -> tuple[Node, GrpcTransport]:
+def build_node(config: ClientConfig, name_flag: str | None) -> tuple[Runner, GrpcTransport]:
     """The node and its transport (threads chosen, task loaded, model built); under mutual TLS
-    the node's id is its certificate's name."""
+    the node's id is its certificate's name. With approved ``tasks``: a standing node (its
+    task is loaded per run)."""
     from fedhive.client.node import Node
+    from fedhive.client.standing import StandingNode
     from fedhive.client.threads import ThreadChoice
     from fedhive.client.transport import ClientTls, GrpcTransport
 
@@ -148,6 +153,12 @@ def build_node(config: ClientConfig, name_flag: str | None) -> tuple[Node, GrpcT
             f"{tls.identity.not_after:%Y-%m-%d}",
         )
     transport = GrpcTransport(config.server, tls=tls)
+    if config.tasks:
+
+        def make_node(run_config: ClientConfig, run_id: str) -> Node:
+            return Node(run_config, transport, before_task=threads.apply, run_id=run_id)
+
+        return StandingNode(config, transport, make_node), transport
     return Node(config, transport, before_task=threads.apply), transport
 
 

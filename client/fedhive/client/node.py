@@ -43,6 +43,7 @@ from fedhive.common.errors import (
     TaskError,
     TransportError,
     UnknownNodeError,
+    UnknownRunError,
 )
 from fedhive.common.hooks import Block
 from fedhive.common.messages import (
@@ -81,8 +82,10 @@ class Node:
         transport: Transport,
         task: Task | None = None,
         before_task: Callable[[], object] | None = None,  # e.g. re-choose the thread count
+        run_id: str = "",  # a standing node: the run it was offered (joins only that run)
     ) -> None:
         self.config = config
+        self.run_id = run_id
         self.before_task = before_task
         self.transport = transport
         self.device = resolve_device(config.device)
@@ -155,6 +158,7 @@ class Node:
                         self.task.num_examples(),
                         identity_key=self.identity.public,
                         identity_cert=self.identity.cert,
+                        run_id=self.run_id,
                     )
                 )
                 self._rejoin.clear()
@@ -311,6 +315,9 @@ class Node:
                 try:
                     if self._step():
                         break
+                except UnknownRunError as exc:  # a standing node's run is over
+                    log.info("the run is over: %s", exc)
+                    break
                 except UnknownNodeError as exc:
                     log.warning("%s; joining again", exc)
                     self._rejoin.set()

@@ -10,7 +10,8 @@ import importlib
 import sys
 
 COMMANDS = {
-    "server": ("fedhive.server.cli:server_main", "run a coordinator"),
+    "server": ("fedhive.server.cli:server_main", "run a coordinator for one run"),
+    "service": ("fedhive.server.service.cli:main", "run a coordinator service: a queue of runs"),
     "client": ("fedhive.client.cli:main", "run a node that joins a coordinator"),
     "simulate": ("fedhive.server.simulate:main", "coordinator + N node processes on loopback"),
     "certs": ("fedhive.common.certs:main", "consortium PKI: CA, coordinator and node certificates"),

@@ -34,7 +34,7 @@ from fedhive.common.tensors import (
     tensor_from_bytes,
 )
 from fedhive.server.coordinator import Coordinator, RoundListener
-from fedhive.server.identity import PeerGate, server_credentials, server_tls
+from fedhive.server.identity import PeerGate, ServerTls, server_credentials, server_tls
 from fedhive.server.limits import Watchdog
 from fedhive.server.servicer import SERVICE, CoordinatorServicer, generic_handler
 from fedhive.server.store import RunStore, StoreError
@@ -178,9 +178,14 @@ def check_strategy(config: ServerConfig) -> Aggregator:
     return aggregator
 
 
-def start_server(config: ServerConfig, listener: RoundListener | None = None) -> RunningServer:
-    """Load the task, create the run directory and serve; the caller runs ``coordinator.run()``."""
-    tls = server_tls(config)
+def prepare_run(
+    config: ServerConfig,
+    listener: RoundListener | None = None,
+    run_id: str | None = None,
+    gate: PeerGate | None = None,
+) -> Coordinator:
+    """Load the task, check the run's settings, create (or reopen) its run directory: the run's
+    coordinator, ready for ``run()``. ``run_id``: a new run's id (default: a fresh one)."""
     task = load_task(
         config.task,
         TaskContext(
@@ -197,7 +202,7 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
     store = RunStore(config.run_dir)
     settings = config.model_dump(mode="json")
     resume = None
-    run_id = secrets.token_hex(8)
+    run_id = run_id or secrets.token_hex(8)
     if store.exists():
         resume = store.open_existing(settings)
         run_id = resume.run_id
@@ -209,8 +214,7 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
     else:
         store.create(settings, run_id)
     evaluator = task_evaluator(task, config.train) if config.eval_data is not None else None
-    gate = PeerGate.from_config(config, tls) if tls is not None else None
-    coordinator = Coordinator(
+    return Coordinator(
         config,
         specs,
         arrays,
@@ -222,15 +226,18 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
         resume=resume,
         identity_verifier=gate.verify_identity if gate is not None else None,
     )
-    server = grpc.server(
+
+
+def make_server(config: ServerConfig) -> grpc.Server:
+    return grpc.server(
         ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="fedhive-rpc"),
         options=grpc_options(config),
         maximum_concurrent_rpcs=config.max_workers,
     )
-    watchdog = Watchdog()
-    servicer = CoordinatorServicer(coordinator, gate, watchdog)
-    server.add_generic_rpc_handlers((generic_handler(servicer),))
-    health_servicer = serve_health(server)
+
+
+def listen(server: grpc.Server, config: ServerConfig, tls: ServerTls | None) -> int:
+    """Open the port (mutual TLS, or plain text: loudly); raises OSError if it cannot."""
     if tls is None:
         port = server.add_insecure_port(config.address)
         log.warning(
@@ -242,6 +249,21 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
         port = server.add_secure_port(config.address, server_credentials(tls))
     if port == 0:
         raise OSError(f"cannot listen on {config.address}")
+    return port
+
+
+def start_server(config: ServerConfig, listener: RoundListener | None = None) -> RunningServer:
+    """Load the task, create the run directory and serve; the caller runs ``coordinator.run()``."""
+    tls = server_tls(config)
+    gate = PeerGate.from_config(config, tls) if tls is not None else None
+    coordinator = prepare_run(config, listener, gate=gate)
+    specs = coordinator.specs
+    server = make_server(config)
+    watchdog = Watchdog()
+    servicer = CoordinatorServicer(coordinator, gate, watchdog)
+    server.add_generic_rpc_handlers((generic_handler(servicer),))
+    health_servicer = serve_health(server)
+    port = listen(server, config, tls)
     server.start()
     watchdog.start()
     log.info(
