@@ -76,7 +76,19 @@ class Lobby:
             self._cv.notify_all()
 
     def nodes(self) -> list[StandingNode]:
+        """The standing nodes; one taking part in the running run was last seen by that run."""
+        current = self.service.current()
+        live: dict[str, float] = {}
+        if current is not None:
+            now, mono = time.time(), time.monotonic()
+            for joined in current.coordinator.nodes().values():
+                if joined.alive:
+                    live[joined.peer_id or joined.name] = now - (mono - joined.last_seen)
         with self._cv:
+            for nid, seen in live.items():
+                rec = self._nodes.get(nid)
+                if rec is not None and seen > rec.last_seen:
+                    self._nodes[nid] = replace(rec, last_seen=seen)
             self._expire(time.time())
             return sorted(self._nodes.values(), key=lambda n: n.node_id)
 

@@ -167,6 +167,13 @@ class RunQueue:
             row = self._db.execute("SELECT COUNT(*) FROM runs WHERE state = ?", (QUEUED,))
             return int(row.fetchone()[0])
 
+    def running(self) -> RunEntry | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {COLUMNS} FROM runs WHERE state = ? ORDER BY seq LIMIT 1", (RUNNING,)
+            ).fetchone()
+        return _entry(row) if row is not None else None
+
     def next(self) -> RunEntry | None:
         """The run to run now: the one still ``running`` (a restart resumes it), else the oldest
         queued one, marked running."""

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fedhive.common.config import ServerConfig
-from fedhive.common.errors import RunStateError
+from fedhive.common.errors import FedhiveError, RunStateError
 from fedhive.common.memory import startup_gc
 from fedhive.server.app import (
     _LIVE,
@@ -35,8 +35,9 @@ from fedhive.server.app import (
     serve_health,
 )
 from fedhive.server.coordinator import Coordinator, RoundListener, RunAborted, RunStopped
-from fedhive.server.identity import PeerGate, server_tls
+from fedhive.server.identity import AdminGate, PeerGate, server_tls
 from fedhive.server.limits import Watchdog
+from fedhive.server.service.control import ControlServicer
 from fedhive.server.service.lobby import Lobby
 from fedhive.server.service.queue import (
     ABORTED,
@@ -88,27 +89,31 @@ class Service:
             else None
         )
         self.lobby = Lobby(self, self.gate)
-        self.switchboard = Switchboard(self.lobby.handlers())
+        self.switchboard = Switchboard(self.lobby.handlers(), self._live, self._starting)
         self.server = make_server(base)
         self.server.add_generic_rpc_handlers((self.switchboard,))
         self.health = serve_health(self.server)
+        admin_gate = AdminGate.from_tls(self.tls) if self.tls is not None else None
+        self.control = ControlServicer(self, admin_gate)
+        self.server.add_generic_rpc_handlers((self.control.handler(),))
         self.watchdog = Watchdog()
         self.port = 0
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._current: Current | None = None
-        self._extra: list[Callable[[Any], None]] = []  # more services on the port (control)
 
     # ------------------------------------------------------------------ lifecycle
-
-    def add_services(self, register: Callable[[Any], None]) -> None:
-        """Register more gRPC services on the port (before :meth:`start`)."""
-        register(self.server)
 
     def start(self) -> int:
         self.port = listen(self.server, self.base, self.tls)
         self.server.start()
         self.watchdog.start()
+        if self.tls is None:
+            log.warning(
+                "INSECURE MODE: the control plane (submit, stop, list runs and nodes) answers "
+                "anyone who reaches port %d, unauthenticated; local use only",
+                self.port,
+            )
         _LIVE[id(self)] = self  # type: ignore[assignment]  # stopped at interpreter exit
         log.info(
             "coordinator service listening on port %d with %s (state %s)",
@@ -138,6 +143,19 @@ class Service:
             current = self._current
         if current is not None:
             current.coordinator.stop()
+
+    def _live(self, run_id: str) -> bool:
+        try:
+            return self.queue.get(run_id).state in (QUEUED, RUNNING)
+        except FedhiveError:
+            return False
+
+    def _starting(self) -> bool:
+        """A run is ``running`` in the queue but not served yet (being started or resumed)."""
+        with self._lock:
+            if self._current is not None:
+                return False
+        return self.queue.running() is not None
 
     @property
     def stopping(self) -> bool:

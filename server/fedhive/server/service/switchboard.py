@@ -4,16 +4,18 @@ The node-facing ``fedhive.proto.v1.Coordinator`` methods of a run are served by 
 :class:`~fedhive.server.servicer.CoordinatorServicer` (its coordinator, gate, admission). The
 switchboard is registered once on the gRPC server and looks the current run up per call, so a
 call started under one run finishes under it while the next run's calls go to the next one.
-Between runs a node call is answered at once: ``Join`` naming a run that is not running gets
-NOT_FOUND (a standing node goes back to waiting for a run); a session call (pull, heartbeat ...)
-gets UNAUTHENTICATED (join again); a one-shot node's ``Join`` gets UNAVAILABLE (retry later).
+Between runs a node call is answered at once: ``Join`` naming a run that is over (neither queued
+nor running) gets NOT_FOUND (a standing node goes back to waiting for a run); a session call
+(pull, heartbeat ...) gets UNAUTHENTICATED (join again); a one-shot node's ``Join`` gets
+UNAVAILABLE (retry later). While the service is (re)starting a run, every node call gets
+UNAVAILABLE: its nodes retry until the run is served again, instead of leaving it.
 The service's own methods (``AwaitRun``, ``DeclineRun``) are served whatever runs.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -29,45 +31,34 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
     context.abort(code, message)
 
 
-def _idle_join(request: bytes, context: grpc.ServicerContext) -> Any:
-    try:
-        run_id = pb.JoinRequest.FromString(request).run_id
-    except Exception:  # a malformed request: refused like any other
-        return _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed JoinRequest")
-    if run_id:
-        return _abort(context, grpc.StatusCode.NOT_FOUND, f"run {run_id[:64]!r} is not running")
-    return _abort(context, grpc.StatusCode.UNAVAILABLE, f"{NO_RUN}; retry later")
-
-
-def _idle_session(request: Any, context: grpc.ServicerContext) -> Any:
-    return _abort(context, grpc.StatusCode.UNAUTHENTICATED, f"{NO_RUN}: this session is over")
-
-
-def _idle_pull(request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
-    _abort(context, grpc.StatusCode.UNAUTHENTICATED, f"{NO_RUN}: this session is over")
-    yield b""  # pragma: no cover - abort raises
-
-
-def _idle_push(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-    return _abort(context, grpc.StatusCode.UNAUTHENTICATED, f"{NO_RUN}: this session is over")
-
-
 _raw = {"request_deserializer": None, "response_serializer": None}
-IDLE: dict[str, grpc.RpcMethodHandler] = {
-    "Join": grpc.unary_unary_rpc_method_handler(_idle_join, **_raw),
-    "PullTask": grpc.unary_stream_rpc_method_handler(_idle_pull, **_raw),
-    "PushUpdate": grpc.stream_unary_rpc_method_handler(_idle_push, **_raw),
-    **{
-        name: grpc.unary_unary_rpc_method_handler(_idle_session, **_raw)
-        for name in ("ReportEvaluation", "Heartbeat", "Leave", "DeclineTask", "SecAggStep")
-    },
-}
-del _raw
+SESSION_CALLS = ("ReportEvaluation", "Heartbeat", "Leave", "DeclineTask", "SecAggStep")
+STARTING = "the coordinator is starting a run; retry shortly"
 
 
 class Switchboard(grpc.GenericRpcHandler):
-    def __init__(self, own: Mapping[str, grpc.RpcMethodHandler] | None = None) -> None:
+    """``own``: the service's methods; ``live(run_id)``: whether a run is queued or running (a
+    join naming it waits for it); ``starting()``: whether a run is about to be served (a restarted
+    service resuming it: its nodes retry instead of leaving it)."""
+
+    def __init__(
+        self,
+        own: Mapping[str, grpc.RpcMethodHandler] | None = None,
+        live: Callable[[str], bool] = lambda run_id: False,
+        starting: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._own = dict(own or {})
+        self._live = live
+        self._starting = starting
+        self._idle: dict[str, grpc.RpcMethodHandler] = {
+            "Join": grpc.unary_unary_rpc_method_handler(self._idle_join, **_raw),
+            "PullTask": grpc.unary_stream_rpc_method_handler(self._idle_pull, **_raw),
+            "PushUpdate": grpc.stream_unary_rpc_method_handler(self._idle_push, **_raw),
+            **{
+                name: grpc.unary_unary_rpc_method_handler(self._idle_session, **_raw)
+                for name in SESSION_CALLS
+            },
+        }
         self._lock = threading.Lock()
         self._current: grpc.GenericRpcHandler | None = None
         self.servicer: CoordinatorServicer | None = None
@@ -89,5 +80,33 @@ class Switchboard(grpc.GenericRpcHandler):
         with self._lock:
             current = self._current
         if current is None:
-            return IDLE.get(name)
+            return self._idle.get(name)
         return current.service(handler_call_details)
+
+    # ------------------------------------------------------------------ between runs
+
+    def _idle_join(self, request: bytes, context: grpc.ServicerContext) -> Any:
+        try:
+            run_id = pb.JoinRequest.FromString(request).run_id[:64]
+        except Exception:  # a malformed request: refused like any other
+            return _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed JoinRequest")
+        if run_id and not self._live(run_id):
+            return _abort(context, grpc.StatusCode.NOT_FOUND, f"run {run_id!r} is not running")
+        if self._starting():
+            return _abort(context, grpc.StatusCode.UNAVAILABLE, STARTING)
+        return _abort(context, grpc.StatusCode.UNAVAILABLE, f"{NO_RUN}; retry later")
+
+    def _session_over(self, context: grpc.ServicerContext) -> Any:
+        if self._starting():
+            return _abort(context, grpc.StatusCode.UNAVAILABLE, STARTING)
+        return _abort(context, grpc.StatusCode.UNAUTHENTICATED, f"{NO_RUN}: this session is over")
+
+    def _idle_session(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._session_over(context)
+
+    def _idle_pull(self, request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
+        self._session_over(context)
+        yield b""  # pragma: no cover - abort raises
+
+    def _idle_push(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        return self._session_over(context)
