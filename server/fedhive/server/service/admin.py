@@ -177,9 +177,14 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
         "--server", default="127.0.0.1:8765", help="service address (default %(default)s)"
     )
     p.add_argument(
-        "--tls-dir", type=Path, help="administrator bundle (admin.crt, admin.key, ca.crt)"
+        "--tls-dir",
+        type=Path,
+        help="administrator bundle: admin.crt, admin.key, ca.crt (default none: --insecure)",
     )
-    p.add_argument("--tls-server-name", help="name in the service's certificate to expect")
+    p.add_argument(
+        "--tls-server-name",
+        help="name in the service's certificate to expect (default: the host of --server)",
+    )
     p.add_argument("--insecure", action="store_true", help="plain text (local use only)")
 
 
@@ -196,12 +201,14 @@ def run_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("list", help="list the runs")
     _connection_args(c)
     c = sub.add_parser("status", help="a run, then its rounds live until it ends")
-    c.add_argument("run_id")
+    c.add_argument("run_id", help="the run's id (fedhive run list)")
     c.add_argument("--no-follow", action="store_true", help="print the run's state and exit")
     _connection_args(c)
     c = sub.add_parser("stop", help="cancel a queued run or stop the running one")
-    c.add_argument("run_id")
-    c.add_argument("--reason", default="", help="recorded with the run and in the audit table")
+    c.add_argument("run_id", help="the run's id (fedhive run list)")
+    c.add_argument(
+        "--reason", default="", help="recorded with the run and in the audit table (default none)"
+    )
     _connection_args(c)
     return p
 

@@ -66,7 +66,8 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         type=Path,
         metavar="RUN_TOML",
-        help="queue this run at start (repeat; a run's settings as `fedhive server --config`)",
+        help="queue this run at start (repeat; a run's settings as `fedhive server --config`; "
+        "default none)",
     )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING ... (default INFO)")
     return p

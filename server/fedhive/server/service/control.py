@@ -28,6 +28,7 @@ from fedhive.common.errors import (
     InvalidUpdateError,
     LimitExceededError,
     RequestRefused,
+    RunStateError,
 )
 from fedhive.proto.v1 import control_pb2 as cpb
 from fedhive.server.identity import AdminGate
@@ -118,6 +119,11 @@ class ControlServicer:
 
     def submit_run(self, request: cpb.SubmitRunRequest, context: Any) -> cpb.RunInfo:
         with self._call(context, "submit") as caller:
+            if self.service.exit_when_idle:
+                raise RunStateError(
+                    "this coordinator runs one run (fedhive server) and exits: submit runs to a "
+                    "coordinator service (fedhive service)"
+                )
             text = request.settings_toml
             if len(text.encode()) > MAX_SETTINGS_BYTES:
                 raise LimitExceededError(f"run settings exceed {MAX_SETTINGS_BYTES} bytes")
