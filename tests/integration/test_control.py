@@ -222,3 +222,34 @@ def test_an_administrator_certificate_cannot_join_as_a_node(federation: Federati
     # Assert
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "not a node certificate" in (caught.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("request_", "problem"),
+    [
+        (pb.AwaitRunRequest(name="x", wait_s=float("nan")), "finite"),
+        (pb.AwaitRunRequest(name="x", tasks=["a.b:c"] * 65), "approved tasks exceed"),
+        (pb.AwaitRunRequest(name="x", tasks=["a.b:c\x00"]), "control characters"),
+    ],
+)
+def test_a_hostile_wait_for_a_run_is_refused(
+    federation: Federation, request_: pb.AwaitRunRequest, problem: str
+) -> None:
+    # Prepare: a real node certificate, hand-built requests beyond the wire's bounds
+    fed = federation
+    folder = fed.pki.node_dir("site-a")
+    channel = control_channel(fed, folder / "node.key", folder / "node.crt", fed.pki.ca_cert)
+    await_run = channel.unary_unary(
+        "/fedhive.proto.v1.Coordinator/AwaitRun",
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=pb.RunOffer.FromString,
+    )
+
+    # Execute
+    with pytest.raises(grpc.RpcError) as caught:
+        await_run(request_, timeout=10)
+    channel.close()
+
+    # Assert
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert problem in (caught.value.details() or "")
