@@ -12,8 +12,9 @@ import pytest
 from fedhive.common import serde, serde_standing
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import ConfigError, InvalidUpdateError, RunStateError, UnknownRunError
-from fedhive.common.pki import create_ca, is_admin, issue
+from fedhive.common.pki import create_ca, issue
 from fedhive.proto.v1 import coordinator_pb2 as pb
+from fedhive.server.identity import is_admin
 from fedhive.server.service.queue import CANCELLED, FINISHED, QUEUED, RUNNING, RunQueue
 from fedhive.server.service.settings import check_settings, compose
 

@@ -58,17 +58,6 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def is_admin(cert: x509.Certificate) -> bool:
-    """An administrator's certificate: the administrators' unit and the control plane's usage."""
-    if _attr(cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME) != ADMIN_UNIT:
-        return False
-    try:
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return False
-    return ADMIN_OID in list(eku)
-
-
 def check_node_id(node_id: str) -> str:
     if not NODE_ID.match(node_id):
         raise PkiError(

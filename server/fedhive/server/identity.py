@@ -22,9 +22,10 @@ from cryptography import x509
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import AccessDeniedError, ConfigError, PkiError
 from fedhive.common.pki import (
+    ADMIN_OID,
+    ADMIN_UNIT,
     NODE_UNIT,
     CertInfo,
-    is_admin,
     load_cert,
     load_key,
     read_bytes,
@@ -186,6 +187,17 @@ class PeerGate:
     ) -> AccessDeniedError:
         log.warning("refused peer %s at %s (%s): %s", who, context.peer(), method, reason)
         return AccessDeniedError(reason)
+
+
+def is_admin(cert: x509.Certificate) -> bool:
+    """An administrator's certificate: the administrators' unit and the control plane's usage."""
+    if CertInfo.of(cert).unit != ADMIN_UNIT:
+        return False
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return ADMIN_OID in list(eku)
 
 
 class AdminGate:

@@ -93,9 +93,15 @@ class Lobby:
             return sorted(self._nodes.values(), key=lambda n: n.node_id)
 
     def _expire(self, now: float) -> None:
+        """Forget nodes silent for node_expiry_s, but not those taking part in the running run
+        (they call that run's coordinator, not the lobby)."""
         expiry = self.service.base.node_expiry_s
-        for nid in [n for n, rec in self._nodes.items() if now - rec.last_seen > expiry]:
-            del self._nodes[nid]
+        current = self.service.current()
+        running = current.entry.run_id if current is not None else ""
+        for nid, rec in list(self._nodes.items()):
+            busy = running and rec.run_id == running and rec.declined != running
+            if now - rec.last_seen > expiry and not busy:
+                del self._nodes[nid]
 
     def _seen(self, node_id: str, req: AwaitRunRequest | None = None) -> StandingNode:
         now = time.time()
