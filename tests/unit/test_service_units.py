@@ -99,3 +99,13 @@ def test_an_administrator_certificate_is_not_a_node_certificate() -> None:
     _, admin = issue(ca_key, ca_cert, "alice", server=False, admin=True)
     _, node = issue(ca_key, ca_cert, "site-a", server=False)
     assert is_admin(admin) and not is_admin(node)
+
+
+def test_the_audit_table_keeps_its_newest_rows_within_its_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("fedhive.server.service.queue.MAX_AUDIT", 5)
+    queue = RunQueue(tmp_path / "service.sqlite")
+    for i in range(8):
+        queue.audit("admin:a", "list runs", str(i), "ok")
+    assert [r.target for r in queue.audit_log()] == ["3", "4", "5", "6", "7"]

@@ -37,6 +37,7 @@ FINISHED, ABORTED, STOPPED, FAILED, CANCELLED = (
 ENDED = frozenset({FINISHED, ABORTED, STOPPED, FAILED, CANCELLED})
 MAX_QUEUED = 1000  # runs waiting at once: a submission beyond it is refused
 MAX_REASON = 2000  # characters of a run's recorded reason
+MAX_AUDIT = 100_000  # audit rows kept (the oldest are dropped beyond it)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -231,11 +232,22 @@ class RunQueue:
     # ------------------------------------------------------------------ audit
 
     def audit(self, caller: str, action: str, target: str, outcome: str, detail: str = "") -> None:
-        with self._lock:
+        with self._lock, self._db:  # one transaction
+            self._db.execute("BEGIN")
             self._db.execute(
                 "INSERT INTO audit(time, caller, action, target, outcome, detail) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (time.time(), caller, action, target, outcome[:MAX_REASON], detail[:MAX_REASON]),
+                (
+                    time.time(),
+                    caller[:MAX_REASON],
+                    action,
+                    target[:MAX_REASON],
+                    outcome[:MAX_REASON],
+                    detail[:MAX_REASON],
+                ),
+            )
+            self._db.execute(
+                "DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?", (MAX_AUDIT,)
             )
 
     def audit_log(self, limit: int = 1000) -> list[AuditRecord]:
