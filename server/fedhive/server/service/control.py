@@ -133,7 +133,8 @@ class ControlServicer:
                 raise ConfigError(f"run settings are not valid TOML: {exc}") from exc
             entry = self.service.submit(settings, caller)
             self.service.queue.audit(caller, "queued", entry.run_id, "ok", entry.task)
-            return self._info(entry, self._positions().get(entry.run_id, 0))
+            positions = self._positions()  # (the driver may have started it already)
+            return self._info(self.service.queue.get(entry.run_id), positions.get(entry.run_id, 0))
         raise AssertionError("unreachable")
 
     def list_runs(self, request: cpb.ListRunsRequest, context: Any) -> cpb.RunList:
