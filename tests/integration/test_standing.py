@@ -6,7 +6,13 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import grpc
+import pytest
+
+from fedhive.common.config import ServerConfig
 from fedhive.common.tasks import digits
+from fedhive.proto.v1 import control_pb2 as cpb
+from fedhive.server.service.service import one_shot
 from tests.integration.harness import wait_all
 from tests.integration.standing import (
     CONSTANT,
@@ -76,3 +82,45 @@ def test_two_runs_of_different_tasks_in_a_row_with_a_node_declining_one(tmp_path
     rounds_b = [e for e in run_b if e["event"] == "round"]
     assert all("n2" not in e["selected"] for e in rounds_b)
     assert (state / "runs" / a / "models" / "round-0002.safetensors").exists()
+
+
+def test_the_one_shot_server_is_a_service_of_one_run_that_takes_no_submissions(
+    tmp_path: Path,
+) -> None:
+    # Prepare: `fedhive server`'s service (one run queued, in memory), plain text
+    config = ServerConfig(
+        address="127.0.0.1:0", run_dir=tmp_path / "run", task=CONSTANT, insecure=True
+    )
+    service = one_shot(config)
+    port = service.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+
+    def call(method: str, request: object, reply: type) -> object:
+        fn = channel.unary_unary(
+            f"/fedhive.proto.v1.Control/{method}",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=reply.FromString,  # type: ignore[attr-defined]
+        )
+        return fn(request, timeout=10)
+
+    try:
+        # Execute
+        runs = call("ListRuns", cpb.ListRunsRequest(), cpb.RunList)
+        with pytest.raises(grpc.RpcError) as caught:
+            call(
+                "SubmitRun", cpb.SubmitRunRequest(settings_toml=f'task = "{CONSTANT}"'), cpb.RunInfo
+            )
+    finally:
+        channel.close()
+        service.stop(grace=0.5)
+
+    # Assert: its one run is listed; another is refused, saying where to submit it
+    assert [r.state for r in runs.runs] == ["queued"]  # type: ignore[attr-defined]
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "fedhive service" in (caught.value.details() or "")
+    assert any(a == "submit" and o.startswith("refused") for _, a, _, o, _ in audit_rows(service))
+
+
+def audit_rows(service: object) -> list[tuple[str, str, str, str, str]]:
+    log = service.queue.audit_log()  # type: ignore[attr-defined]
+    return [(r.caller, r.action, r.target, r.outcome, r.detail) for r in log]
