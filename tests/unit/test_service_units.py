@@ -5,13 +5,16 @@ administrator certificates."""
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import pytest
 
+from fedhive.client.standing import StandingNode
 from fedhive.common import serde, serde_standing
-from fedhive.common.config import ServerConfig
+from fedhive.common.config import ClientConfig, ServerConfig
 from fedhive.common.errors import ConfigError, InvalidUpdateError, RunStateError, UnknownRunError
+from fedhive.common.messages import AwaitRunRequest, RunDecline, RunOffer
 from fedhive.common.pki import create_ca, issue
 from fedhive.proto.v1 import coordinator_pb2 as pb
 from fedhive.server.identity import is_admin
@@ -109,3 +112,46 @@ def test_the_audit_table_keeps_its_newest_rows_within_its_bound(
     for i in range(8):
         queue.audit("admin:a", "list runs", str(i), "ok")
     assert [r.target for r in queue.audit_log()] == ["3", "4", "5", "6", "7"]
+
+
+class OfferingTransport:
+    """A coordinator that offers one run, then (the node having answered) nothing more."""
+
+    def __init__(self, node: list[StandingNode], offer: RunOffer) -> None:
+        self.node, self.offer = node, offer
+        self.declined: list[RunDecline] = []
+        self.calls = 0
+
+    def await_run(self, request: AwaitRunRequest) -> RunOffer:
+        self.calls += 1
+        if self.calls > 1:
+            self.node[0].stop_event.set()
+            return RunOffer()
+        return self.offer
+
+    def decline_run(self, decline: RunDecline) -> None:
+        self.declined.append(decline)
+
+    def cancel(self) -> None:
+        pass
+
+
+def test_a_standing_node_declines_a_task_its_site_did_not_approve_without_importing_it() -> None:
+    # Prepare: a site that approved the constant task only; a run naming a module never imported
+    unapproved = "tests.unit.never_imported_task:make_task"
+    config = ClientConfig(insecure=True, name="site-c", device="cpu", tasks={TASK: {}})
+    holder: list[StandingNode] = []
+    transport = OfferingTransport(holder, RunOffer("r1", unapproved))
+    built: list[str] = []
+    node = StandingNode(config, transport, lambda cfg, run_id: built.append(run_id))  # type: ignore[arg-type,func-returns-value]
+    holder.append(node)
+
+    # Execute
+    node.run()
+
+    # Assert: declined with the reason, nothing built, the module never imported
+    (decline,) = transport.declined
+    assert (decline.run_id, decline.task) == ("r1", unapproved)
+    assert "not approved by this site" in decline.reason and TASK in decline.reason
+    assert built == [] and "tests.unit.never_imported_task" not in sys.modules
+    assert node.declined == ["r1"]
