@@ -161,7 +161,7 @@ class ControlServicer:
     def list_nodes(self, request: cpb.ListNodesRequest, context: Any) -> cpb.NodeList:
         with self._call(context, "list nodes"):
             current = self.service.current()
-            running = current.entry.run_id if current is not None else ""
+            running = current.run_id if current is not None else ""
             return cpb.NodeList(
                 nodes=[
                     cpb.NodeInfo(

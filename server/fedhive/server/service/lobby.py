@@ -97,7 +97,7 @@ class Lobby:
         (they call that run's coordinator, not the lobby)."""
         expiry = self.service.base.node_expiry_s
         current = self.service.current()
-        running = current.entry.run_id if current is not None else ""
+        running = current.run_id if current is not None else ""
         for nid, rec in list(self._nodes.items()):
             busy = running and rec.run_id == running and rec.declined != running
             if now - rec.last_seen > expiry and not busy:
@@ -126,7 +126,7 @@ class Lobby:
         current = self.service.current()
         if current is None:
             return None
-        run_id = current.entry.run_id
+        run_id = current.run_id
         config = current.coordinator.config
         if run_id == last_run_id:
             return None
@@ -159,7 +159,7 @@ class Lobby:
         node_id = peer_id or _claimed(d.name)
         reason = d.reason or "no reason given"
         current = self.service.current()
-        if current is None or current.entry.run_id != d.run_id:
+        if current is None or current.run_id != d.run_id:
             raise UnknownRunError(f"run {d.run_id!r} is not running")
         with self._cv:
             self._nodes[node_id] = replace(self._seen(node_id), declined=d.run_id)

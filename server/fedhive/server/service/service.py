@@ -65,6 +65,12 @@ class Current:
     entry: RunEntry
     coordinator: Coordinator
 
+    @property
+    def run_id(self) -> str:
+        """The id nodes know the run by (the run directory's: a one-shot run resumed from its
+        directory keeps its first id; a queued run's is its queue id)."""
+        return self.coordinator.run_id
+
 
 class Service:
     def __init__(
@@ -226,10 +232,12 @@ class Service:
         self.switchboard.switch(CoordinatorServicer(coordinator, gate, self.watchdog))
         self.lobby.wake()
         log.info(
-            "run %s (%s, %d round(s)) started, run dir %s",
-            run_id,
+            "run %s (%s, %d round(s), %d tensors, %.1f MB) started, run dir %s",
+            coordinator.run_id,
             config.task,
             config.rounds,
+            len(coordinator.specs),
+            coordinator.model_bytes / 1e6,
             config.run_dir,
         )
         try:

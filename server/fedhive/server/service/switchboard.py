@@ -90,10 +90,10 @@ class Switchboard(grpc.GenericRpcHandler):
             run_id = pb.JoinRequest.FromString(request).run_id[:64]
         except Exception:  # a malformed request: refused like any other
             return _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed JoinRequest")
+        if self._starting():  # (a resumed one-shot run keeps its directory's id, not the queue's)
+            return _abort(context, grpc.StatusCode.UNAVAILABLE, STARTING)
         if run_id and not self._live(run_id):
             return _abort(context, grpc.StatusCode.NOT_FOUND, f"run {run_id!r} is not running")
-        if self._starting():
-            return _abort(context, grpc.StatusCode.UNAVAILABLE, STARTING)
         return _abort(context, grpc.StatusCode.UNAVAILABLE, f"{NO_RUN}; retry later")
 
     def _session_over(self, context: grpc.ServicerContext) -> Any:
