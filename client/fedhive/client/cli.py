@@ -1,4 +1,10 @@
-"""``fedhive client``: run a node that dials out to a coordinator."""
+"""``fedhive client``: run a node that dials out to a coordinator.
+
+With a [tasks."package.module:factory"] table per approved task in its --config TOML (data_dir,
+task_args, seed), the node stands: it stays connected to a coordinator service and takes part in
+run after run, each with the approved task the run names and that task's data; it declines any
+other task without importing it, and SIGTERM makes it leave.
+"""
 
 from __future__ import annotations
 
