@@ -61,7 +61,7 @@ class Federation:
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     root = tmp_path_factory.mktemp("control")
     pki = Authority(root / "pki")
-    pki.bootstrap("Test Consortium", ["site-a"], dns=["localhost"], ips=["127.0.0.1"])
+    pki.bootstrap("Test Consortium", ["site-a", "site-b"], dns=["localhost"], ips=["127.0.0.1"])
     pki.issue_admin("alice")
     pki.issue_admin("bob")
     pki.revoke("bob")
@@ -163,6 +163,54 @@ def test_an_administrator_submits_watches_and_stops_runs_through_the_cli(
     assert ("admin:alice", "stop run", run_a, "ok") in trail
     assert any(
         c == "admin:alice" and a == "submit" and o.startswith("refused") for c, a, _, o in trail
+    )
+
+
+def test_a_standing_node_shows_its_run_and_leaves_it_cleanly_on_sigterm(
+    federation: Federation,
+) -> None:
+    # Prepare: site-b's standing node taking part in a long run
+    fed = federation
+    task_args = {**CONSTANT_ARGS, "train_s": 0.2}
+    settings = run_settings(CONSTANT, rounds=500, min_nodes=1, task_args=task_args)
+    run_id = fed.cli(
+        "run", "submit", str(write_toml(fed.root / "b.toml", settings))
+    ).stdout.split()[1]
+    node, node_log = start_standing_node(
+        fed.root,
+        fed.port,
+        "site-b",
+        {CONSTANT: {"task_args": task_args}},
+        tls_dir=fed.pki.node_dir("site-b"),
+    )
+    admin = fed.pki.admin_dir("alice")
+    channel = control_channel(fed, admin / "admin.key", admin / "admin.crt", fed.pki.ca_cert)
+    try:
+        wait_for(
+            lambda: any(r.run_id == run_id and r.committed_rounds for r in list_runs(channel).runs),
+            120,
+            "a committed round",
+            fed.service,
+            node,
+        )
+        nodes = fed.cli("nodes")
+
+        # Execute
+        node.send_signal(signal.SIGTERM)
+        code = node.wait(timeout=30)
+    finally:
+        channel.close()
+        node.kill() if node.poll() is None else None
+        fed.cli("run", "stop", run_id)
+
+    # Assert: listed in its run; exit 0, and the run saw it leave
+    line = next(x for x in nodes.stdout.splitlines() if "site-b" in x)
+    assert run_id in line, nodes.stdout
+    assert code == 0, node_log.read_text()[-3000:]
+    wait_for(
+        lambda: "node site-b left (node stopping)" in (fed.root / "service.log").read_text(),
+        10,
+        "the leave",
     )
 
 
