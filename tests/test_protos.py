@@ -23,7 +23,14 @@ def test_committed_stubs_match_freshly_generated_ones(tmp_path):
     fresh = sorted(p.name for p in fresh_dir.iterdir() if "_pb2" in p.name)
     committed = sorted(p.name for p in COMMITTED.iterdir() if "_pb2" in p.name)
 
-    assert fresh == ["coordinator_pb2.py", "coordinator_pb2.pyi", "coordinator_pb2_grpc.py"]
+    assert fresh == [
+        "control_pb2.py",
+        "control_pb2.pyi",
+        "control_pb2_grpc.py",
+        "coordinator_pb2.py",
+        "coordinator_pb2.pyi",
+        "coordinator_pb2_grpc.py",
+    ]
     assert committed == fresh
     for name in fresh:
         assert (fresh_dir / name).read_bytes() == (COMMITTED / name).read_bytes(), name

@@ -18,6 +18,15 @@ from safetensors.numpy import load_file
 
 from fedhive.common.tasks import digits
 from tests.integration.harness import CONSTANT_TASK, start_node, wait_all
+from tests.integration.standing import (
+    events,
+    queue_rows,
+    run_settings,
+    start_service,
+    start_standing_node,
+    wait_for,
+    write_toml,
+)
 from tests.integration.test_node_lifecycle import free_port
 
 ROUNDS = 6
@@ -118,8 +127,11 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, np
     return models(run_dir)
 
 
-def assert_same_run(run_dir: Path, kills: int, reference: list[dict[str, np.ndarray]]) -> None:
-    """Killed at least twice mid-run, every round committed once, every model bit for bit."""
+def assert_same_run(
+    run_dir: Path, kills: int, reference: list[dict[str, np.ndarray]], resumed: int = 2
+) -> None:
+    """Killed at least twice mid-run (resumed at least ``resumed`` times), every round committed
+    once, every model bit for bit."""
     assert kills >= 2
     with sqlite3.connect(run_dir / "run.sqlite") as db:
         committed = [r[0] for r in db.execute("SELECT round FROM rounds ORDER BY round")]
@@ -127,7 +139,7 @@ def assert_same_run(run_dir: Path, kills: int, reference: list[dict[str, np.ndar
     events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
     rounds = [e["round"] for e in events if e["event"] == "round" and e["committed"]]
     assert rounds == list(range(1, ROUNDS + 1))
-    assert sum(e["event"] == "resumed" for e in events) >= 2
+    assert sum(e["event"] == "resumed" for e in events) >= resumed
     for r, (got, want) in enumerate(zip(models(run_dir), reference, strict=True)):
         assert sorted(got) == sorted(want)
         for name in want:
@@ -237,3 +249,69 @@ def test_resuming_a_finished_run_says_so_and_exits(tmp_path: Path) -> None:
     events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events].count("finished") == 1
     assert not any(e["event"] == "resumed" for e in events)
+
+
+def committed(state: Path) -> int:
+    """Rounds committed so far over every run of a service's state directory."""
+    return sum(last_round(d) + 1 for d in sorted((state / "runs").glob("*")) if d.is_dir())
+
+
+def test_sigkill_at_random_moments_keeps_a_queue_of_two_runs(
+    tmp_path: Path, uninterrupted: list[dict[str, np.ndarray]]
+) -> None:
+    # Prepare: a coordinator service with two runs queued, each the digits run of the fixture;
+    # two standing nodes (the fixture's data and seeds) that outlive every service process
+    _, dirs = digits.prepare_simulation(tmp_path / "data", 2, 0.5, 0)
+    state, port = tmp_path / "state", free_port()
+    settings = run_settings(DIGITS, rounds=ROUNDS, min_nodes=2, min_updates=2)
+    settings.update(train={"steps": 30}, heartbeat_timeout_s=30.0, join_timeout_s=3600.0)
+    settings.pop("round_timeout_s")
+    runs = [write_toml(tmp_path / f"run{i}.toml", settings) for i in range(2)]
+    nodes = [
+        start_standing_node(tmp_path, port, f"n{i}", {DIGITS: {"data_dir": d}}, seed=i)[0]
+        for i, d in enumerate(dirs)
+    ]
+    kill_at, kills, seen = random.Random(5), 0, 0
+
+    # Execute: SIGKILL the service at random instants after a commit, in either run, and start
+    # it again on the same state directory (without submitting anything) until the queue is done
+    try:
+        for attempt in range(5):
+            log = tmp_path / f"service{attempt}.log"
+            service = start_service(state, port, log, runs if attempt == 0 else [])
+            if attempt == 4:
+                wait_for(
+                    lambda: [s for _, s, _ in queue_rows(state)] == ["finished"] * 2,
+                    240,
+                    "the queue to finish",
+                    service,
+                )
+                service.send_signal(signal.SIGTERM)
+                assert service.wait(timeout=60) == 0, log.read_text()[-3000:]
+                break
+            deadline = time.monotonic() + 120
+            while committed(state) <= seen and time.monotonic() < deadline:
+                assert service.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.05)
+            seen = committed(state)
+            time.sleep(kill_at.uniform(0.0, KILL_WITHIN_S))
+            if service.poll() is None:
+                service.send_signal(signal.SIGKILL)
+                kills += 1
+            service.wait()
+        alive = [n.poll() is None for n in nodes]
+    finally:
+        for n in nodes:
+            n.send_signal(signal.SIGTERM) if n.poll() is None else None
+        codes = wait_all(nodes, timeout=30)
+
+    # Assert: killed at least twice; both runs finished, each in its own directory, every round
+    # committed once and bit for bit the model of the uninterrupted run; the nodes stayed
+    assert alive == [True, True] and codes == [0, 0]
+    rows = queue_rows(state)
+    assert [s for _, s, _ in rows] == ["finished", "finished"], rows
+    for run_id, _, _ in rows:
+        assert_same_run(state / "runs" / run_id, max(kills, 2), uninterrupted, resumed=0)
+    assert kills >= 2
+    resumed = sum(e["event"] == "resumed" for r, _, _ in rows for e in events(state / "runs" / r))
+    assert resumed >= 2

@@ -9,8 +9,13 @@ import pytest
 from fedhive.common.cli import COMMANDS, main
 from fedhive.common.config import ClientConfig, ServerConfig
 
-CERTS_ACTIONS = ("init-ca", "server", "node", "list", "revoke", "bootstrap")
-ALL = [[name] for name in COMMANDS] + [["certs", action] for action in CERTS_ACTIONS]
+CERTS_ACTIONS = ("init-ca", "server", "node", "admin", "list", "revoke", "bootstrap")
+RUN_ACTIONS = ("submit", "list", "status", "stop")
+ALL = (
+    [[name] for name in COMMANDS]
+    + [["certs", action] for action in CERTS_ACTIONS]
+    + [["run", action] for action in RUN_ACTIONS]
+)
 ALIASES = {
     "data_dir": "--data",
     "task_args": "--task-arg",

@@ -1,4 +1,10 @@
-"""``fedhive client``: run a node that dials out to a coordinator."""
+"""``fedhive client``: run a node that dials out to a coordinator.
+
+With a [tasks."package.module:factory"] table per approved task in its --config TOML (data_dir,
+task_args, seed), the node stands: it stays connected to a coordinator service and takes part in
+run after run, each with the approved task the run names and that task's data; it declines any
+other task without importing it, and SIGTERM makes it leave.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,10 @@ from fedhive.common.runtime.memory import startup_gc
 
 if TYPE_CHECKING:
     from fedhive.client.node import Node
+    from fedhive.client.standing import StandingNode
     from fedhive.client.transport import GrpcTransport
+
+    Runner = Node | StandingNode
 
 log = logging.getLogger("fedhive.client")
 
@@ -140,10 +149,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_node(config: ClientConfig, name_flag: str | None) -> tuple[Node, GrpcTransport]:
+def build_node(config: ClientConfig, name_flag: str | None) -> tuple[Runner, GrpcTransport]:
     """The node and its transport (threads chosen, task loaded, model built); under mutual TLS
-    the node's id is its certificate's name."""
+    the node's id is its certificate's name. With approved ``tasks``: a standing node (its
+    task is loaded per run)."""
     from fedhive.client.node import Node
+    from fedhive.client.standing import StandingNode
     from fedhive.client.threads import ThreadChoice
     from fedhive.client.transport import ClientTls, GrpcTransport
 
@@ -163,6 +174,12 @@ def build_node(config: ClientConfig, name_flag: str | None) -> tuple[Node, GrpcT
             f"{tls.identity.not_after:%Y-%m-%d}",
         )
     transport = GrpcTransport(config.server, tls=tls)
+    if config.tasks:
+
+        def make_node(run_config: ClientConfig, run_id: str) -> Node:
+            return Node(run_config, transport, before_task=threads.apply, run_id=run_id)
+
+        return StandingNode(config, transport, make_node), transport
     return Node(config, transport, before_task=threads.apply), transport
 
 

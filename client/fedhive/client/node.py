@@ -48,6 +48,7 @@ from fedhive.common.errors import (
     TaskError,
     TransportError,
     UnknownNodeError,
+    UnknownRunError,
 )
 from fedhive.common.secagg.node import NodeSecAgg
 from fedhive.common.secagg.stages import COUNT_WORDS, masked_spec, masked_words
@@ -86,8 +87,10 @@ class Node:
         transport: Transport,
         task: Task | None = None,
         before_task: Callable[[], object] | None = None,  # e.g. re-choose the thread count
+        run_id: str = "",  # a standing node: the run it was offered (joins only that run)
     ) -> None:
         self.config = config
+        self.run_id = run_id
         self.before_task = before_task
         self.transport = transport
         self.device = resolve_device(config.device)
@@ -164,6 +167,7 @@ class Node:
                         self.task.num_examples(),
                         identity_key=self.identity.public,
                         identity_cert=self.identity.cert,
+                        run_id=self.run_id,
                     )
                 )
                 self._rejoin.clear()
@@ -326,6 +330,9 @@ class Node:
                 try:
                     if self._step():
                         break
+                except UnknownRunError as exc:  # a standing node's run is over
+                    log.info("the run is over: %s", exc)
+                    break
                 except UnknownNodeError as exc:
                     log.warning("%s; joining again", exc)
                     self._rejoin.set()

@@ -37,15 +37,19 @@ from fedhive.common.errors import (
     StaleRoundError,
     TransportError,
     UnknownNodeError,
+    UnknownRunError,
 )
 from fedhive.common.secagg.messages import SecAggReply, SecAggRequest
-from fedhive.common.wire import serde, serde_secagg
+from fedhive.common.wire import serde, serde_secagg, serde_standing
 from fedhive.common.wire.chunks import MAX_CHUNK_SIZE, Chunk
 from fedhive.common.wire.messages import (
+    AwaitRunRequest,
     EvaluationReport,
     JoinReply,
     JoinRequest,
     NodeAuth,
+    RunDecline,
+    RunOffer,
     TaskMessage,
     UpdateMessage,
 )
@@ -62,6 +66,7 @@ _BY_CODE: dict[grpc.StatusCode, type[FedhiveError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: LimitExceededError,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidUpdateError,
     grpc.StatusCode.PERMISSION_DENIED: AccessDeniedError,
+    grpc.StatusCode.NOT_FOUND: UnknownRunError,
 }
 
 TLS_HINT = (
@@ -162,6 +167,8 @@ class Transport(Protocol):
     def leave(self, auth: NodeAuth, reason: str) -> None: ...
     def decline(self, auth: NodeAuth, round_: int, reason: str) -> None: ...
     def secagg_step(self, request: SecAggRequest) -> SecAggReply: ...
+    def await_run(self, request: AwaitRunRequest) -> RunOffer: ...
+    def decline_run(self, decline: RunDecline) -> None: ...
     def cancel(self) -> None: ...
     def close(self) -> None: ...
 
@@ -228,6 +235,14 @@ class GrpcTransport:
             SERVICE + "SecAggStep",
             request_serializer=ser,
             response_deserializer=pb.SecAggReply.FromString,
+        )
+        self._await = self._channel.unary_unary(
+            SERVICE + "AwaitRun",
+            request_serializer=ser,
+            response_deserializer=pb.RunOffer.FromString,
+        )
+        self._decline_run = self._channel.unary_unary(
+            SERVICE + "DeclineRun", request_serializer=ser, response_deserializer=pb.Ack.FromString
         )
         self._active: Any = None
         self._lock = threading.Lock()
@@ -297,8 +312,32 @@ class GrpcTransport:
             raise map_rpc_error(exc, "secagg step") from exc
         return serde_secagg.reply_from_proto(reply)
 
+    def await_run(self, request: AwaitRunRequest) -> RunOffer:
+        """A standing node waits (up to ``wait_s``) for a run it may take part in."""
+        call = self._await.future(
+            serde_standing.await_run_to_proto(request), timeout=self.timeout_s + request.wait_s
+        )
+        with self._lock:
+            self._active = call
+        try:
+            reply = call.result()
+        except grpc.RpcError as exc:
+            raise map_rpc_error(exc, "await run", self.tls) from exc
+        except grpc.FutureCancelledError as exc:
+            raise TransportError("await run: cancelled") from exc
+        finally:
+            with self._lock:
+                self._active = None
+        return serde_standing.run_offer_from_proto(reply)
+
+    def decline_run(self, decline: RunDecline) -> None:
+        try:
+            self._decline_run(serde_standing.run_decline_to_proto(decline), timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise map_rpc_error(exc, "decline run", self.tls) from exc
+
     def cancel(self) -> None:
-        """Cancel the pull in flight (used on SIGTERM)."""
+        """Cancel the pull (or the wait for a run) in flight (used on SIGTERM)."""
         with self._lock:
             if self._active is not None:
                 self._active.cancel()

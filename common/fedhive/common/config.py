@@ -175,6 +175,15 @@ class ServerConfig(_Config):
             raise ValueError(str(exc)) from None
 
 
+class ApprovedTask(_Config):
+    """What a site runs for one task it approved (a standing node's ``[tasks."pkg.mod:factory"]``
+    table): its data folder and the task factory's arguments."""
+
+    data_dir: Path | None = None
+    task_args: dict[str, Scalar] = Field(default_factory=dict)
+    seed: int | None = None
+
+
 class ClientConfig(_Config):
     """Everything a node needs to join a run."""
 
@@ -208,6 +217,11 @@ class ClientConfig(_Config):
     max_epsilon: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     dp_delta: float | None = Field(default=None, gt=0, lt=1, allow_inf_nan=False)
     state_dir: Path | None = None
+    # A standing node: the tasks this site approved, by import path ("package.module:factory"),
+    # each with its data and arguments. Given, the node stays connected and takes part in run
+    # after run, each with the approved task the run names; it declines any other task and never
+    # imports it (fedhive.client.standing). Empty: a one-shot node of `task`.
+    tasks: dict[str, ApprovedTask] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -231,6 +245,8 @@ class ClientConfig(_Config):
     @model_validator(mode="after")
     def _check(self) -> ClientConfig:
         _check_task_path(self.task)
+        for path in self.tasks:
+            _check_task_path(path)
         _check_insecure(self, ("tls_dir", "tls_cert", "tls_key", "tls_ca", "identity_cert"))
         if self.identity_cert is not None and self.identity_key is None:
             raise ValueError("identity_cert needs the identity_key it certifies")

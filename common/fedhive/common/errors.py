@@ -29,6 +29,11 @@
         ├── LimitExceededError      a size limit was crossed            -> RESOURCE_EXHAUSTED
         ├── CoordinatorStopping     the coordinator is shutting down;
                                     reconnect later                     -> UNAVAILABLE
+        ├── UnknownRunError         no such run, or the run a node joined
+                                    is over (a standing node waits for
+                                    the next one)                       -> NOT_FOUND
+        ├── RunStateError           the run is not in a state that
+                                    allows this (cancel a running run)  -> FAILED_PRECONDITION
         └── InvalidUpdateError      malformed stream, wrong shape/dtype,
                                     non-finite values, bad digest...    -> INVALID_ARGUMENT
 
@@ -137,6 +142,19 @@ class CoordinatorStopping(RequestRefused):
     status = "UNAVAILABLE"
 
 
+class UnknownRunError(RequestRefused):
+    """No run with this id is known, or the run a node joined is over (its coordinator moved on
+    to the next run of the queue, or has none)."""
+
+    status = "NOT_FOUND"
+
+
+class RunStateError(RequestRefused):
+    """The run is not in a state that allows the action (only a queued run is cancelled)."""
+
+    status = "FAILED_PRECONDITION"
+
+
 REFUSALS: dict[str, type[RequestRefused]] = {
     cls.__name__: cls
     for cls in (
@@ -148,5 +166,7 @@ REFUSALS: dict[str, type[RequestRefused]] = {
         LimitExceededError,
         InvalidUpdateError,
         CoordinatorStopping,
+        UnknownRunError,
+        RunStateError,
     )
 }

@@ -35,7 +35,7 @@ from fedhive.common.wire.tensors import (
     tensor_from_bytes,
 )
 from fedhive.server.coordinator import Coordinator, RoundListener
-from fedhive.server.identity import PeerGate, server_credentials, server_tls
+from fedhive.server.identity import PeerGate, ServerTls, server_credentials, server_tls
 from fedhive.server.limits import Watchdog
 from fedhive.server.privacy.central import wrap_central
 from fedhive.server.servicer import SERVICE, CoordinatorServicer, generic_handler
@@ -183,9 +183,14 @@ def check_strategy(config: ServerConfig) -> Aggregator:
     return wrap_central(config, aggregator, sum_only(config.strategy))
 
 
-def start_server(config: ServerConfig, listener: RoundListener | None = None) -> RunningServer:
-    """Load the task, create the run directory and serve; the caller runs ``coordinator.run()``."""
-    tls = server_tls(config)
+def prepare_run(
+    config: ServerConfig,
+    listener: RoundListener | None = None,
+    run_id: str | None = None,
+    gate: PeerGate | None = None,
+) -> Coordinator:
+    """Load the task, check the run's settings, create (or reopen) its run directory: the run's
+    coordinator, ready for ``run()``. ``run_id``: a new run's id (default: a fresh one)."""
     task = load_task(
         config.task,
         TaskContext(
@@ -198,17 +203,11 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
     )
     check_train_config(task, config)
     aggregator = check_strategy(config)
-    status = None
-    if config.status is not None:  # off by default; its metrics listen beside the progress
-        from fedhive.server.status.wiring import StatusPart
-
-        status = StatusPart(config)
-        listener = status.listener(listener)
     specs, arrays = initial_model(task)
     store = RunStore(config.run_dir)
     settings = config.model_dump(mode="json")
     resume = None
-    run_id = secrets.token_hex(8)
+    run_id = run_id or secrets.token_hex(8)
     if store.exists():
         resume = store.open_existing(settings)
         run_id = resume.run_id
@@ -220,8 +219,7 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
     else:
         store.create(settings, run_id)
     evaluator = task_evaluator(task, config.train) if config.eval_data is not None else None
-    gate = PeerGate.from_config(config, tls) if tls is not None else None
-    coordinator = Coordinator(
+    return Coordinator(
         config,
         specs,
         arrays,
@@ -233,15 +231,18 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
         resume=resume,
         identity_verifier=gate.verify_identity if gate is not None else None,
     )
-    server = grpc.server(
+
+
+def make_server(config: ServerConfig) -> grpc.Server:
+    return grpc.server(
         ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="fedhive-rpc"),
         options=grpc_options(config),
         maximum_concurrent_rpcs=config.max_workers,
     )
-    watchdog = Watchdog()
-    servicer = CoordinatorServicer(coordinator, gate, watchdog)
-    server.add_generic_rpc_handlers((generic_handler(servicer),))
-    health_servicer = serve_health(server)
+
+
+def listen(server: grpc.Server, config: ServerConfig, tls: ServerTls | None) -> int:
+    """Open the port (mutual TLS, or plain text: loudly); raises OSError if it cannot."""
     if tls is None:
         port = server.add_insecure_port(config.address)
         log.warning(
@@ -253,6 +254,27 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
         port = server.add_secure_port(config.address, server_credentials(tls))
     if port == 0:
         raise OSError(f"cannot listen on {config.address}")
+    return port
+
+
+def start_server(config: ServerConfig, listener: RoundListener | None = None) -> RunningServer:
+    """Load the task, create the run directory and serve; the caller runs ``coordinator.run()``."""
+    tls = server_tls(config)
+    gate = PeerGate.from_config(config, tls) if tls is not None else None
+    status = None
+    if config.status is not None:  # off by default; its metrics listen beside the progress
+        from fedhive.server.status.wiring import StatusPart
+
+        status = StatusPart(config)
+        listener = status.listener(listener)
+    coordinator = prepare_run(config, listener, gate=gate)
+    specs = coordinator.specs
+    server = make_server(config)
+    watchdog = Watchdog()
+    servicer = CoordinatorServicer(coordinator, gate, watchdog)
+    server.add_generic_rpc_handlers((generic_handler(servicer),))
+    health_servicer = serve_health(server)
+    port = listen(server, config, tls)
     server.start()
     watchdog.start()
     running = RunningServer(server, port, coordinator, health_servicer, watchdog, status)

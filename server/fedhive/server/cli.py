@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
+import signal
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from rich.markup import escape
@@ -17,6 +21,8 @@ from fedhive.common.cli.logs import setup_logging
 from fedhive.common.config import ServerConfig, build_config, parse_assignments
 from fedhive.common.errors import ConfigError, FedhiveError
 from fedhive.server.strategy.registry import describe_builtins
+
+log = logging.getLogger("fedhive.server")
 
 
 def _ids(items: list[str]) -> tuple[str, ...] | None:
@@ -254,15 +260,21 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> ServerConfig:
 
 
 def run(config: ServerConfig) -> int:
-    from fedhive.server.app import serve
+    """Today's one-shot coordinator: a service with this one run, ended when the run ends."""
     from fedhive.server.coordinator import BudgetSpent, RunAborted, RunStopped
     from fedhive.server.progress import RichProgress, make_console, summary_table
+    from fedhive.server.service.service import one_shot
 
     console = make_console()
     progress = RichProgress(config.rounds, console)
+    service = one_shot(config, progress if config.progress else None, freeze_startup=True)
     try:
+        service.start()
+        stop_on_signals(service.request_stop)
+        entry = service.queue.next()
+        assert entry is not None  # one_shot queued it
         with progress if config.progress else contextlib.nullcontext():
-            history = serve(config, progress, freeze_startup=True)
+            history = service.run_entry(entry)
     except RunStopped:  # a deliberate stop (SIGTERM, Ctrl-C) is no failure: the run resumes
         console.print(f"coordinator stopped; start it again to resume the run in {config.run_dir}")
         return 0
@@ -272,9 +284,22 @@ def run(config: ServerConfig) -> int:
     except RunAborted as exc:
         console.print(f"[red]run aborted:[/red] {escape(str(exc))}")
         return 1
+    finally:
+        service.stop()
     console.print(summary_table(history))
     console.print(f"run directory: {config.run_dir}")
     return 0
+
+
+def stop_on_signals(stop: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT call ``stop`` (the running run stops resumably)."""
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.warning("signal %d: stopping", signum)
+        stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
 
 def server_main(argv: list[str] | None = None) -> int:

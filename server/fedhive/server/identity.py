@@ -21,6 +21,8 @@ from cryptography import x509
 
 from fedhive.common.config import ServerConfig
 from fedhive.common.crypto.pki import (
+    ADMIN_OID,
+    ADMIN_UNIT,
     NODE_UNIT,
     CertInfo,
     load_cert,
@@ -185,3 +187,59 @@ class PeerGate:
     ) -> AccessDeniedError:
         log.warning("refused peer %s at %s (%s): %s", who, context.peer(), method, reason)
         return AccessDeniedError(reason)
+
+
+def is_admin(cert: x509.Certificate) -> bool:
+    """An administrator's certificate: the administrators' unit and the control plane's usage."""
+    if CertInfo.of(cert).unit != ADMIN_UNIT:
+        return False
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return ADMIN_OID in list(eku)
+
+
+class AdminGate:
+    """Turns a control-plane call's TLS peer into an administrator's name, or refuses it: only a
+    certificate of the consortium CA (the handshake checked that) issued by `fedhive certs admin`
+    (the administrators' unit and the control plane's extended key usage), not revoked."""
+
+    def __init__(self, crl: RevocationList | None) -> None:
+        self.crl = crl
+        self._certs: dict[bytes, tuple[CertInfo, bool]] = {}
+
+    @classmethod
+    def from_tls(cls, tls: ServerTls) -> AdminGate:
+        ca = load_cert(tls.ca, "CA certificate")
+        return cls(RevocationList(tls.crl, ca) if tls.crl is not None else None)
+
+    def _info(self, pem: bytes) -> tuple[CertInfo, bool]:
+        digest = hashlib.sha256(pem).digest()
+        known = self._certs.get(digest)
+        if known is None:
+            cert = x509.load_pem_x509_certificate(pem)
+            known = (CertInfo.of(cert), is_admin(cert))
+            if len(self._certs) > 4096:
+                self._certs.clear()
+            self._certs[digest] = known
+        return known
+
+    def identify(self, context: grpc.ServicerContext) -> str:
+        """The caller's name; AccessDeniedError (PERMISSION_DENIED) naming why otherwise."""
+        pem = (context.auth_context().get("x509_pem_cert") or [b""])[0]
+        if not isinstance(pem, bytes) or not pem:
+            raise AccessDeniedError("the control plane needs an administrator certificate")
+        info, admin = self._info(pem)
+        if not admin:
+            raise AccessDeniedError(
+                f"the certificate of {info.common_name!r} (unit {info.unit or 'none'}) is not an "
+                "administrator certificate: the control plane takes only those of `fedhive certs "
+                "admin`"
+            )
+        if self.crl is not None and info.serial in self.crl.serials():
+            raise AccessDeniedError(
+                f"the administrator certificate of {info.common_name!r} (serial "
+                f"{info.serial:x}) is revoked"
+            )
+        return f"admin:{info.common_name}"

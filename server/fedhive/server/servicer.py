@@ -23,6 +23,7 @@ from fedhive.common.errors import (
     FedhiveError,
     InvalidUpdateError,
     RequestRefused,
+    UnknownRunError,
 )
 from fedhive.common.wire import serde, serde_secagg
 from fedhive.common.wire.chunks import Chunk
@@ -120,7 +121,10 @@ class CoordinatorServicer:
             peer = self._peer(context, "Join")
             if peer is not None:
                 log.info("join from %s, certificate of %s", context.peer(), peer)
-            reply = self.coord.join(_checked(request), peer_id=peer)
+            request = _checked(request)
+            if request.run_id and request.run_id != self.coord.run_id:
+                raise UnknownRunError(f"run {request.run_id!r} is not running")
+            reply = self.coord.join(request, peer_id=peer)
             return serde.join_reply_to_proto(reply)
         raise AssertionError("unreachable")
 

@@ -327,3 +327,38 @@ class RunStore:
 def _event_line(event: Mapping[str, Any]) -> str:
     """One events.jsonl line (a RoundRecord leaves out its absent fields)."""
     return json.dumps(dict(event), sort_keys=True, separators=(",", ":"))
+
+
+def read_events(run_dir: Path, after: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
+    """(id, events.jsonl line) of a run's events after ``after``, read-only: for watchers beside
+    the running coordinator (nothing is created; a run not started yet has none)."""
+    path = Path(run_dir) / "run.sqlite"
+    if not path.exists():
+        return []
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = db.execute(
+                "SELECT id, body FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+            ).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the events of {run_dir}: {exc}") from exc
+    return [(int(i), str(b)) for i, b in rows]
+
+
+def read_committed(run_dir: Path) -> int:
+    """A run's last committed round, read-only (0: none yet, or not started)."""
+    path = Path(run_dir) / "run.sqlite"
+    if not path.exists():
+        return 0
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT MAX(round) FROM rounds").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the rounds of {run_dir}: {exc}") from exc
+    return int(row[0]) if row is not None and row[0] is not None else 0

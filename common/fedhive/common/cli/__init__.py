@@ -12,7 +12,13 @@ import importlib
 import sys
 
 COMMANDS = {
-    "server": ("fedhive.server.cli:server_main", "run a coordinator"),
+    "server": ("fedhive.server.cli:server_main", "run a coordinator for one run"),
+    "service": ("fedhive.server.service.cli:main", "run a coordinator service: a queue of runs"),
+    "run": (
+        "fedhive.server.service.admin:run_main",
+        "submit, list, watch and stop a service's runs",
+    ),
+    "nodes": ("fedhive.server.service.admin:nodes_main", "list a service's standing nodes"),
     "client": ("fedhive.client.cli:main", "run a node that joins a coordinator"),
     "simulate": ("fedhive.server.simulate:main", "coordinator + N node processes on loopback"),
     "certs": (

@@ -5,6 +5,7 @@
     fedhive certs init-ca --dir pki --name "North Hospitals"
     fedhive certs server  --dir pki --dns coordinator.example.org --ip 10.0.0.5
     fedhive certs node    --dir pki --id site-a          # bundle in pki/nodes/site-a/
+    fedhive certs admin   --dir pki --id alice           # bundle in pki/admins/alice/
     fedhive certs list    --dir pki
     fedhive certs revoke  --dir pki --id site-a          # rewrites the CRL the coordinator reads
     fedhive certs bootstrap --dir pki --name X --nodes site-1,site-2   # idempotent, for compose
@@ -113,6 +114,23 @@ class Authority:
         self.issue_identity(node_id, days=days, now=now)
         return info
 
+    def admin_dir(self, name: str) -> Path:
+        return self.root / "admins" / check_node_id(name)
+
+    def issue_admin(
+        self,
+        name: str,
+        *,
+        days: int = LEAF_DAYS,
+        force: bool = False,
+        now: dt.datetime | None = None,
+    ) -> CertInfo:
+        """An administrator's bundle (admin.crt, admin.key, ca.crt): it may call the coordinator
+        service's control plane (`fedhive run ...`), and cannot join as a node."""
+        return self._issue(
+            self.admin_dir(name), "admin", name, dns=(), ips=(), days=days, force=force, now=now
+        )
+
     def issue_identity(
         self, node_id: str, *, days: int = LEAF_DAYS, now: dt.datetime | None = None
     ) -> CertInfo:
@@ -163,6 +181,7 @@ class Authority:
             ca_cert,
             common_name,
             server=kind == "server",
+            admin=kind == "admin",
             dns=dns,
             ips=ips,
             days=days,
@@ -308,6 +327,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--id", required=True, dest="node_id", help="node id (the certificate's CN)")
     days(c, LEAF_DAYS)
     force(c, "certificate and key")
+    c = cmd("admin", "issue an administrator's certificate (bundle in DIR/admins/ID)")
+    c.add_argument("--id", required=True, dest="node_id", help="administrator's name (its CN)")
+    days(c, LEAF_DAYS)
+    force(c, "certificate and key")
     cmd("list", "list issued certificates")
     c = cmd("revoke", "revoke a node's (or the coordinator's) certificates")
     c.add_argument("--id", required=True, dest="node_id", help="node id (or coordinator's CN)")
@@ -339,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
         elif ns.action == "node":
             info = ca.issue_node(ns.node_id, days=ns.days, force=ns.force)
             print(f"node bundle for {info.common_name!r} in {ca.node_dir(ns.node_id)}")
+        elif ns.action == "admin":
+            info = ca.issue_admin(ns.node_id, days=ns.days, force=ns.force)
+            print(f"administrator bundle for {info.common_name!r} in {ca.admin_dir(ns.node_id)}")
         elif ns.action == "list":
             print(format_entries(ca.entries()))
         elif ns.action == "revoke":

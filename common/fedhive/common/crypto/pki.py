@@ -41,6 +41,10 @@ from fedhive.common.errors import PkiError
 NODE_UNIT = "fedhive-node"
 SERVER_UNIT = "fedhive-coordinator"
 IDENTITY_UNIT = "fedhive-secagg-identity"
+ADMIN_UNIT = "fedhive-administrator"
+# Extended key usage "fedhive control plane": an administrator's certificate carries it (with TLS
+# client auth); the coordinator's control service accepts no other (fedhive certs admin).
+ADMIN_OID = x509.ObjectIdentifier("2.25.111672152422245723479364547367428352975")
 # Extended key usage "fedhive secure-aggregation signing": an OID under 2.25 (ITU-T X.667), the
 # arc for identifiers derived from a UUID, so no registration is needed.
 SECAGG_IDENTITY_OID = x509.ObjectIdentifier("2.25.261266641293457447239035298128338567380")
@@ -235,13 +239,17 @@ def issue(
     ips: Sequence[str] = (),
     days: int = LEAF_DAYS,
     now: dt.datetime | None = None,
+    admin: bool = False,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A leaf certificate: a node's (client auth) or the coordinator's (server + client auth:
-    its own health probe dials the mTLS port with it)."""
+    """A leaf certificate: a node's (client auth), the coordinator's (server + client auth:
+    its own health probe dials the mTLS port with it) or an administrator's (client auth + the
+    control plane's usage, :data:`ADMIN_OID`; its unit is not a node's, so it cannot join)."""
+    if admin and server:
+        raise PkiError("a certificate is an administrator's or the coordinator's, not both")
     now = now or utcnow()
     key = new_key()
     org = _attr(ca_cert.subject, NameOID.ORGANIZATION_NAME)
-    unit = SERVER_UNIT if server else NODE_UNIT
+    unit = SERVER_UNIT if server else ADMIN_UNIT if admin else NODE_UNIT
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
@@ -252,6 +260,8 @@ def issue(
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
     if server:
         usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
+    if admin:
+        usages.append(ADMIN_OID)
     builder = _leaf(ca_key, ca_cert, subject, key.public_key(), now, days).add_extension(
         x509.ExtendedKeyUsage(usages), critical=False
     )

@@ -34,6 +34,7 @@ class JoinRequest:
     protocol_version: int = PROTOCOL_VERSION
     identity_key: bytes = b""  # Ed25519 public key (32 bytes) for secure aggregation
     identity_cert: bytes = b""  # under mutual TLS: the CA's certificate for it (DER)
+    run_id: str = ""  # a standing node: the run it was offered ("" = whatever runs)
 
 
 @dataclass(frozen=True)
@@ -87,3 +88,36 @@ class EvaluationReport:
 
 TaskMessage = TaskHeader | Chunk | TaskTrailer
 UpdateMessage = UpdateHeader | Chunk | UpdateTrailer
+
+
+# ----------------------------------------------------------------------------- standing nodes
+
+
+@dataclass(frozen=True)
+class AwaitRunRequest:
+    """A standing node waits for its next run (and says what it approved)."""
+
+    name: str
+    device: str = ""
+    tasks: tuple[str, ...] = ()
+    wait_s: float = 0.0
+    last_run_id: str = ""
+
+
+@dataclass(frozen=True)
+class RunOffer:
+    """The run a standing node may take part in now ("" run_id: none yet)."""
+
+    run_id: str = ""
+    task: str = ""
+    retry_after_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunDecline:
+    """A standing node will not take part in a run, and why."""
+
+    name: str
+    run_id: str
+    task: str
+    reason: str

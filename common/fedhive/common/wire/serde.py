@@ -113,6 +113,7 @@ def join_request_to_proto(req: JoinRequest) -> pb.JoinRequest:
         protocol_version=req.protocol_version,
         identity_key=req.identity_key,
         identity_cert=req.identity_cert,
+        run_id=req.run_id,
     )
 
 
@@ -124,10 +125,21 @@ def join_request_from_proto(msg: pb.JoinRequest) -> JoinRequest:
         protocol_version=msg.protocol_version,
         identity_key=_identity_key(bytes(msg.identity_key)),
         identity_cert=_identity_cert(bytes(msg.identity_cert)),
+        run_id=bounded_text(msg.run_id, "run_id", MAX_RUN_ID),
     )
 
 
 MAX_IDENTITY_CERT = 8192
+MAX_RUN_ID = 64
+
+
+def bounded_text(text: str, what: str, limit: int) -> str:
+    """A wire string: at most ``limit`` characters, no control characters (refused otherwise)."""
+    if len(text) > limit:
+        raise InvalidUpdateError(f"{what} of {len(text)} characters exceeds {limit}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise InvalidUpdateError(f"{what} holds control characters")
+    return text
 
 
 def _identity_cert(cert: bytes) -> bytes:

@@ -70,20 +70,22 @@ class DeclineRequest(_message.Message):
     def __init__(self, auth: _Optional[_Union[NodeAuth, _Mapping]] = ..., round: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("name", "device", "num_examples", "protocol_version", "identity_key", "identity_cert")
+    __slots__ = ("name", "device", "num_examples", "protocol_version", "identity_key", "identity_cert", "run_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_KEY_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_CERT_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     device: str
     num_examples: int
     protocol_version: int
     identity_key: bytes
     identity_cert: bytes
-    def __init__(self, name: _Optional[str] = ..., device: _Optional[str] = ..., num_examples: _Optional[int] = ..., protocol_version: _Optional[int] = ..., identity_key: _Optional[bytes] = ..., identity_cert: _Optional[bytes] = ...) -> None: ...
+    run_id: str
+    def __init__(self, name: _Optional[str] = ..., device: _Optional[str] = ..., num_examples: _Optional[int] = ..., protocol_version: _Optional[int] = ..., identity_key: _Optional[bytes] = ..., identity_cert: _Optional[bytes] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("auth", "run_id", "heartbeat_interval_s")
@@ -258,6 +260,42 @@ class LeaveRequest(_message.Message):
 class Ack(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class AwaitRunRequest(_message.Message):
+    __slots__ = ("name", "device", "tasks", "wait_s", "last_run_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    LAST_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    device: str
+    tasks: _containers.RepeatedScalarFieldContainer[str]
+    wait_s: float
+    last_run_id: str
+    def __init__(self, name: _Optional[str] = ..., device: _Optional[str] = ..., tasks: _Optional[_Iterable[str]] = ..., wait_s: _Optional[float] = ..., last_run_id: _Optional[str] = ...) -> None: ...
+
+class RunOffer(_message.Message):
+    __slots__ = ("run_id", "task", "retry_after_s")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    task: str
+    retry_after_s: float
+    def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ..., retry_after_s: _Optional[float] = ...) -> None: ...
+
+class DeclineRunRequest(_message.Message):
+    __slots__ = ("name", "run_id", "task", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    run_id: str
+    task: str
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., run_id: _Optional[str] = ..., task: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SecAggKeyAdvert(_message.Message):
     __slots__ = ("node_id", "round", "c_pk", "s_pk", "seed_commitment", "signature", "identity_key", "identity_cert")

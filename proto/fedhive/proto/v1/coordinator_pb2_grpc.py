@@ -74,6 +74,16 @@ class CoordinatorStub:
                 request_serializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.SecAggRequest.SerializeToString,
                 response_deserializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.SecAggReply.FromString,
                 _registered_method=True)
+        self.AwaitRun = channel.unary_unary(
+                '/fedhive.proto.v1.Coordinator/AwaitRun',
+                request_serializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.AwaitRunRequest.SerializeToString,
+                response_deserializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.RunOffer.FromString,
+                _registered_method=True)
+        self.DeclineRun = channel.unary_unary(
+                '/fedhive.proto.v1.Coordinator/DeclineRun',
+                request_serializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.DeclineRunRequest.SerializeToString,
+                response_deserializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.Ack.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -138,6 +148,25 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AwaitRun(self, request, context):
+        """A standing node (one that serves run after run) waits here between runs: the call
+        long-polls until a run it approved the task of is running and may take it, then names the
+        run and its task; the node joins it (JoinRequest.run_id) or declines it (DeclineRun). Each
+        call is also the node's heartbeat while it waits. No code travels: the node runs only a task
+        its own configuration names.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeclineRun(self, request, context):
+        """A standing node will not take part in the run it was offered (a task its site did not
+        approve, data it cannot load ...): the run's record shows the node and its reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +209,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.SecAggStep,
                     request_deserializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.SecAggRequest.FromString,
                     response_serializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.SecAggReply.SerializeToString,
+            ),
+            'AwaitRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.AwaitRun,
+                    request_deserializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.AwaitRunRequest.FromString,
+                    response_serializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.RunOffer.SerializeToString,
+            ),
+            'DeclineRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclineRun,
+                    request_deserializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.DeclineRunRequest.FromString,
+                    response_serializer=fedhive_dot_proto_dot_v1_dot_coordinator__pb2.Ack.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +437,60 @@ class Coordinator:
             '/fedhive.proto.v1.Coordinator/SecAggStep',
             fedhive_dot_proto_dot_v1_dot_coordinator__pb2.SecAggRequest.SerializeToString,
             fedhive_dot_proto_dot_v1_dot_coordinator__pb2.SecAggReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AwaitRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedhive.proto.v1.Coordinator/AwaitRun',
+            fedhive_dot_proto_dot_v1_dot_coordinator__pb2.AwaitRunRequest.SerializeToString,
+            fedhive_dot_proto_dot_v1_dot_coordinator__pb2.RunOffer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclineRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedhive.proto.v1.Coordinator/DeclineRun',
+            fedhive_dot_proto_dot_v1_dot_coordinator__pb2.DeclineRunRequest.SerializeToString,
+            fedhive_dot_proto_dot_v1_dot_coordinator__pb2.Ack.FromString,
             options,
             channel_credentials,
             insecure,

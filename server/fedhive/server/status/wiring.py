@@ -68,10 +68,12 @@ class StatusPart:
         coordinator = self.coordinator
         return None if coordinator is None else str(coordinator.run_id)
 
-    def start(self, coordinator: Any) -> StatusServer:
+    def start(self, coordinator: Any = None, queue_length: int = 1) -> StatusServer:
+        """Serve the page (``coordinator``: the run under way, if any; a service attaches each
+        run's engine as it starts it, and sets the queue length as it changes)."""
         self.attach(coordinator)
         self.metrics.watch_nodes(lambda: sum(1 for n in self.nodes() if n["connected"]))
-        self.metrics.set_queue_length(1)  # one run, submitted at start, until the process ends
+        self.metrics.set_queue_length(queue_length)
         sources = StatusSources(
             self.runs, self.metrics, self.nodes, self.live_run_id, self.config.max_rounds_shown
         )

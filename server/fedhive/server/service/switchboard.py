@@ -1,0 +1,112 @@
+"""One port, many runs: routes each node call to the run the service is running now.
+
+The node-facing ``fedhive.proto.v1.Coordinator`` methods of a run are served by that run's own
+:class:`~fedhive.server.servicer.CoordinatorServicer` (its coordinator, gate, admission). The
+switchboard is registered once on the gRPC server and looks the current run up per call, so a
+call started under one run finishes under it while the next run's calls go to the next one.
+Between runs a node call is answered at once: ``Join`` naming a run that is over (neither queued
+nor running) gets NOT_FOUND (a standing node goes back to waiting for a run); a session call
+(pull, heartbeat ...) gets UNAUTHENTICATED (join again); a one-shot node's ``Join`` gets
+UNAVAILABLE (retry later). While the service is (re)starting a run, every node call gets
+UNAVAILABLE: its nodes retry until the run is served again, instead of leaving it.
+The service's own methods (``AwaitRun``, ``DeclineRun``) are served whatever runs.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import grpc
+
+from fedhive.proto.v1 import coordinator_pb2 as pb
+from fedhive.server.servicer import SERVICE, CoordinatorServicer, generic_handler
+
+PREFIX = f"/{SERVICE}/"
+NO_RUN = "no run is running on this coordinator"
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> Any:
+    context.abort(code, message)
+
+
+_raw = {"request_deserializer": None, "response_serializer": None}
+SESSION_CALLS = ("ReportEvaluation", "Heartbeat", "Leave", "DeclineTask", "SecAggStep")
+STARTING = "the coordinator is starting a run; retry shortly"
+
+
+class Switchboard(grpc.GenericRpcHandler):
+    """``own``: the service's methods; ``live(run_id)``: whether a run is queued or running (a
+    join naming it waits for it); ``starting()``: whether a run is about to be served (a restarted
+    service resuming it: its nodes retry instead of leaving it)."""
+
+    def __init__(
+        self,
+        own: Mapping[str, grpc.RpcMethodHandler] | None = None,
+        live: Callable[[str], bool] = lambda run_id: False,
+        starting: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self._own = dict(own or {})
+        self._live = live
+        self._starting = starting
+        self._idle: dict[str, grpc.RpcMethodHandler] = {
+            "Join": grpc.unary_unary_rpc_method_handler(self._idle_join, **_raw),
+            "PullTask": grpc.unary_stream_rpc_method_handler(self._idle_pull, **_raw),
+            "PushUpdate": grpc.stream_unary_rpc_method_handler(self._idle_push, **_raw),
+            **{
+                name: grpc.unary_unary_rpc_method_handler(self._idle_session, **_raw)
+                for name in SESSION_CALLS
+            },
+        }
+        self._lock = threading.Lock()
+        self._current: grpc.GenericRpcHandler | None = None
+        self.servicer: CoordinatorServicer | None = None
+
+    def switch(self, servicer: CoordinatorServicer | None) -> None:
+        """Route node calls to ``servicer``'s run from now on (None: no run)."""
+        handler = generic_handler(servicer) if servicer is not None else None
+        with self._lock:
+            self.servicer, self._current = servicer, handler
+
+    def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method
+        if not method.startswith(PREFIX):
+            return None
+        name = method[len(PREFIX) :]
+        own = self._own.get(name)
+        if own is not None:
+            return own
+        with self._lock:
+            current = self._current
+        if current is None:
+            return self._idle.get(name)
+        return current.service(handler_call_details)
+
+    # ------------------------------------------------------------------ between runs
+
+    def _idle_join(self, request: bytes, context: grpc.ServicerContext) -> Any:
+        try:
+            run_id = pb.JoinRequest.FromString(request).run_id[:64]
+        except Exception:  # a malformed request: refused like any other
+            return _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed JoinRequest")
+        if self._starting():  # (a resumed one-shot run keeps its directory's id, not the queue's)
+            return _abort(context, grpc.StatusCode.UNAVAILABLE, STARTING)
+        if run_id and not self._live(run_id):
+            return _abort(context, grpc.StatusCode.NOT_FOUND, f"run {run_id!r} is not running")
+        return _abort(context, grpc.StatusCode.UNAVAILABLE, f"{NO_RUN}; retry later")
+
+    def _session_over(self, context: grpc.ServicerContext) -> Any:
+        if self._starting():
+            return _abort(context, grpc.StatusCode.UNAVAILABLE, STARTING)
+        return _abort(context, grpc.StatusCode.UNAUTHENTICATED, f"{NO_RUN}: this session is over")
+
+    def _idle_session(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._session_over(context)
+
+    def _idle_pull(self, request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
+        self._session_over(context)
+        yield b""  # pragma: no cover - abort raises
+
+    def _idle_push(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        return self._session_over(context)
