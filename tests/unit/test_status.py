@@ -291,3 +291,17 @@ def test_a_port_in_use_is_a_clear_error_and_leaves_no_thread(tmp_path: Path) -> 
         first.stop()
 
     assert not second.thread.is_alive() and not first.thread.is_alive()
+
+
+def test_status_without_its_extra_is_refused_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: [status] on, and its libraries not importable (as without fedhive[status])
+    import sys
+
+    from fedhive.server.status import status_part
+
+    config = ServerConfig(task="fedhive.common.tasks.constant:make_task", status=StatusConfig())
+    monkeypatch.setitem(sys.modules, "fedhive.server.status.wiring", None)
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=r"pip install 'fedhive\[status\]'"):
+        status_part(config)

@@ -263,9 +263,9 @@ def start_server(config: ServerConfig, listener: RoundListener | None = None) ->
     gate = PeerGate.from_config(config, tls) if tls is not None else None
     status = None
     if config.status is not None:  # off by default; its metrics listen beside the progress
-        from fedhive.server.status.wiring import StatusPart
+        from fedhive.server.status import status_part
 
-        status = StatusPart(config)
+        status = status_part(config)
         listener = status.listener(listener)
     coordinator = prepare_run(config, listener, gate=gate)
     specs = coordinator.specs

@@ -261,6 +261,7 @@ def config_from_args(ns: argparse.Namespace, **extra: Any) -> ServerConfig:
 
 def run(config: ServerConfig) -> int:
     """Today's one-shot coordinator: a service with this one run, ended when the run ends."""
+    from fedhive.common.cli.report import load_run
     from fedhive.server.coordinator import BudgetSpent, RunAborted, RunStopped
     from fedhive.server.progress import RichProgress, make_console, summary_table
     from fedhive.server.service.service import one_shot
@@ -280,6 +281,8 @@ def run(config: ServerConfig) -> int:
         return 0
     except BudgetSpent as exc:  # the run ended where its privacy budget says it must
         console.print(f"run stopped: {escape(str(exc))}")
+        console.print(summary_table(load_run(config.run_dir).rounds))  # the rounds it did run
+        console.print(f"run directory: {config.run_dir}")
         return 0
     except RunAborted as exc:
         console.print(f"[red]run aborted:[/red] {escape(str(exc))}")

@@ -107,11 +107,11 @@ class Service:
         self.watchdog = Watchdog()
         self.status: Any = None  # the status page and /metrics ([status]; off by default)
         if base.status is not None:
+            from fedhive.server.status import status_part
             from fedhive.server.status.runs import RunDirs
-            from fedhive.server.status.wiring import StatusPart
 
             runs = RunDirs.under(state_dir / RUNS) if state_dir is not None else None
-            self.status = StatusPart(base, runs)
+            self.status = status_part(base, runs)
         self.port = 0
         self._stopping = threading.Event()
         self._lock = threading.Lock()
