@@ -92,13 +92,11 @@ class Service:
         self.exit_when_idle = exit_when_idle
         self.freeze_startup = freeze_startup  # a one-shot command: see memory.startup_gc
         self.tls = server_tls(base)
-        self.gate = (
-            PeerGate.from_config(base.model_copy(update={"allowed_nodes": None}), self.tls)
-            if self.tls is not None
-            else None
-        )
+        # every node call outside a run (the lobby's, the refusals between runs) passes this
+        # gate: CA, CRL, node certificate, the service's allow-list (a one-shot's: its run's)
+        self.gate = PeerGate.from_config(base, self.tls) if self.tls is not None else None
         self.lobby = Lobby(self, self.gate)
-        self.switchboard = Switchboard(self.lobby.handlers(), self._live, self._starting)
+        self.switchboard = Switchboard(self.lobby.handlers(), self._live, self._starting, self.gate)
         self.server = make_server(base)
         self.server.add_generic_rpc_handlers((self.switchboard,))
         self.health = serve_health(self.server)
