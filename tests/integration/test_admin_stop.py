@@ -67,6 +67,12 @@ def test_a_run_stopped_while_it_winds_down_stays_finished(running: Running) -> N
 
     # Execute: alice stops it now, then site-b asks for its next task
     reply = running.stop_run(run_id, "too late")
+    queue = running.service.queue
+    wait_for(
+        lambda: queue.get(run_id).reason or queue.get(run_id).state != "running",
+        10,
+        "the stop to be received",
+    )
     assert b.pull() is None
     info = reply.result()
 
