@@ -256,7 +256,7 @@ def test_compose_topology_runs_as_processes_with_mutual_tls(
     assert codes == dict.fromkeys(procs, 0), text
     assert len(nodes) == 3
     ((run_id, _, _),) = queue_rows(state)
-    assert f"run {run_id} queued" in text["submit"], text["submit"]
+    assert text["submit"].startswith(f"run {run_id} ") and "by admin:ops" in text["submit"]
     run = state / "runs" / run_id
     events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
     rounds = [e for e in events if e["event"] == "round"]

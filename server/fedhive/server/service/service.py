@@ -210,13 +210,14 @@ class Service:
         entry = self.queue.get(run_id)
         if entry.state == QUEUED:
             return self.queue.cancel(run_id, by_administrator("cancelled", caller, reason))
-        with self._lock:
-            current = self._current
-        if entry.state != RUNNING or current is None or current.entry.run_id != run_id:
+        if entry.state != RUNNING:
             raise RunStateError(f"run {run_id} is {entry.state}: it cannot be stopped")
         why = by_administrator("stopped", caller, reason)
-        self.queue.request_stop(run_id, why)  # durable: a restart stops it too
-        current.coordinator.stop(why)
+        self.queue.request_stop(run_id, why)  # durable: a restart (or its start) stops it too
+        with self._lock:
+            current = self._current
+        if current is not None and current.entry.run_id == run_id:
+            current.coordinator.stop(why)
         return self.queue.wait_ended(run_id, STOP_WAIT_S)
 
     def serve(self) -> None:
@@ -252,8 +253,9 @@ class Service:
             raise
         with self._lock:
             self._current = Current(entry, coordinator)
-        if entry.reason:  # an administrator's stop, requested before a restart
-            coordinator.stop(entry.reason)
+        requested = self.queue.get(run_id).reason
+        if requested:  # an administrator's stop, requested before a restart or while starting
+            coordinator.stop(requested)
         if self._stopping.is_set():
             coordinator.stop()
         self.switchboard.switch(CoordinatorServicer(coordinator, gate, self.watchdog))
