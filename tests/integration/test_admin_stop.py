@@ -1,6 +1,7 @@
 """An administrator's stop, in an in-process coordinator service over mutual TLS with real gRPC:
 the run's record, its log and the queue say "stopped by administrator NAME" (not the
-coordinator's "start again to resume"), and a run stopped while it winds down stays finished.
+coordinator's "start again to resume"), a run stopped while it winds down stays finished, and a
+stop requested before the service was killed is applied when it starts again.
 Hand-built nodes (tests/integration/adversary.py) keep it to seconds."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fedhive.server.service.queue import RunQueue
 from tests.integration.standing import (
     CONSTANT,
     Running,
@@ -81,3 +83,23 @@ def test_a_run_stopped_while_it_winds_down_stays_finished(running: Running) -> N
     assert (info.state, entry.state, entry.reason) == ("finished", "finished", "")
     kinds = [e["event"] for e in events(running.state / "runs" / run_id)]
     assert kinds[-1] == "finished" and "stopped" not in kinds
+
+
+def test_a_stop_requested_before_a_restart_is_applied_when_the_service_starts(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a service's queue as a SIGKILL left it: its run running, alice's stop requested
+    queue = RunQueue(tmp_path / "state" / "service.sqlite")
+    run_id = queue.submit(run_settings(CONSTANT, rounds=5, min_nodes=2), "admin:alice").run_id
+    queue.next()
+    queue.request_stop(run_id, "stopped by administrator alice: enough")
+    queue.close()
+
+    # Execute: the service starts again on that state
+    with in_process_service(tmp_path) as running:
+        ended = running.service.queue.wait_ended(run_id, 30)
+
+    # Assert: the run did not resume waiting for nodes: it ended as alice asked
+    assert (ended.state, ended.reason) == ("stopped", "stopped by administrator alice: enough")
+    (stopped,) = [e for e in events(running.state / "runs" / run_id) if e["event"] == "stopped"]
+    assert stopped["reason"] == "stopped by administrator alice: enough"
