@@ -11,9 +11,11 @@ steps (its data and certificates).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -124,11 +126,18 @@ def test_the_readme_standing_federation_runs_as_written(tmp_path: Path) -> None:
     script.write_text("set -euo pipefail\n" + adapt(readme_block(STANDING), port))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
-    # Execute
-    done = subprocess.run(
-        ["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=DEADLINE_S, start_new_session=True,
+    # Execute (in its own process group: whatever it left running is killed after it)
+    proc = subprocess.Popen(
+        ["bash", str(script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=DEADLINE_S)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
     # Assert: the study finished with its rounds from the three sites; the nodes were listed
     # with their approved tasks; the second run was stopped by alice; every process ended
