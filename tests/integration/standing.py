@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import grpc
+
+from fedhive.common.cli.certs import Authority
+from fedhive.common.config import ServerConfig
+from fedhive.proto.v1 import control_pb2 as cpb
+from fedhive.server.service.service import Service
+from tests.integration.adversary import Adversary
 
 CONSTANT = "fedhive.common.tasks.constant:make_task"
 DIGITS = "fedhive.common.tasks.digits:make_task"
 CONSTANT_ARGS = {"params": 1000, "tensors": 3}
 CLI = [sys.executable, "-m", "fedhive.common.cli"]
+STOP = "/fedhive.proto.v1.Control/StopRun"
 
 
 def toml_value(value: Any) -> str:
@@ -135,3 +147,58 @@ def events(run_dir: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class Running:
+    service: Service
+    pki: Authority
+    state: Path
+
+    def channel(self, folder: Path, who: str) -> grpc.Channel:
+        creds = grpc.ssl_channel_credentials(
+            self.pki.ca_cert.read_bytes(),
+            (folder / f"{who}.key").read_bytes(),
+            (folder / f"{who}.crt").read_bytes(),
+        )
+        return grpc.secure_channel(f"127.0.0.1:{self.service.port}", creds)
+
+    def stop_run(self, run_id: str, reason: str) -> grpc.Future:
+        channel = self.channel(self.pki.admin_dir("alice"), "admin")
+        call = channel.unary_unary(
+            STOP,
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=cpb.RunInfo.FromString,
+        )
+        return call.future(cpb.StopRunRequest(run_id=run_id, reason=reason), timeout=30)
+
+    def node(self, name: str) -> Adversary:
+        return Adversary(self.channel(self.pki.node_dir(name), "node"), name)
+
+
+@contextlib.contextmanager
+def in_process_service(
+    tmp_path: Path, revoked: tuple[str, ...] = (), allowed: tuple[str, ...] | None = None
+) -> Iterator[Running]:
+    """A coordinator service in this process over mutual TLS (sites a and b, administrator
+    alice; the ``revoked`` nodes' certificates issued, then revoked), its driver in a thread;
+    stopped and joined on exit. ``allowed``: the service's allow-list."""
+    pki = Authority(tmp_path / "pki")
+    sites = ["site-a", "site-b", *revoked]
+    pki.bootstrap("Test Consortium", sites, dns=["localhost"], ips=["127.0.0.1"])
+    pki.issue_admin("alice")
+    for name in revoked:
+        pki.revoke(name)
+    base = ServerConfig(
+        address="127.0.0.1:0", tls_dir=pki.server_dir, progress=False, allowed_nodes=allowed
+    )
+    service = Service(base, tmp_path / "state")
+    service.start()
+    driver = threading.Thread(target=service.serve, name="service driver")
+    driver.start()
+    try:
+        yield Running(service, pki, tmp_path / "state")
+    finally:
+        service.request_stop()
+        service.stop(grace=0.5)
+        driver.join(30)

@@ -144,6 +144,18 @@ def test_bootstrap_is_idempotent_and_adds_only_new_nodes(pki: Authority) -> None
     assert (pki.node_dir("site-a") / "node.crt").read_bytes() == before
 
 
+def test_bootstrap_issues_administrators_and_a_status_token_once(pki: Authority) -> None:
+    # Execute: twice, as every `docker compose up` does
+    first = pki.bootstrap("Test Consortium", [], dns=[], ips=[], admins=["ops"], status_token=True)
+    token = pki.status_token.read_text()
+    again = pki.bootstrap("Test Consortium", [], dns=[], ips=[], admins=["ops"], status_token=True)
+
+    # Assert: created once, kept after; the token is private and long enough
+    assert first == ["administrator ops", "status token"] and again == []
+    assert (pki.admin_dir("ops") / "admin.crt").exists() and pki.status_token.read_text() == token
+    assert len(token.strip()) >= 32 and pki.status_token.stat().st_mode & 0o077 == 0
+
+
 def test_bundle_check_names_each_problem(tmp_path: Path, pki: Authority) -> None:
     # Prepare
     other = Authority(tmp_path / "other")

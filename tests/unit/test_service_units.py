@@ -97,6 +97,15 @@ def test_a_run_may_not_set_the_services_fields_and_is_validated_like_a_config_fi
     assert (config.rounds, config.insecure, config.run_dir) == (3, True, Path("x"))
 
 
+def test_a_run_inherits_the_services_allow_list_and_may_only_narrow_it() -> None:
+    base = ServerConfig(insecure=True, allowed_nodes=("a", "b"))
+    inherited = compose(base, {"task": TASK}, Path("x"))
+    narrowed = compose(base, {"task": TASK, "allowed_nodes": ["a"]}, Path("x"))
+    with pytest.raises(ConfigError, match="names c, outside the coordinator service's"):
+        check_settings(base, {"task": TASK, "allowed_nodes": ["a", "c"]})
+    assert (inherited.allowed_nodes, narrowed.allowed_nodes) == (("a", "b"), ("a",))
+
+
 def test_an_administrator_certificate_is_not_a_node_certificate() -> None:
     ca_key, ca_cert = create_ca("Test")
     _, admin = issue(ca_key, ca_cert, "alice", server=False, admin=True)

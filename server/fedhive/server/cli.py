@@ -277,6 +277,10 @@ def run(config: ServerConfig) -> int:
         with progress if config.progress else contextlib.nullcontext():
             history = service.run_entry(entry)
     except RunStopped:  # a deliberate stop (SIGTERM, Ctrl-C) is no failure: the run resumes
+        stopped = service.queue.runs()[-1]
+        if stopped.state == "stopped":  # by an administrator (fedhive run stop): final
+            console.print(f"run {escape(stopped.reason)}")
+            return 0
         console.print(f"coordinator stopped; start it again to resume the run in {config.run_dir}")
         return 0
     except BudgetSpent as exc:  # the run ended where its privacy budget says it must

@@ -125,8 +125,13 @@ class Coordinator(NodeAPI):
         if resume is not None:
             self.strategy.restore(resume.strategy_state)
         self.history: list[RoundRecord] = []  # this run's round records (all, once finished)
+        self.stopped_by = ""  # an administrator's stop ("stopped by administrator NAME")
 
-    def stop(self) -> None:
+    def stop(self, why: str = "") -> None:
+        """Stop the run at its next step; ``why`` (an administrator's stop) makes it final, else
+        (SIGTERM) it resumes when the coordinator starts again."""
+        if why and not self.stopped_by:
+            self.stopped_by = why
         self._stop.set()
         with self._cv:
             self._cv.notify_all()
@@ -207,17 +212,7 @@ class Coordinator(NodeAPI):
                 self._run_round(cfg.rounds, 0, TaskKind.EVALUATE)
                 self._check_stop()
         except RunStopped as exc:  # not the run's end: nodes are not told to finish
-            log.warning(
-                "%s after round %d of %d: the run is not over; nodes keep reconnecting. Start "
-                "the coordinator again on %s to resume",
-                exc,
-                self.committed_rounds,
-                cfg.rounds,
-                cfg.run_dir,
-            )
-            self.store.append_event(
-                {"event": "stopped", "round": self.committed_rounds, "time": time.time()}
-            )
+            self._stopped(exc)
             raise
         except RunAborted as exc:  # a spent privacy budget ends the run: a restart has no more
             end = "finished" if isinstance(exc, BudgetSpent) else "aborted"
@@ -230,6 +225,22 @@ class Coordinator(NodeAPI):
             {"event": "finished", "rounds": self.committed_rounds, "time": time.time()}
         )
         return self.history
+
+    def _stopped(self, exc: RunStopped) -> None:
+        done, total = self.committed_rounds, self.config.rounds
+        event = {"event": "stopped", "round": done, "time": time.time()}
+        if self.stopped_by:  # an administrator's: final
+            log.warning(
+                "run %s %s, after round %d of %d", self.run_id, self.stopped_by, *(done, total)
+            )
+            self.store.append_event({**event, "reason": self.stopped_by})
+            return
+        log.warning(
+            "%s after round %d of %d: the run is not over; nodes keep reconnecting. Start the "
+            "coordinator again on %s to resume",
+            *(exc, done, total, self.config.run_dir),
+        )
+        self.store.append_event(event)
 
     def _check_stop(self) -> None:
         if self._stop.is_set():

@@ -8,13 +8,15 @@
     fedhive certs admin   --dir pki --id alice           # bundle in pki/admins/alice/
     fedhive certs list    --dir pki
     fedhive certs revoke  --dir pki --id site-a          # rewrites the CRL the coordinator reads
-    fedhive certs bootstrap --dir pki --name X --nodes site-1,site-2   # idempotent, for compose
+    fedhive certs bootstrap --dir pki --name X --nodes site-1,site-2 --admins ops \
+        --status-token                                   # idempotent, for compose
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import secrets
 import shutil
 import sys
 from collections.abc import Sequence
@@ -238,10 +240,23 @@ class Authority:
         if self.server_dir.exists():
             write_file(self.server_dir / "crl.pem", pem, 0o644)
 
+    @property
+    def status_token(self) -> Path:
+        """A bearer token for the coordinator's status page (``bootstrap --status-token``)."""
+        return self.root / "status" / "status.token"
+
     def bootstrap(
-        self, name: str, nodes: Sequence[str], *, dns: Sequence[str], ips: Sequence[str]
+        self,
+        name: str,
+        nodes: Sequence[str],
+        *,
+        dns: Sequence[str],
+        ips: Sequence[str],
+        admins: Sequence[str] = (),
+        status_token: bool = False,
     ) -> list[str]:
-        """Create what is missing (CA, coordinator, nodes); never replaces anything."""
+        """Create what is missing (CA, coordinator, nodes, administrators, the status page's
+        token); never replaces anything."""
         done = []
         if not self.exists():
             self.init(name)
@@ -256,6 +271,14 @@ class Authority:
             elif not (self.node_dir(node_id) / "identity.crt").exists():
                 self.issue_identity(node_id)  # a bundle from before identity certificates
                 done.append(f"{node_id} (identity)")
+        for admin in admins:
+            if not (self.admin_dir(admin) / "admin.crt").exists():
+                self.issue_admin(admin)
+                done.append(f"administrator {admin}")
+        if status_token and not self.status_token.exists():
+            self.status_token.parent.mkdir(parents=True, exist_ok=True)
+            write_file(self.status_token, (secrets.token_urlsafe(32) + "\n").encode(), 0o600)
+            done.append("status token")
         return done
 
 
@@ -342,6 +365,17 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         help="node ids (repeat or comma-separate; default none)",
     )
+    c.add_argument(
+        "--admins",
+        action="append",
+        default=[],
+        help="administrators' names (repeat or comma-separate; default none)",
+    )
+    c.add_argument(
+        "--status-token",
+        action="store_true",
+        help="also a bearer token for the status page in DIR/status/status.token",
+    )
     names(c)
     return p
 
@@ -381,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
                 _split(ns.nodes),
                 dns=_split(ns.dns) or DEFAULT_DNS,
                 ips=_split(ns.ip) or DEFAULT_IPS,
+                admins=_split(ns.admins),
+                status_token=ns.status_token,
             )
             print(f"issued: {', '.join(done)}" if done else f"nothing to do in {ca.root}")
     except PkiError as exc:

@@ -94,6 +94,9 @@ def load_run(run_dir: Path) -> RunSummary:
                 summary.rounds.append(_record(ev, path, number))
             elif kind == EVALUATE:
                 summary.final_eval = _record(ev, path, number)
+            elif kind == "stopped" and ev.get("reason"):  # an administrator's stop: final
+                summary.ended = ev.get("time")
+                summary.status = f"{ev['reason']} (after round {ev.get('round')})"
             elif kind == "stopped":  # the coordinator was stopped; a restart resumes the run
                 summary.status = f"stopped after round {ev.get('round')} (resumes on restart)"
             elif kind == "resumed":

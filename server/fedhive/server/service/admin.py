@@ -112,9 +112,13 @@ def _when(t: float) -> str:
 
 def _run_line(info: Any) -> str:
     where = f" (queue position {info.queue_position})" if info.queue_position else ""
-    reason = f": {info.reason}" if info.reason else ""
+    said = f"{info.state}: {info.reason}" if info.reason else info.state
+    if info.reason.startswith(info.state):  # "stopped by administrator alice: enough"
+        said = info.reason
+    elif info.state == "running" and info.reason:  # an administrator's stop, under way
+        said = f"running, stopping ({info.reason})"
     return (
-        f"run {info.run_id} {info.state}{where}{reason}  task {info.task}, "
+        f"run {info.run_id} {said}{where}  task {info.task}, "
         f"{info.committed_rounds}/{info.rounds} rounds, submitted by {info.submitted_by}"
     )
 

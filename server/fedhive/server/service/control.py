@@ -46,6 +46,7 @@ MAX_LIST = 1000
 MAX_WATCHERS = 16  # WatchRun streams open at once
 WATCH_POLL_S = 0.5
 MAX_ID = 64
+MAX_STOP_REASON = 500  # characters of an administrator's reason to stop a run
 DEFAULT_ROUNDS = ServerConfig.model_fields["rounds"].default
 
 
@@ -153,8 +154,8 @@ class ControlServicer:
 
     def stop_run(self, request: cpb.StopRunRequest, context: Any) -> cpb.RunInfo:
         with self._call(context, "stop run", request.run_id[:MAX_ID]) as caller:
-            reason = request.reason.strip()[:500] or "no reason given"
-            entry = self.service.cancel(_run_id(request.run_id), f"{reason} ({caller})")
+            reason = request.reason.strip()[:MAX_STOP_REASON]
+            entry = self.service.cancel(_run_id(request.run_id), caller, reason)
             return self._info(entry)
         raise AssertionError("unreachable")
 

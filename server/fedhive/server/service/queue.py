@@ -6,10 +6,13 @@
     audit  (id, time, caller, action, target, outcome, detail)
 
 A run moves ``queued -> running -> finished | aborted | stopped | failed``, or ``queued ->
-cancelled``. The queue is FIFO by ``seq``; at most one run is ``running``. Every change is one
-SQLite transaction (WAL, synchronous FULL): a service killed at any instant finds on restart the
-run it was running (still ``running``: it resumes from the run's own directory) and its queue.
-Without a state directory (the one-shot ``fedhive server``) the same tables live in memory.
+cancelled``. While a run is ``running`` its ``reason`` is empty unless an administrator asked to
+stop it (:meth:`RunQueue.request_stop`): the request is durable, so a service killed before the run
+stopped stops it on restart; a run that finishes anyway ends ``finished``. The queue is FIFO by
+``seq``; at most one run is ``running``. Every change is one SQLite transaction (WAL, synchronous
+FULL): a service killed at any instant finds on restart the run it was running (still ``running``:
+it resumes from the run's own directory) and its queue. Without a state directory (the one-shot
+``fedhive server``) the same tables live in memory.
 """
 
 from __future__ import annotations
@@ -210,6 +213,28 @@ class RunQueue:
             )
             self.changed.notify_all()
             return self._one(run_id)
+
+    def request_stop(self, run_id: str, reason: str) -> RunEntry:
+        """Record an administrator's stop of a running run (it stays ``running`` until it ends;
+        :meth:`end` then writes the state it ended in)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE runs SET reason = ? WHERE run_id = ? AND state = ?",
+                (reason[:MAX_REASON], run_id, RUNNING),
+            )
+            self.changed.notify_all()
+            return self._one(run_id)
+
+    def wait_ended(self, run_id: str, timeout: float) -> RunEntry:
+        """The run once it has ended, or as it is after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                entry = self._one(run_id)
+                remaining = deadline - time.monotonic()
+                if entry.state in ENDED or remaining <= 0:
+                    return entry
+                self.changed.wait(remaining)
 
     def cancel(self, run_id: str, reason: str) -> RunEntry:
         with self._lock:

@@ -58,6 +58,7 @@ log = logging.getLogger("fedhive.server.service")
 RUNS = "runs"  # STATE_DIR/runs/<run_id>/: each run's directory, exactly as a one-shot run's
 
 IDLE_WAIT_S = 1.0  # an idle driver looks at the queue at least this often
+STOP_WAIT_S = 10.0  # an administrator's stop waits this long for the run to end
 QUEUE_FILE = "service.sqlite"
 ListenerFactory = Callable[[ServerConfig], RoundListener | None]
 
@@ -91,13 +92,11 @@ class Service:
         self.exit_when_idle = exit_when_idle
         self.freeze_startup = freeze_startup  # a one-shot command: see memory.startup_gc
         self.tls = server_tls(base)
-        self.gate = (
-            PeerGate.from_config(base.model_copy(update={"allowed_nodes": None}), self.tls)
-            if self.tls is not None
-            else None
-        )
+        # every node call outside a run (the lobby's, the refusals between runs) passes this
+        # gate: CA, CRL, node certificate, the service's allow-list (a one-shot's: its run's)
+        self.gate = PeerGate.from_config(base, self.tls) if self.tls is not None else None
         self.lobby = Lobby(self, self.gate)
-        self.switchboard = Switchboard(self.lobby.handlers(), self._live, self._starting)
+        self.switchboard = Switchboard(self.lobby.handlers(), self._live, self._starting, self.gate)
         self.server = make_server(base)
         self.server.add_generic_rpc_handlers((self.switchboard,))
         self.health = serve_health(self.server)
@@ -204,18 +203,22 @@ class Service:
         with self._lock:
             return self._current
 
-    def cancel(self, run_id: str, reason: str) -> RunEntry:
-        """Cancel a queued run, or stop the running one (it ends ``stopped``)."""
+    def cancel(self, run_id: str, caller: str, reason: str = "") -> RunEntry:
+        """An administrator cancels a queued run, or stops the running one: it ends ``stopped``
+        with "stopped by administrator NAME" (or ``finished``, if it was already winding down).
+        Returns the run once it has ended (or, after STOP_WAIT_S, as it is)."""
         entry = self.queue.get(run_id)
         if entry.state == QUEUED:
-            return self.queue.cancel(run_id, reason)
+            return self.queue.cancel(run_id, by_administrator("cancelled", caller, reason))
+        if entry.state != RUNNING:
+            raise RunStateError(f"run {run_id} is {entry.state}: it cannot be stopped")
+        why = by_administrator("stopped", caller, reason)
+        self.queue.request_stop(run_id, why)  # durable: a restart (or its start) stops it too
         with self._lock:
             current = self._current
-        if entry.state != RUNNING or current is None or current.entry.run_id != run_id:
-            raise RunStateError(f"run {run_id} is {entry.state}: it cannot be stopped")
-        ended = self.queue.end(run_id, STOPPED, reason)
-        current.coordinator.stop()
-        return ended
+        if current is not None and current.entry.run_id == run_id:
+            current.coordinator.stop(why)
+        return self.queue.wait_ended(run_id, STOP_WAIT_S)
 
     def serve(self) -> None:
         """Run the queue's runs one after another until stopped (or, ``exit_when_idle``, until
@@ -250,6 +253,9 @@ class Service:
             raise
         with self._lock:
             self._current = Current(entry, coordinator)
+        requested = self.queue.get(run_id).reason
+        if requested:  # an administrator's stop, requested before a restart or while starting
+            coordinator.stop(requested)
         if self._stopping.is_set():
             coordinator.stop()
         self.switchboard.switch(CoordinatorServicer(coordinator, gate, self.watchdog))
@@ -269,8 +275,9 @@ class Service:
         try:
             history = coordinator.run()
         except RunStopped:
-            if self.queue.get(run_id).state == STOPPED:
-                log.warning("run %s stopped by an administrator", run_id)
+            requested = self.queue.get(run_id).reason
+            if requested:  # an administrator's stop (else SIGTERM: it resumes on restart)
+                self.queue.end(run_id, STOPPED, requested)
             raise
         except RunAborted as exc:
             self.queue.end(run_id, ABORTED, str(exc))
@@ -290,6 +297,12 @@ class Service:
         self.queue.end(run_id, FINISHED)
         log.info("run %s finished", run_id)
         return history
+
+
+def by_administrator(what: str, caller: str, reason: str) -> str:
+    """ "stopped by administrator alice: enough" (``caller``: the control plane's identity)."""
+    name = caller.removeprefix("admin:")
+    return f"{what} by administrator {name}" + (f": {reason}" if reason else "")
 
 
 def one_shot(

@@ -3,7 +3,8 @@
 The service owns where and how it listens (address, TLS, worker threads ...); a run owns what it
 trains (task, rounds, strategy, ...). A run's settings therefore may not set the service's fields;
 the run's full ``ServerConfig`` is the service's fields plus the run's, with ``run_dir`` at
-``STATE_DIR/runs/<run_id>``. It is composed again whenever the run starts or resumes, so the
+``STATE_DIR/runs/<run_id>``. The service's ``allowed_nodes`` (if any) is every run's unless the run
+names a narrower list. It is composed again whenever the run starts or resumes, so the
 same service settings give the same run configuration (the run directory checks it on resume).
 """
 
@@ -46,6 +47,15 @@ def compose(base: ServerConfig, settings: Mapping[str, Any], run_dir: Path) -> S
             "to a run; leave them out of the run's settings"
         )
     data = {**service_fields(base), **settings, "run_dir": run_dir}
+    fence = base.allowed_nodes  # the service's allow-list: a run may narrow it, not widen it
+    if fence is not None:
+        data.setdefault("allowed_nodes", list(fence))
+        wider = sorted(set(data["allowed_nodes"] or ()) - set(fence))
+        if wider:
+            raise ConfigError(
+                f"invalid run settings: allowed_nodes names {', '.join(wider)}, outside the "
+                "coordinator service's allowed_nodes"
+            )
     try:
         return ServerConfig.model_validate(data)
     except ValidationError as exc:

@@ -9,7 +9,11 @@ nor running) gets NOT_FOUND (a standing node goes back to waiting for a run); a 
 (pull, heartbeat ...) gets UNAUTHENTICATED (join again); a one-shot node's ``Join`` gets
 UNAVAILABLE (retry later). While the service is (re)starting a run, every node call gets
 UNAVAILABLE: its nodes retry until the run is served again, instead of leaving it.
-The service's own methods (``AwaitRun``, ``DeclineRun``) are served whatever runs.
+Under mutual TLS every call between runs first passes the service's peer gate (CA, CRL, node
+certificate, allow-list), as a run's calls pass the run's: a revoked node is refused
+(PERMISSION_DENIED) before it learns anything, even that no run is running.
+The service's own methods (``AwaitRun``, ``DeclineRun``) are served whatever runs (the lobby
+passes them through the same gate).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from typing import Any
 import grpc
 
 from fedhive.proto.v1 import coordinator_pb2 as pb
-from fedhive.server.servicer import SERVICE, CoordinatorServicer, generic_handler
+from fedhive.server.identity import PeerGate
+from fedhive.server.servicer import SERVICE, CoordinatorServicer, _status, generic_handler
 
 PREFIX = f"/{SERVICE}/"
 NO_RUN = "no run is running on this coordinator"
@@ -46,8 +51,10 @@ class Switchboard(grpc.GenericRpcHandler):
         own: Mapping[str, grpc.RpcMethodHandler] | None = None,
         live: Callable[[str], bool] = lambda run_id: False,
         starting: Callable[[], bool] = lambda: False,
+        gate: PeerGate | None = None,
     ) -> None:
         self._own = dict(own or {})
+        self._gate = gate
         self._live = live
         self._starting = starting
         self._idle: dict[str, grpc.RpcMethodHandler] = {
@@ -85,7 +92,14 @@ class Switchboard(grpc.GenericRpcHandler):
 
     # ------------------------------------------------------------------ between runs
 
+    def _admit(self, context: grpc.ServicerContext, method: str) -> None:
+        """The peer gate, as during a run: refused (aborted) unless a live node of the CA."""
+        if self._gate is not None:
+            with _status(context, method):
+                self._gate.identify(context, method)
+
     def _idle_join(self, request: bytes, context: grpc.ServicerContext) -> Any:
+        self._admit(context, "Join")
         try:
             run_id = pb.JoinRequest.FromString(request).run_id[:64]
         except Exception:  # a malformed request: refused like any other
@@ -96,17 +110,18 @@ class Switchboard(grpc.GenericRpcHandler):
             return _abort(context, grpc.StatusCode.NOT_FOUND, f"run {run_id!r} is not running")
         return _abort(context, grpc.StatusCode.UNAVAILABLE, f"{NO_RUN}; retry later")
 
-    def _session_over(self, context: grpc.ServicerContext) -> Any:
+    def _session_over(self, context: grpc.ServicerContext, method: str) -> Any:
+        self._admit(context, method)
         if self._starting():
             return _abort(context, grpc.StatusCode.UNAVAILABLE, STARTING)
         return _abort(context, grpc.StatusCode.UNAUTHENTICATED, f"{NO_RUN}: this session is over")
 
     def _idle_session(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._session_over(context)
+        return self._session_over(context, "session call")
 
     def _idle_pull(self, request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
-        self._session_over(context)
+        self._session_over(context, "PullTask")
         yield b""  # pragma: no cover - abort raises
 
     def _idle_push(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-        return self._session_over(context)
+        return self._session_over(context, "PushUpdate")
