@@ -10,7 +10,8 @@ from dp_accounting.rdp import RdpAccountant
 
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import ConfigError
-from fedhive.server.privacy.budget import ORDERS, RunPrivacy, rdp_epsilon, round_rdp
+from fedhive.common.privacy.rdp import ORDERS, rdp_epsilon, step_rdp
+from fedhive.server.privacy.budget import RunPrivacy
 from fedhive.server.privacy.central import CentralDP
 from fedhive.server.strategy.fedavg import FedAvg
 
@@ -32,7 +33,7 @@ def reference(q: float, z: float, rounds: int, orders: list[float]) -> RdpAccoun
 @pytest.mark.parametrize(("q", "z", "rounds"), KNOWN)
 def test_accountant_equals_dp_accounting(q: float, z: float, rounds: int) -> None:
     # Prepare / Execute
-    ours = round_rdp(q, z) * rounds
+    ours = step_rdp(z, q) * rounds
     theirs = reference(q, z, rounds, INTEGER_ORDERS)
 
     # Assert: the RDP curves agree at the integer orders (closed forms in both), and epsilon
@@ -64,8 +65,8 @@ def commit(privacy: RunPrivacy, number: int, selected: int, alive: int) -> dict:
 
 def test_budget_stops_before_the_round_that_would_exceed_it() -> None:
     # Prepare: epsilon after 3 and 4 full-participation rounds at z = 2
-    eps3 = rdp_epsilon(3 * round_rdp(1.0, 2.0), 1e-5)
-    eps4 = rdp_epsilon(4 * round_rdp(1.0, 2.0), 1e-5)
+    eps3 = rdp_epsilon(3 * step_rdp(2.0, 1.0), 1e-5)
+    eps4 = rdp_epsilon(4 * step_rdp(2.0, 1.0), 1e-5)
     privacy = privacy_for(config(max_epsilon=(eps3 + eps4) / 2))
 
     # Execute

@@ -2,10 +2,8 @@
 
 Each committed round is one subsampled Gaussian mechanism: sampling rate ``q = selected / alive``
 (the nodes selected for the round among the connected ones), noise multiplier ``z``. Their Renyi
-DP composes by addition (Mironov 2017); epsilon at the run's delta comes from Opacus's RDP
-analysis (``opacus.accountants.analysis.rdp``: Mironov, Talwar, Zhang 2019 for the subsampled
-Gaussian; the conversion of Balle et al. 2020). Google's dp-accounting is the cross-check in the
-tests.
+DP composes by addition; epsilon at the run's delta comes from the project's one accountant
+(:mod:`fedhive.common.privacy.rdp`, Opacus's RDP analysis), the one every DP level uses.
 
 The accountant's state is derived, never stored apart: every committed round's record carries its
 ``sample_rate`` and ``noise_multiplier`` (``privacy["central"]``), committed in the same
@@ -23,48 +21,18 @@ and the two coincide.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
-
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import ConfigError, FedhiveError
+from fedhive.common.privacy import rdp
 from fedhive.common.privacy.settings import DPSettings
 from fedhive.common.record import ROUND
 from fedhive.server.privacy.central import CentralDP
 from fedhive.server.strategy.base import Aggregator
 
 log = logging.getLogger("fedhive.server")
-
-ORDERS: tuple[float, ...] = tuple(
-    [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [80, 96, 128, 256, 512, 1024]
-)
-"""Renyi orders: Opacus's RDPAccountant.DEFAULT_ALPHAS, and larger ones for small epsilons (any
-set of orders gives a valid upper bound; more orders, a tighter one)."""
-
-
-def round_rdp(sample_rate: float, noise_multiplier: float) -> np.ndarray:
-    """RDP at :data:`ORDERS` of one subsampled Gaussian mechanism."""
-    from opacus.accountants.analysis.rdp import compute_rdp
-
-    return np.asarray(
-        compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=ORDERS),
-        dtype=np.float64,
-    )
-
-
-def rdp_epsilon(rdp: np.ndarray, delta: float) -> float:
-    """Epsilon at ``delta`` of a composed RDP curve (0 for no round)."""
-    if not np.any(rdp):
-        return 0.0
-    from opacus.accountants.analysis.rdp import get_privacy_spent
-
-    with warnings.catch_warnings():  # "optimal order is the smallest/largest alpha": the bound
-        warnings.simplefilter("ignore", UserWarning)  # holds, only less tight (at eps >> 10)
-        eps, _ = get_privacy_spent(orders=ORDERS, rdp=rdp, delta=delta)
-    return float(eps)
 
 
 class RunPrivacy:
@@ -73,7 +41,7 @@ class RunPrivacy:
     def __init__(self, dp: DPSettings | None, central: CentralDP | None) -> None:
         self.dp = dp
         self.central = central if dp is not None and dp.central is not None else None
-        self.rdp = np.zeros(len(ORDERS), dtype=np.float64)
+        self.rdp = rdp.zero_rdp()
         self.rounds = 0
         self._pending: dict[str, Any] | None = None
 
@@ -91,7 +59,7 @@ class RunPrivacy:
 
     @property
     def epsilon(self) -> float:
-        return rdp_epsilon(self.rdp, self.dp.delta) if self.dp is not None else 0.0
+        return rdp.rdp_epsilon(self.rdp, self.dp.delta) if self.dp is not None else 0.0
 
     def replay(self, events: Iterable[Mapping[str, Any]]) -> None:
         """Add the committed training rounds of ``events`` (the last record of each round)."""
@@ -110,7 +78,7 @@ class RunPrivacy:
                     f"round {number} was committed without its central DP record: the privacy "
                     "spent so far cannot be rebuilt"
                 )
-            self.rdp += round_rdp(float(entry["sample_rate"]), float(entry["noise_multiplier"]))
+            self.rdp += rdp.step_rdp(float(entry["noise_multiplier"]), float(entry["sample_rate"]))
             self.rounds += 1
         if self.rounds:
             log.info(
@@ -133,7 +101,7 @@ class RunPrivacy:
                 "that delta may reveal a whole node's update; use a smaller delta"
             )
         rate = selected / alive
-        after = rdp_epsilon(self.rdp + round_rdp(rate, z), dp.delta)
+        after = rdp.rdp_epsilon(self.rdp + rdp.step_rdp(z, rate), dp.delta)
         if dp.max_epsilon is not None and after > dp.max_epsilon:
             return (
                 f"privacy budget: round {number} would bring the central epsilon to {after:.4f} "
@@ -152,7 +120,7 @@ class RunPrivacy:
             return privacy or None
         pending, self._pending = self._pending, None
         z = self.central.settings.noise_multiplier
-        self.rdp += round_rdp(pending["sample_rate"], z)
+        self.rdp += rdp.step_rdp(z, pending["sample_rate"])
         self.rounds += 1
         for node in (event.get("nodes") or {}).values():
             node["weight"] = 1.0 / pending["selected"]
