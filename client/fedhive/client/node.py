@@ -398,6 +398,16 @@ class Node:
         secure: tuple[SecureTask, KeyExchange] | None = None
         if header.kind == TaskKind.TRAIN:
             task = SecureTask.from_config(config)
+            elements = sum(s.numel for s in self.specs)  # this node's own model, not a claim
+            if task is not None and (
+                why := task.noise_refusal(elements, self.config.dp_min_noise_multiplier)
+            ):
+                close = getattr(stream, "close", None)
+                if close is not None:  # the download is not wanted: end the stream
+                    close()
+                self._decline(joined, header.round, why)
+                self._pause_after_refusal()
+                return False
             secure = (task, self._start_keys(joined, task)) if task is not None else None
             # the secure round's parameters are the runtime's, not training settings for the task
             config = {k: v for k, v in config.items() if not k.startswith(SECAGG_KEYS)}

@@ -38,7 +38,7 @@ from fedhive.common.errors import (
     SecAggAuthError,
 )
 from fedhive.common.privacy.discrete_gaussian import SecureBits
-from fedhive.common.privacy.distributed import add_noise
+from fedhive.common.privacy.distributed import DistributedDPSettings, add_noise, share_refusal
 from fedhive.common.secagg.graph import Graph
 from fedhive.common.secagg.keys import KEY_BYTES, KeyAdvert
 from fedhive.common.secagg.messages import (
@@ -298,6 +298,23 @@ class SecureTask:
     quant: QuantConfig
     dp_clip: float | None = None  # distributed DP: the L2 clip of the delta
     dp_variance: int | None = None  # distributed DP: this node's discrete Gaussian variance
+    dp_settings: DistributedDPSettings | None = None  # distributed DP: the run's, as stated
+
+    def noise_refusal(self, elements: int, floor: float | None) -> str | None:
+        """Why this node must not add its distributed DP share to the round (None: it may): a
+        variance below what the task's own settings imply, or below the site's ``floor``."""
+        if self.dp_variance is None or self.dp_clip is None:
+            return None
+        return share_refusal(
+            self.dp_variance,
+            self.dp_settings,
+            clip=self.dp_clip,
+            bits=self.quant.bits,
+            selected=len(self.graph.nodes),
+            threshold=self.graph.threshold,
+            elements=elements,
+            floor=floor,
+        )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SecureTask | None:
@@ -316,7 +333,7 @@ class SecureTask:
                 int(config["secagg_bits"]),
                 int(config["secagg_max_weight"]),
             )
-            dp_clip = dp_variance = None
+            dp_clip = dp_variance = dp_settings = None
             if "secagg_dp_variance" in config:
                 dp_clip = float(config["secagg_dp_clip"])
                 dp_variance = int(str(config["secagg_dp_variance"]))
@@ -324,8 +341,15 @@ class SecureTask:
                     raise ValueError(f"distributed DP clip {dp_clip}, variance {dp_variance}")
                 if quant.max_weight != 1:
                     raise ValueError("distributed DP rounds weigh every node 1")
-            return cls(int(config["secagg_round"]), graph, quant, dp_clip, dp_variance)
-        except (KeyError, TypeError, ValueError) as exc:
+                if "secagg_dp_noise_multiplier" in config:  # the settings it was calibrated from
+                    dp_settings = DistributedDPSettings(
+                        noise_multiplier=config["secagg_dp_noise_multiplier"],
+                        clip=dp_clip,
+                        bits=quant.bits,
+                        expected_dropout=config.get("secagg_dp_expected_dropout", 0.0),
+                    )
+            return cls(int(config["secagg_round"]), graph, quant, dp_clip, dp_variance, dp_settings)
+        except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError included
             raise InvalidUpdateError(
                 f"secure round parameters in the task config: {exc!r}"
             ) from exc

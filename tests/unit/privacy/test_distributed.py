@@ -22,6 +22,7 @@ from fedhive.common.privacy.distributed import (
     decode,
     plan,
     round_privacy,
+    share_refusal,
 )
 from fedhive.common.secagg.quantize import MODULUS
 from fedhive.common.secagg.stages import QuantizeStage
@@ -186,3 +187,22 @@ def test_expected_dropout_calibrates_the_noise_for_the_survivors() -> None:
     assert p.expected == 3
     assert settings.noise_multiplier <= p.delivered(3) < settings.noise_multiplier * 1.001
     assert p.delivered(4) == pytest.approx(p.delivered(3) * math.sqrt(4 / 3))
+
+
+def test_a_node_checks_the_noise_share_against_the_settings_and_its_own_floor() -> None:
+    # Prepare: the calibrated share for 3 selected nodes of a 1000-element model
+    honest = plan(SETTINGS, 3, 1000).node_variance
+    args = {"clip": SETTINGS.clip, "bits": SETTINGS.bits, "selected": 3, "threshold": 2}
+
+    def refusal(variance: int, floor: float | None = None, **kw: int) -> str | None:
+        return share_refusal(variance, SETTINGS, **{**args, **kw}, elements=1000, floor=floor)
+
+    # Execute / Assert: the honest share passes; less is refused, naming the settings
+    assert refusal(honest) is None
+    assert "that its own settings imply" in str(refusal(honest - 1))
+    assert "that its own settings imply" in str(refusal(honest, selected=2))  # more per node
+    # the floor is checked at the threshold's survivors: z = sqrt(2/3) ~ 0.816 there
+    assert refusal(honest, floor=0.8) is None
+    assert "dp_min_noise_multiplier = 0.9" in str(refusal(honest, floor=0.9))
+    # without the stated settings the floor still holds
+    assert share_refusal(honest, None, **args, elements=1000, floor=0.9) is not None

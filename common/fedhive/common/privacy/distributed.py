@@ -92,7 +92,14 @@ class DistributedPlan:
         return math.sqrt(survivors * self.node_variance) / self.sensitivity
 
     def task_config(self) -> dict[str, Any]:
-        return {"secagg_dp_clip": self.settings.clip, "secagg_dp_variance": str(self.node_variance)}
+        """What the nodes get: the share's clip and variance, and the settings it was calibrated
+        from (each node recomputes the variance from them: :func:`share_refusal`)."""
+        return {
+            "secagg_dp_clip": self.settings.clip,
+            "secagg_dp_variance": str(self.node_variance),
+            "secagg_dp_noise_multiplier": self.settings.noise_multiplier,
+            "secagg_dp_expected_dropout": self.settings.expected_dropout,
+        }
 
 
 def plan(settings: DistributedDPSettings, nodes: int, elements: int) -> DistributedPlan:
@@ -117,6 +124,56 @@ def plan(settings: DistributedDPSettings, nodes: int, elements: int) -> Distribu
         )
     margin = (MODULUS - top) // 2
     return DistributedPlan(settings, nodes, elements, expected, int(s), margin)
+
+
+def share_refusal(
+    variance: int,
+    settings: DistributedDPSettings | None,
+    *,
+    clip: float,
+    bits: int,
+    selected: int,
+    threshold: int,
+    elements: int,
+    floor: float | None,
+) -> str | None:
+    """Why a node must not add its share (``variance``) to a round, or None: the node's check of
+    the coordinator's claim, with the node's own ``elements`` (its model's size).
+
+    - ``settings`` (the run's, as the task states them): the variance must be at least what
+      :func:`plan` calibrates from them for ``selected`` nodes (and the clip the same);
+    - ``floor`` (the site's own ``dp_min_noise_multiplier``): the noise multiplier of a sum of
+      only ``threshold`` shares (the fewest survivors whose sum SecAgg+ can unmask with this
+      node's update in it) must reach it.
+    """
+    quant = QuantConfig(clip, bits, 1)
+    sensitivity = quant.levels / 2 + math.sqrt(elements)
+    if settings is not None:
+        if settings.clip != clip or settings.bits != bits:
+            return (
+                f"distributed DP: the task's clip {clip:g} / bits {bits} differ from its settings' "
+                f"{settings.clip:g} / {settings.bits}"
+            )
+        try:
+            want = plan(settings, selected, elements).node_variance
+        except ConfigError as exc:
+            return f"distributed DP: the task's settings cannot be calibrated: {exc}"
+        if variance < want:
+            return (
+                f"distributed DP: the coordinator asks for noise variance {variance}, below the "
+                f"{want} that its own settings imply (noise_multiplier "
+                f"{settings.noise_multiplier:g}, clip {clip:g}, bits {bits}, expected_dropout "
+                f"{settings.expected_dropout:g}, {selected} selected, {elements} elements)"
+            )
+    if floor is not None:
+        least = math.sqrt(threshold * variance) / sensitivity
+        if least < floor:
+            return (
+                f"distributed DP: with noise variance {variance} per node, a sum of "
+                f"{threshold} survivors (the secure round's threshold) carries noise multiplier "
+                f"{least:.4g}, below this site's dp_min_noise_multiplier = {floor:g}"
+            )
+    return None
 
 
 def check_settings(settings: DistributedDPSettings, min_nodes: int) -> None:
