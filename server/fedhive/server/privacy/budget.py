@@ -1,4 +1,15 @@
-"""The run's privacy accountant and its budget (``[dp] max_epsilon``), for central DP.
+"""The run's privacy accountant and its budget (``[dp] max_epsilon``), for central and
+distributed DP (DP-SGD's is enforced by each site's ledger: :mod:`fedhive.common.privacy.sgd`).
+
+Distributed DP: before a round opens, :meth:`RunPrivacy.before_round` computes the epsilon the
+run would have after it with the noise of the *expected* survivors (``plan``: the selected less
+``expected_dropout``), over every round whose noised sum was unmasked, as the records hold them
+(:func:`fedhive.common.privacy.distributed.past_rounds`: read from the store each time, so a
+resumed run continues it). Above ``max_epsilon`` the round is not opened and the run stops. More
+dropouts than expected can still take a round's recorded epsilon past the budget (the noise is
+counted as delivered); the next round is then refused.
+
+Central DP:
 
 Each committed round is one subsampled Gaussian mechanism: sampling rate ``q = selected / alive``
 (the nodes selected for the round among the connected ones), noise multiplier ``z``. Their Renyi
@@ -21,12 +32,13 @@ and the two coincide.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import ConfigError, FedhiveError
 from fedhive.common.privacy import rdp
+from fedhive.common.privacy.distributed import past_rounds, plan
 from fedhive.common.privacy.settings import DPSettings
 from fedhive.common.record import ROUND
 from fedhive.server.privacy.central import CentralDP
@@ -36,24 +48,39 @@ log = logging.getLogger("fedhive.server")
 
 
 class RunPrivacy:
-    """Central DP's accountant and budget for one run (inert without ``[dp.central]``)."""
+    """The run's accountant and budget for central and distributed DP (inert without either).
+    ``elements``: the model's size; ``events``: the run's records so far (distributed DP)."""
 
-    def __init__(self, dp: DPSettings | None, central: CentralDP | None) -> None:
+    def __init__(
+        self,
+        dp: DPSettings | None,
+        central: CentralDP | None,
+        elements: int = 0,
+        events: Callable[[], Iterable[Mapping[str, Any]]] = tuple,
+    ) -> None:
         self.dp = dp
         self.central = central if dp is not None and dp.central is not None else None
+        self.distributed = dp.distributed if dp is not None else None
+        self.elements = elements
+        self.events = events
         self.rdp = rdp.zero_rdp()
         self.rounds = 0
         self._pending: dict[str, Any] | None = None
 
     @classmethod
     def for_run(
-        cls, config: ServerConfig, aggregator: Aggregator, committed: Iterable[Mapping[str, Any]]
+        cls,
+        config: ServerConfig,
+        aggregator: Aggregator,
+        committed: Iterable[Mapping[str, Any]],
+        elements: int = 0,
+        events: Callable[[], Iterable[Mapping[str, Any]]] = tuple,
     ) -> RunPrivacy:
         """The run's accountant, continued from the ``committed`` events (a resumed run's)."""
         central = aggregator if isinstance(aggregator, CentralDP) else None
         if config.dp is not None and config.dp.central is not None and central is None:
             raise ConfigError("[dp.central]: the run's strategy is not wrapped in central DP")
-        privacy = cls(config.dp, central)
+        privacy = cls(config.dp, central, elements, events)
         privacy.replay(committed)
         return privacy
 
@@ -92,6 +119,8 @@ class RunPrivacy:
         """Why round ``number`` must not open (it would exceed ``max_epsilon``), or None; the
         round's sampling rate is ``selected / alive``. Raises ConfigError for a delta that the
         nodes connected now make meaningless (>= 1/nodes)."""
+        if self.distributed is not None:
+            return self._before_distributed(number, selected, alive)
         if self.central is None or self.dp is None:
             return None
         dp, z = self.dp, self.central.settings.noise_multiplier
@@ -110,6 +139,27 @@ class RunPrivacy:
             )
         self._pending = {"sample_rate": rate, "epsilon": after, "selected": selected}
         self.central.expect(selected)
+        return None
+
+    def _before_distributed(self, number: int, selected: int, alive: int) -> str | None:
+        dp, settings = self.dp, self.distributed
+        if dp is None or settings is None or dp.max_epsilon is None:
+            return None
+        try:
+            calibration = plan(settings, selected, self.elements)
+        except ConfigError:  # the round's path refuses it, naming the settings
+            return None
+        past = past_rounds(self.events())
+        rate = min(1.0, selected / max(alive, selected))
+        z = calibration.delivered(calibration.expected)
+        after = rdp.epsilon([*past, (z, rate, 1)], dp.delta)
+        if after > dp.max_epsilon:
+            return (
+                f"privacy budget: round {number} would bring the distributed epsilon to "
+                f"{after:.4f} > [dp] max_epsilon = {dp.max_epsilon:g} (delta {dp.delta:g}; "
+                f"{rdp.epsilon(past, dp.delta):.4f} spent in {len(past)} round(s), noise for "
+                f"{calibration.expected} of {selected} selected); the run stops before it"
+            )
         return None
 
     def committed(self, event: dict[str, Any]) -> dict[str, Any] | None:
