@@ -261,7 +261,7 @@ class Node:
             )
 
         self._keys = KeyExchange(
-            secure.round, channel, machine, cancelled, noise_variance=secure.dp_variance
+            secure.round, channel, machine, cancelled, secure.dp_variance, words
         )
         return self._keys.start()
 
@@ -306,9 +306,9 @@ class Node:
         stages = secure_stages(secure, pad, num_examples, rng, self._base, floats, words)
         push_update(channel, machine, pad, values, num_examples, secure.quant, rng, times, stages)
         log.info(
-            "round %d: secure aggregation: key exchange %.3fs (%.3fs of it masking, %.3fs "
-            "noising; waited %.3fs for it after training), %.3fs quantizing into the mask, "
-            "%.3fs upload, %.3fs in SecAggStep calls",
+            "round %d: secure aggregation: key exchange %.3fs (%.3fs of it masking; noise drawn "
+            "alongside in %.3fs; waited %.3fs for them after training), %.3fs quantizing into "
+            "the mask, %.3fs upload, %.3fs in SecAggStep calls",
             header.round,
             times.keys_s,
             times.mask_s,

@@ -38,7 +38,12 @@ from fedhive.common.errors import (
     SecAggAuthError,
 )
 from fedhive.common.privacy.discrete_gaussian import SecureBits
-from fedhive.common.privacy.distributed import DistributedDPSettings, add_noise, share_refusal
+from fedhive.common.privacy.distributed import (
+    NOISE_BLOCK,
+    DistributedDPSettings,
+    add_noise,
+    share_refusal,
+)
 from fedhive.common.secagg.graph import Graph
 from fedhive.common.secagg.keys import KEY_BYTES, KeyAdvert
 from fedhive.common.secagg.messages import (
@@ -76,7 +81,7 @@ class SecureTimes:
     keys_s: float = 0.0  # the key exchange, its waits included
     mask_s: float = 0.0  # computing the whole mask
     quantize_s: float = 0.0  # quantizing into the mask (after training)
-    noise_s: float = 0.0  # distributed DP: adding the noise to the mask (while training)
+    noise_s: float = 0.0  # distributed DP: drawing the noise (from the task's arrival on)
 
 
 def exchange_keys(channel: SecAggChannel, machine: NodeSecAgg, times: SecureTimes) -> None:
@@ -161,6 +166,7 @@ class KeyExchange:
         make_machine: Callable[[], NodeSecAgg],
         cancelled: threading.Event | None = None,
         noise_variance: int | None = None,
+        words: int = 0,
     ) -> None:
         self.round = round_
         self.channel = channel
@@ -168,10 +174,18 @@ class KeyExchange:
         self.cancelled = cancelled or threading.Event()
         self.machine: NodeSecAgg | None = None
         self._make_machine = make_machine
-        # distributed DP: the noise goes into the mask while the node trains; a repeated push
-        # gets the same noise again (the same key), never a second, averageable draw
+        # distributed DP: the noise (``words`` of it, the count word's left 0) is drawn from the
+        # start, in a thread of its own, while the node downloads, exchanges keys, masks and
+        # trains; the key-exchange thread joins it and adds it to the mask. A repeated push gets
+        # the same noise again, never a second, averageable draw
         self._noise_variance = noise_variance
-        self._noise_key = os.urandom(KEY_BYTES)
+        self._noise: np.ndarray | None = None
+        self._noise_error: BaseException | None = None
+        self._noise_thread = (
+            threading.Thread(target=self._draw_noise, args=(words,), name="fedhive-secagg-noise")
+            if noise_variance is not None
+            else None
+        )
         self._pad: np.ndarray | None = None
         self._error: BaseException | None = None
         self._used = False
@@ -179,8 +193,25 @@ class KeyExchange:
         self._thread = threading.Thread(target=self._run, name="fedhive-secagg-keys", daemon=True)
 
     def start(self) -> KeyExchange:
+        if self._noise_thread is not None:
+            self._noise_thread.start()
         self._thread.start()
         return self
+
+    def _draw_noise(self, words: int) -> None:
+        try:
+            assert self._noise_variance is not None
+            started = time.perf_counter()
+            noise = np.zeros(words, dtype=np.uint32)
+            bits = SecureBits(os.urandom(KEY_BYTES))
+            for lo in range(COUNT_WORDS, words, NOISE_BLOCK):  # block by block: cancellable
+                if self.cancelled.is_set():
+                    raise SecAggAbortedError("the secure round was given up")
+                add_noise(noise[lo : lo + NOISE_BLOCK], self._noise_variance, bits, skip=0)
+            self._noise = noise
+            self.times.noise_s = time.perf_counter() - started
+        except BaseException as exc:  # handed to the key-exchange thread, then to pad()
+            self._noise_error = exc
 
     def _run(self) -> None:
         try:
@@ -192,13 +223,18 @@ class KeyExchange:
             self._pad = self._noised(make_pad(self.machine, self.times))
         except BaseException as exc:  # handed to the caller of pad()
             self._error = exc
+        finally:
+            if self._noise_thread is not None:  # this thread owns the noise thread's end
+                self._noise_thread.join()
 
     def _noised(self, pad: np.ndarray) -> np.ndarray:
-        if self._noise_variance is not None:
-            started = time.perf_counter()
-            bits = SecureBits(self._noise_key)
-            add_noise(pad, self._noise_variance, bits, skip=COUNT_WORDS)
-            self.times.noise_s = time.perf_counter() - started
+        if self._noise_thread is not None:
+            self._noise_thread.join()
+            if self._noise_error is not None:
+                raise self._noise_error
+            if self._noise is None or self._noise.size != pad.size:
+                raise SecAggAbortedError("the noise does not fit the mask")
+            np.add(pad, self._noise, out=pad)  # mod 2^32
         return pad
 
     def allow_masking(self) -> None:

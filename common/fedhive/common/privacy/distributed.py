@@ -229,8 +229,9 @@ def add_noise(words: np.ndarray, variance: int, bits: SecureBits, skip: int = 1)
 class NoiseStage:
     """Add ``N_Z(0, variance)`` to each quantized word, mod 2^32 (word 0, the count, is left).
 
-    The node's runtime adds the same noise to its mask instead, while it trains (the noise does
-    not depend on the update, and addition mod 2^32 commutes): :func:`add_noise`.
+    The node's runtime adds the same noise to its mask instead (the noise does not depend on
+    the update, and addition mod 2^32 commutes), drawn from the moment the task arrives, in a
+    thread of its own, while the node downloads, exchanges keys and trains: :func:`add_noise`.
     """
 
     name = "dp-noise"
