@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -27,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fedhive.client.privacy.noise import NoiseDraw
 from fedhive.client.transport import Transport
 from fedhive.common.api.hooks import Block, Stage, blocks_of, contiguous, run
 from fedhive.common.crypto.pki import load_cert, read_bytes, verify_identity_cert
@@ -37,13 +37,7 @@ from fedhive.common.errors import (
     SecAggAbortedError,
     SecAggAuthError,
 )
-from fedhive.common.privacy.discrete_gaussian import SecureBits
-from fedhive.common.privacy.distributed import (
-    NOISE_BLOCK,
-    DistributedDPSettings,
-    add_noise,
-    share_refusal,
-)
+from fedhive.common.privacy.distributed import DistributedDPSettings, share_refusal
 from fedhive.common.secagg.graph import Graph
 from fedhive.common.secagg.keys import KEY_BYTES, KeyAdvert
 from fedhive.common.secagg.messages import (
@@ -58,7 +52,7 @@ from fedhive.common.secagg.messages import (
 )
 from fedhive.common.secagg.node import NodeSecAgg
 from fedhive.common.secagg.quantize import QuantConfig
-from fedhive.common.secagg.stages import COUNT_WORDS, QuantizeStage
+from fedhive.common.secagg.stages import QuantizeStage
 from fedhive.common.wire.messages import NodeAuth
 
 UPLOAD_BLOCK = 1 << 20  # words per block of the masked upload
@@ -174,17 +168,11 @@ class KeyExchange:
         self.cancelled = cancelled or threading.Event()
         self.machine: NodeSecAgg | None = None
         self._make_machine = make_machine
-        # distributed DP: the noise (``words`` of it, the count word's left 0) is drawn from the
-        # start, in a thread of its own, while the node downloads, exchanges keys, masks and
-        # trains; the key-exchange thread joins it and adds it to the mask. A repeated push gets
-        # the same noise again, never a second, averageable draw
-        self._noise_variance = noise_variance
-        self._noise: np.ndarray | None = None
-        self._noise_error: BaseException | None = None
-        self._noise_thread = (
-            threading.Thread(target=self._draw_noise, args=(words,), name="fedhive-secagg-noise")
-            if noise_variance is not None
-            else None
+        # distributed DP: the noise, drawn from the start in a thread of its own (while the node
+        # downloads, exchanges keys and trains); the key-exchange thread joins it and adds it
+        # to the mask
+        self._noise = (
+            NoiseDraw(noise_variance, words, self.cancelled) if noise_variance is not None else None
         )
         self._pad: np.ndarray | None = None
         self._error: BaseException | None = None
@@ -193,25 +181,10 @@ class KeyExchange:
         self._thread = threading.Thread(target=self._run, name="fedhive-secagg-keys", daemon=True)
 
     def start(self) -> KeyExchange:
-        if self._noise_thread is not None:
-            self._noise_thread.start()
+        if self._noise is not None:
+            self._noise.start()
         self._thread.start()
         return self
-
-    def _draw_noise(self, words: int) -> None:
-        try:
-            assert self._noise_variance is not None
-            started = time.perf_counter()
-            noise = np.zeros(words, dtype=np.uint32)
-            bits = SecureBits(os.urandom(KEY_BYTES))
-            for lo in range(COUNT_WORDS, words, NOISE_BLOCK):  # block by block: cancellable
-                if self.cancelled.is_set():
-                    raise SecAggAbortedError("the secure round was given up")
-                add_noise(noise[lo : lo + NOISE_BLOCK], self._noise_variance, bits, skip=0)
-            self._noise = noise
-            self.times.noise_s = time.perf_counter() - started
-        except BaseException as exc:  # handed to the key-exchange thread, then to pad()
-            self._noise_error = exc
 
     def _run(self) -> None:
         try:
@@ -224,18 +197,20 @@ class KeyExchange:
         except BaseException as exc:  # handed to the caller of pad()
             self._error = exc
         finally:
-            if self._noise_thread is not None:  # this thread owns the noise thread's end
-                self._noise_thread.join()
+            if self._noise is not None:  # this thread owns the noise thread's end
+                self._noise.join()
 
     def _noised(self, pad: np.ndarray) -> np.ndarray:
-        if self._noise_thread is not None:
-            self._noise_thread.join()
-            if self._noise_error is not None:
-                raise self._noise_error
-            if self._noise is None or self._noise.size != pad.size:
-                raise SecAggAbortedError("the noise does not fit the mask")
-            np.add(pad, self._noise, out=pad)  # mod 2^32
+        if self._noise is None:
+            return pad
+        pad = self._noise.add_to(pad)
+        self.times.noise_s = self._noise.seconds
         return pad
+
+    @property
+    def noise_drawn(self) -> bool:
+        """Distributed DP: the node's noise is drawn (the mask need not be)."""
+        return self._noise is not None and self._noise.drawn
 
     def allow_masking(self) -> None:
         """The mask may be computed now (the node no longer downloads)."""

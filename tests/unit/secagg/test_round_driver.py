@@ -332,7 +332,7 @@ def test_distributed_dp_noise_is_drawn_before_masking_is_allowed_and_reused() ->
 
     # Execute: wait (with a deadline) until every node's noise is drawn, masking still barred
     deadline = time.monotonic() + 20
-    while not all(x.times.noise_s > 0 for x in exchanges.values()):
+    while not all(x.noise_drawn for x in exchanges.values()):
         assert time.monotonic() < deadline, "the noise was not drawn before masking"
         time.sleep(0.01)
     masked_early = [x.times.mask_s for x in exchanges.values()]
