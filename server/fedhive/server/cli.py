@@ -20,6 +20,7 @@ from fedhive.common.cli.helptext import add_assignments, dflt, plain, toml_only
 from fedhive.common.cli.logs import setup_logging
 from fedhive.common.config import ServerConfig, build_config, parse_assignments
 from fedhive.common.errors import ConfigError, FedhiveError
+from fedhive.common.record import ROUND, RoundRecord
 from fedhive.server.strategy.registry import describe_builtins
 
 log = logging.getLogger("fedhive.server")
@@ -280,6 +281,7 @@ def run(config: ServerConfig) -> int:
         return 0
     except BudgetSpent as exc:  # the run ended where its privacy budget says it must
         console.print(f"run stopped: {escape(str(exc))}")
+        console.print(summary_table(committed_records(config.run_dir)))
         return 0
     except RunAborted as exc:
         console.print(f"[red]run aborted:[/red] {escape(str(exc))}")
@@ -289,6 +291,16 @@ def run(config: ServerConfig) -> int:
     console.print(summary_table(history))
     console.print(f"run directory: {config.run_dir}")
     return 0
+
+
+def committed_records(run_dir: Path) -> list[RoundRecord]:
+    """The run's committed training rounds, as its events.jsonl holds them."""
+    records = []
+    for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines():
+        event = json.loads(line) if line.strip() else {}
+        if event.get("event") == ROUND and event.get("committed"):
+            records.append(RoundRecord.from_event(event))
+    return records
 
 
 def stop_on_signals(stop: Callable[[], None]) -> None:
