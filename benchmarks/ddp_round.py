@@ -5,8 +5,9 @@
 Both modes run :func:`secagg_round.run_mode` (one coordinator process, ``--nodes`` node processes
 of the constant task), the second with ``[dp.distributed]`` added to the coordinator's config.
 Seconds per round: the median ``duration_s`` of the committed rounds after the first. With
-distributed DP a node adds its discrete Gaussian noise to its mask while it trains
-(``train_s``: the stand-in for training), then clips its delta and quantizes it into the mask.
+distributed DP a node draws its discrete Gaussian noise from the task's arrival on (while it
+downloads, exchanges keys and trains; ``train_s``: the stand-in for training) and adds it to its
+mask, then clips its delta and quantizes it into the mask.
 Also measures the exact sampler alone (``--sampler`` samples, seconds and samples per second).
 Prints JSON lines and a Markdown table row. Figures, not a test: expect noise on a shared machine.
 """

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from fedhive.common.privacy.distributed import accountant_epsilon, past_rounds
+from fedhive.common.privacy import rdp
+from fedhive.common.privacy.distributed import past_rounds
 from tests.integration.harness import start_coordinator, start_node, wait_all
 from tests.integration.test_node_lifecycle import free_port
 from tests.integration.test_secagg import SIZES, Killer, final_model, seed_of
@@ -70,10 +71,10 @@ def test_a_node_killed_mid_round_leaves_less_noise_and_more_epsilon(tmp_path: Pa
     intact = next(dp for dp in dps if dp["survivors"] == dp["selected"])
     assert killed["noise_multiplier"] < intact["noise_multiplier"]
     # epsilon is the accountant over the rounds as delivered (the killed one costs more)
-    steps = [(dp["sample_rate"], dp["noise_multiplier"]) for dp in dps]
-    assert dps[-1]["epsilon"] == accountant_epsilon(steps, DP["delta"])
-    as_if_intact = [(q, max(z for _, z in steps)) for q, _ in steps]
-    assert dps[-1]["epsilon"] > accountant_epsilon(as_if_intact, DP["delta"])
+    steps = [(dp["noise_multiplier"], dp["sample_rate"], 1) for dp in dps]
+    assert dps[-1]["epsilon"] == rdp.epsilon(steps, DP["delta"])
+    as_if_intact = [(max(z for z, _, _ in steps), q, 1) for _, q, _ in steps]
+    assert dps[-1]["epsilon"] > rdp.epsilon(as_if_intact, DP["delta"])
     # the model moved by the survivors' mean delta (weight 1 each), within the noise
     step = 0.0
     for e in rounds:
@@ -143,5 +144,5 @@ def test_a_resumed_run_continues_the_same_accountant(tmp_path: Path) -> None:
     noised = [e for e in events if e["event"] == "round" and "privacy" in e]
     assert [e["round"] for e in noised if e["committed"]] == [1, 2]
     for i, e in enumerate(noised):
-        want = accountant_epsilon(past_rounds(noised[: i + 1]), DP["delta"])
+        want = rdp.epsilon(past_rounds(noised[: i + 1]), DP["delta"])
         assert e["privacy"]["distributed"]["epsilon"] == want, (i, noised)

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from fedhive.common.cli import report
+from fedhive.common.privacy.rdp import rdp_epsilon, step_rdp
 from fedhive.common.tasks import digits
-from fedhive.server.privacy.budget import rdp_epsilon, round_rdp
 from tests.integration.harness import wait_all
 from tests.integration.test_node_lifecycle import free_port
 from tests.integration.test_resume import CONFIG, coordinator_cmd, node_cmd, wait_for_progress
 
 Z, DELTA = 2.0, 1e-5
-EPSILONS = [rdp_epsilon(k * round_rdp(1.0, Z), DELTA) for k in range(1, 5)]  # 2 of 2 nodes: q = 1
+EPSILONS = [rdp_epsilon(k * step_rdp(Z, 1.0), DELTA) for k in range(1, 5)]  # 2 of 2 nodes: q = 1
 BUDGET = (EPSILONS[2] + EPSILONS[3]) / 2  # three rounds fit, the fourth would exceed it
 DP = f"[dp]\ndelta = {DELTA}\nmax_epsilon = {BUDGET}\n"
 CENTRAL = f"[dp.central]\nnoise_multiplier = {Z}\nclip = 1.0\n"

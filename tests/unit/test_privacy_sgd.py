@@ -286,3 +286,28 @@ def test_the_lora_text_task_trains_only_its_adapters_with_dp_sgd(tmp_path: Path)
     assert ledger.history == [(1.0, result.metrics["dp_sample_rate"], 2)]
     changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
     assert changed and changed <= set(exchanged_state(model, task))
+
+
+def test_the_runs_budget_travels_and_each_sites_ledger_enforces_it() -> None:
+    # Prepare: the run's max_epsilon 4 (a round of 10 steps at q = 0.1 costs 3.44, two 4.22);
+    # the site set no budget of its own
+    config = ServerConfig(insecure=True, dp={"max_epsilon": 4, "sgd": {"noise_multiplier": 1}})
+    settings = SgdRound.from_config(task_config(config.dp, config.rounds))
+    assert settings is not None and settings.max_epsilon == 4
+    ledger = PrivacyLedger()
+    ledger.begin_run("run-a")
+    model, data, cfg = tiny_model(), blobs(100), TrainConfig(epochs=1, batch_size=10)
+    ledger.arm(1, settings)
+    Trainer("cpu").fit(model, data, cfg, privacy=ledger)
+
+    # Execute / Assert: the second round would pass the run's budget: refused before training
+    ledger.arm(2, settings)
+    with pytest.raises(PrivacyBudgetExceeded, match=r"past the run's \[dp\] max_epsilon 4"):
+        Trainer("cpu").fit(model, data, cfg, privacy=ledger)
+    assert len(ledger.history) == 1
+
+
+def test_a_target_epsilon_above_the_runs_budget_is_refused_at_config_time() -> None:
+    with pytest.raises(ValueError, match=r"target_epsilon = 8 is above the run's \[dp\] max_"):
+        ServerConfig(insecure=True, dp={"max_epsilon": 3, "sgd": {"target_epsilon": 8}})
+    ServerConfig(insecure=True, dp={"max_epsilon": 8, "sgd": {"target_epsilon": 8}})

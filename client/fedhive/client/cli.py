@@ -42,6 +42,7 @@ FLAGGED = (
     "server", "task", "data_dir", "name", "device", "threads", "seed", "task_args",
     "max_connect_attempts", "identity_key", "backoff_max_s", "tls_dir", "tls_cert", "tls_key",
     "tls_ca", "tls_server_name", "insecure", "flower_app", "max_epsilon", "dp_delta", "state_dir",
+    "dp_min_noise_multiplier",
 )  # fmt: skip
 
 
@@ -141,6 +142,12 @@ def parser() -> argparse.ArgumentParser:
         help="the delta this site's budget is checked at (default: the run's [dp] delta)",
     )
     p.add_argument(
+        "--dp-min-noise-multiplier",
+        type=float,
+        help="distributed DP: decline a round whose noise on a sum of the secure round's "
+        "threshold of survivors is below this multiplier (default none)",
+    )
+    p.add_argument(
         "--state-dir",
         type=Path,
         help="where the node keeps its DP-SGD ledger, dp-ledger.json (default: --data)",
@@ -212,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 "max_epsilon": ns.max_epsilon,
                 "dp_delta": ns.dp_delta,
                 "state_dir": ns.state_dir,
+                "dp_min_noise_multiplier": ns.dp_min_noise_multiplier,
             },
         )
         with startup_gc():

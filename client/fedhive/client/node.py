@@ -261,7 +261,7 @@ class Node:
             )
 
         self._keys = KeyExchange(
-            secure.round, channel, machine, cancelled, noise_variance=secure.dp_variance
+            secure.round, channel, machine, cancelled, secure.dp_variance, words
         )
         return self._keys.start()
 
@@ -306,9 +306,9 @@ class Node:
         stages = secure_stages(secure, pad, num_examples, rng, self._base, floats, words)
         push_update(channel, machine, pad, values, num_examples, secure.quant, rng, times, stages)
         log.info(
-            "round %d: secure aggregation: key exchange %.3fs (%.3fs of it masking, %.3fs "
-            "noising; waited %.3fs for it after training), %.3fs quantizing into the mask, "
-            "%.3fs upload, %.3fs in SecAggStep calls",
+            "round %d: secure aggregation: key exchange %.3fs (%.3fs of it masking; noise drawn "
+            "alongside in %.3fs; waited %.3fs for them after training), %.3fs quantizing into "
+            "the mask, %.3fs upload, %.3fs in SecAggStep calls",
             header.round,
             times.keys_s,
             times.mask_s,
@@ -398,6 +398,16 @@ class Node:
         secure: tuple[SecureTask, KeyExchange] | None = None
         if header.kind == TaskKind.TRAIN:
             task = SecureTask.from_config(config)
+            elements = sum(s.numel for s in self.specs)  # this node's own model, not a claim
+            if task is not None and (
+                why := task.noise_refusal(elements, self.config.dp_min_noise_multiplier)
+            ):
+                close = getattr(stream, "close", None)
+                if close is not None:  # the download is not wanted: end the stream
+                    close()
+                self._decline(joined, header.round, why)
+                self._pause_after_refusal()
+                return False
             secure = (task, self._start_keys(joined, task)) if task is not None else None
             # the secure round's parameters are the runtime's, not training settings for the task
             config = {k: v for k, v in config.items() if not k.startswith(SECAGG_KEYS)}

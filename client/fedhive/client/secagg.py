@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -27,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fedhive.client.privacy.noise import NoiseDraw
 from fedhive.client.transport import Transport
 from fedhive.common.api.hooks import Block, Stage, blocks_of, contiguous, run
 from fedhive.common.crypto.pki import load_cert, read_bytes, verify_identity_cert
@@ -37,8 +37,7 @@ from fedhive.common.errors import (
     SecAggAbortedError,
     SecAggAuthError,
 )
-from fedhive.common.privacy.discrete_gaussian import SecureBits
-from fedhive.common.privacy.distributed import add_noise
+from fedhive.common.privacy.distributed import DistributedDPSettings, share_refusal
 from fedhive.common.secagg.graph import Graph
 from fedhive.common.secagg.keys import KEY_BYTES, KeyAdvert
 from fedhive.common.secagg.messages import (
@@ -53,7 +52,7 @@ from fedhive.common.secagg.messages import (
 )
 from fedhive.common.secagg.node import NodeSecAgg
 from fedhive.common.secagg.quantize import QuantConfig
-from fedhive.common.secagg.stages import COUNT_WORDS, QuantizeStage
+from fedhive.common.secagg.stages import QuantizeStage
 from fedhive.common.wire.messages import NodeAuth
 
 UPLOAD_BLOCK = 1 << 20  # words per block of the masked upload
@@ -76,7 +75,7 @@ class SecureTimes:
     keys_s: float = 0.0  # the key exchange, its waits included
     mask_s: float = 0.0  # computing the whole mask
     quantize_s: float = 0.0  # quantizing into the mask (after training)
-    noise_s: float = 0.0  # distributed DP: adding the noise to the mask (while training)
+    noise_s: float = 0.0  # distributed DP: drawing the noise (from the task's arrival on)
 
 
 def exchange_keys(channel: SecAggChannel, machine: NodeSecAgg, times: SecureTimes) -> None:
@@ -161,6 +160,7 @@ class KeyExchange:
         make_machine: Callable[[], NodeSecAgg],
         cancelled: threading.Event | None = None,
         noise_variance: int | None = None,
+        words: int = 0,
     ) -> None:
         self.round = round_
         self.channel = channel
@@ -168,10 +168,12 @@ class KeyExchange:
         self.cancelled = cancelled or threading.Event()
         self.machine: NodeSecAgg | None = None
         self._make_machine = make_machine
-        # distributed DP: the noise goes into the mask while the node trains; a repeated push
-        # gets the same noise again (the same key), never a second, averageable draw
-        self._noise_variance = noise_variance
-        self._noise_key = os.urandom(KEY_BYTES)
+        # distributed DP: the noise, drawn from the start in a thread of its own (while the node
+        # downloads, exchanges keys and trains); the key-exchange thread joins it and adds it
+        # to the mask
+        self._noise = (
+            NoiseDraw(noise_variance, words, self.cancelled) if noise_variance is not None else None
+        )
         self._pad: np.ndarray | None = None
         self._error: BaseException | None = None
         self._used = False
@@ -179,6 +181,8 @@ class KeyExchange:
         self._thread = threading.Thread(target=self._run, name="fedhive-secagg-keys", daemon=True)
 
     def start(self) -> KeyExchange:
+        if self._noise is not None:
+            self._noise.start()
         self._thread.start()
         return self
 
@@ -192,14 +196,21 @@ class KeyExchange:
             self._pad = self._noised(make_pad(self.machine, self.times))
         except BaseException as exc:  # handed to the caller of pad()
             self._error = exc
+        finally:
+            if self._noise is not None:  # this thread owns the noise thread's end
+                self._noise.join()
 
     def _noised(self, pad: np.ndarray) -> np.ndarray:
-        if self._noise_variance is not None:
-            started = time.perf_counter()
-            bits = SecureBits(self._noise_key)
-            add_noise(pad, self._noise_variance, bits, skip=COUNT_WORDS)
-            self.times.noise_s = time.perf_counter() - started
+        if self._noise is None:
+            return pad
+        pad = self._noise.add_to(pad)
+        self.times.noise_s = self._noise.seconds
         return pad
+
+    @property
+    def noise_drawn(self) -> bool:
+        """Distributed DP: the node's noise is drawn (the mask need not be)."""
+        return self._noise is not None and self._noise.drawn
 
     def allow_masking(self) -> None:
         """The mask may be computed now (the node no longer downloads)."""
@@ -298,6 +309,23 @@ class SecureTask:
     quant: QuantConfig
     dp_clip: float | None = None  # distributed DP: the L2 clip of the delta
     dp_variance: int | None = None  # distributed DP: this node's discrete Gaussian variance
+    dp_settings: DistributedDPSettings | None = None  # distributed DP: the run's, as stated
+
+    def noise_refusal(self, elements: int, floor: float | None) -> str | None:
+        """Why this node must not add its distributed DP share to the round (None: it may): a
+        variance below what the task's own settings imply, or below the site's ``floor``."""
+        if self.dp_variance is None or self.dp_clip is None:
+            return None
+        return share_refusal(
+            self.dp_variance,
+            self.dp_settings,
+            clip=self.dp_clip,
+            bits=self.quant.bits,
+            selected=len(self.graph.nodes),
+            threshold=self.graph.threshold,
+            elements=elements,
+            floor=floor,
+        )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SecureTask | None:
@@ -316,7 +344,7 @@ class SecureTask:
                 int(config["secagg_bits"]),
                 int(config["secagg_max_weight"]),
             )
-            dp_clip = dp_variance = None
+            dp_clip = dp_variance = dp_settings = None
             if "secagg_dp_variance" in config:
                 dp_clip = float(config["secagg_dp_clip"])
                 dp_variance = int(str(config["secagg_dp_variance"]))
@@ -324,8 +352,15 @@ class SecureTask:
                     raise ValueError(f"distributed DP clip {dp_clip}, variance {dp_variance}")
                 if quant.max_weight != 1:
                     raise ValueError("distributed DP rounds weigh every node 1")
-            return cls(int(config["secagg_round"]), graph, quant, dp_clip, dp_variance)
-        except (KeyError, TypeError, ValueError) as exc:
+                if "secagg_dp_noise_multiplier" in config:  # the settings it was calibrated from
+                    dp_settings = DistributedDPSettings(
+                        noise_multiplier=config["secagg_dp_noise_multiplier"],
+                        clip=dp_clip,
+                        bits=quant.bits,
+                        expected_dropout=config.get("secagg_dp_expected_dropout", 0.0),
+                    )
+            return cls(int(config["secagg_round"]), graph, quant, dp_clip, dp_variance, dp_settings)
+        except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError included
             raise InvalidUpdateError(
                 f"secure round parameters in the task config: {exc!r}"
             ) from exc

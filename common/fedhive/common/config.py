@@ -216,6 +216,9 @@ class ClientConfig(_Config):
     # ledger of what it spent is state_dir/dp-ledger.json (state_dir default: data_dir).
     max_epsilon: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     dp_delta: float | None = Field(default=None, gt=0, lt=1, allow_inf_nan=False)
+    # distributed DP: the least noise multiplier this site accepts on a sum its update goes into
+    # (counted at the secure round's threshold of survivors); a round with less is declined
+    dp_min_noise_multiplier: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     state_dir: Path | None = None
     # A standing node: the tasks this site approved, by import path ("package.module:factory"),
     # each with its data and arguments. Given, the node stays connected and takes part in run

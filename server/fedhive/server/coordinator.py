@@ -114,7 +114,8 @@ class Coordinator(NodeAPI):
         # round 0 is written by run() on a new run; afterwards only the encoded chunks remain
         self._initial: list[np.ndarray] | None = initial if resume is None else None
         del initial
-        self.privacy = RunPrivacy.for_run(config, self.aggregator, store.events() if resume else ())
+        past, elements = store.events() if resume else (), sum(s.numel for s in self.specs)
+        self.privacy = RunPrivacy.for_run(config, self.aggregator, past, elements, store.events)
         self.closer = RoundCloser(
             config, self.specs, store, self.strategy, self.model, evaluator, self.privacy
         )

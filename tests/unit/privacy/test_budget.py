@@ -10,7 +10,10 @@ from dp_accounting.rdp import RdpAccountant
 
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import ConfigError
-from fedhive.server.privacy.budget import ORDERS, RunPrivacy, rdp_epsilon, round_rdp
+from fedhive.common.privacy import rdp
+from fedhive.common.privacy.distributed import DistributedDPSettings, plan, round_privacy
+from fedhive.common.privacy.rdp import ORDERS, rdp_epsilon, step_rdp
+from fedhive.server.privacy.budget import RunPrivacy
 from fedhive.server.privacy.central import CentralDP
 from fedhive.server.strategy.fedavg import FedAvg
 
@@ -32,7 +35,7 @@ def reference(q: float, z: float, rounds: int, orders: list[float]) -> RdpAccoun
 @pytest.mark.parametrize(("q", "z", "rounds"), KNOWN)
 def test_accountant_equals_dp_accounting(q: float, z: float, rounds: int) -> None:
     # Prepare / Execute
-    ours = round_rdp(q, z) * rounds
+    ours = step_rdp(z, q) * rounds
     theirs = reference(q, z, rounds, INTEGER_ORDERS)
 
     # Assert: the RDP curves agree at the integer orders (closed forms in both), and epsilon
@@ -64,8 +67,8 @@ def commit(privacy: RunPrivacy, number: int, selected: int, alive: int) -> dict:
 
 def test_budget_stops_before_the_round_that_would_exceed_it() -> None:
     # Prepare: epsilon after 3 and 4 full-participation rounds at z = 2
-    eps3 = rdp_epsilon(3 * round_rdp(1.0, 2.0), 1e-5)
-    eps4 = rdp_epsilon(4 * round_rdp(1.0, 2.0), 1e-5)
+    eps3 = rdp_epsilon(3 * step_rdp(2.0, 1.0), 1e-5)
+    eps4 = rdp_epsilon(4 * step_rdp(2.0, 1.0), 1e-5)
     privacy = privacy_for(config(max_epsilon=(eps3 + eps4) / 2))
 
     # Execute
@@ -113,3 +116,42 @@ def test_a_delta_not_below_one_over_the_connected_nodes_is_refused_when_the_roun
     with pytest.raises(ConfigError, match=r"\[dp\] delta = 0\.2 is not below 1/nodes = 1/10"):
         privacy.before_round(1, 2, 10)
     assert privacy.before_round(1, 2, 4) is None
+
+
+DDP = {"noise_multiplier": 1.0, "clip": 1.0, "bits": 16, "expected_dropout": 0.25}
+
+
+def ddp_config(max_epsilon: float) -> ServerConfig:
+    dp = {"delta": 1e-5, "max_epsilon": max_epsilon, "distributed": DDP}
+    return ServerConfig.model_validate(
+        {"secure_aggregation": "secagg+", "insecure": True, "dp": dp}
+    )
+
+
+def test_the_distributed_budget_counts_the_stored_rounds_at_the_expected_survivors() -> None:
+    # Prepare: rounds of 4 of 8 nodes (q = 1/2) calibrated for 3 expected survivors; two
+    # unmasked rounds in the store (one with a survivor fewer, so less noise), as a resumed
+    # coordinator finds them
+    calibration = plan(DistributedDPSettings(**DDP), 4, 1000)
+    assert calibration.expected == 3
+    z3, z2 = calibration.delivered(3), calibration.delivered(2)
+    stored = [
+        {"event": "round", "round": r, "privacy": {"distributed": round_privacy(calibration, m,
+         8, [], 1e-5)}} for r, m in ((1, 3), (2, 2))
+    ]  # fmt: skip
+    spent = rdp.epsilon([(z3, 0.5, 1), (z2, 0.5, 1)], 1e-5)
+    next_one = rdp.epsilon([(z3, 0.5, 1), (z2, 0.5, 1), (z3, 0.5, 1)], 1e-5)
+    cfg = ddp_config((spent + next_one) / 2)
+
+    def privacy(events: list[dict]) -> RunPrivacy:
+        return RunPrivacy.for_run(cfg, FedAvg(), (), elements=1000, events=lambda: events)
+
+    # Execute
+    why = privacy(stored).before_round(3, 4, 8)
+    fresh = privacy(stored[:1]).before_round(2, 4, 8)
+
+    # Assert: the third round would pass the budget (the stored rounds, as delivered, plus the
+    # next at the expected survivors' noise); with one stored round the next one fits
+    assert why is not None and "round 3 would bring the distributed epsilon" in why
+    assert f"{next_one:.4f}" in why and "3 of 4 selected" in why
+    assert fresh is None

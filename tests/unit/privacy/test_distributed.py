@@ -13,16 +13,16 @@ from dp_accounting.rdp import rdp_privacy_accountant
 from fedhive.common.api.hooks import Block, blocks_of, gather, run
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import ConfigError
+from fedhive.common.privacy import rdp
 from fedhive.common.privacy.discrete_gaussian import SecureBits
 from fedhive.common.privacy.distributed import (
-    RDP_ORDERS,
     ClipDeltaStage,
     DistributedDPSettings,
     NoiseStage,
-    accountant_epsilon,
     decode,
     plan,
     round_privacy,
+    share_refusal,
 )
 from fedhive.common.secagg.quantize import MODULUS
 from fedhive.common.secagg.stages import QuantizeStage
@@ -33,7 +33,7 @@ SETTINGS = DistributedDPSettings(noise_multiplier=1.0, clip=2.0, bits=16)
 
 def reference_epsilon(rounds: list[tuple[float, float]], delta: float) -> float:
     """Google's dp-accounting, the cross-check."""
-    acc = rdp_privacy_accountant.RdpAccountant(orders=RDP_ORDERS)
+    acc = rdp_privacy_accountant.RdpAccountant(orders=list(rdp.ORDERS))
     for (q, z), count in Counter(rounds).items():
         acc.compose(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(z)), count)
     return float(acc.get_epsilon(delta))
@@ -44,7 +44,7 @@ def reference_epsilon(rounds: list[tuple[float, float]], delta: float) -> float:
 )
 def test_the_accountant_matches_dp_accounting(q: float, z: float, steps: int) -> None:
     # Prepare / Execute
-    ours = accountant_epsilon([(q, z)] * steps, 1e-5)
+    ours = rdp.epsilon([(z, q, steps)], 1e-5)
     ref = reference_epsilon([(q, z)] * steps, 1e-5)
 
     # Assert: the same RDP bound (the two libraries convert RDP to epsilon alike up to 1%)
@@ -187,3 +187,22 @@ def test_expected_dropout_calibrates_the_noise_for_the_survivors() -> None:
     assert p.expected == 3
     assert settings.noise_multiplier <= p.delivered(3) < settings.noise_multiplier * 1.001
     assert p.delivered(4) == pytest.approx(p.delivered(3) * math.sqrt(4 / 3))
+
+
+def test_a_node_checks_the_noise_share_against_the_settings_and_its_own_floor() -> None:
+    # Prepare: the calibrated share for 3 selected nodes of a 1000-element model
+    honest = plan(SETTINGS, 3, 1000).node_variance
+    args = {"clip": SETTINGS.clip, "bits": SETTINGS.bits, "selected": 3, "threshold": 2}
+
+    def refusal(variance: int, floor: float | None = None, **kw: int) -> str | None:
+        return share_refusal(variance, SETTINGS, **{**args, **kw}, elements=1000, floor=floor)
+
+    # Execute / Assert: the honest share passes; less is refused, naming the settings
+    assert refusal(honest) is None
+    assert "that its own settings imply" in str(refusal(honest - 1))
+    assert "that its own settings imply" in str(refusal(honest, selected=2))  # more per node
+    # the floor is checked at the threshold's survivors: z = sqrt(2/3) ~ 0.816 there
+    assert refusal(honest, floor=0.8) is None
+    assert "dp_min_noise_multiplier = 0.9" in str(refusal(honest, floor=0.9))
+    # without the stated settings the floor still holds
+    assert share_refusal(honest, None, **args, elements=1000, floor=0.9) is not None

@@ -308,3 +308,47 @@ def test_key_exchange_hands_its_error_to_the_pusher() -> None:
     with pytest.raises(SecAggAbortedError, match="not part of round"):
         exchange.pad()
     assert exchange.failed
+
+
+def test_distributed_dp_noise_is_drawn_before_masking_is_allowed_and_reused() -> None:
+    # Prepare: three nodes with distributed DP noise; none may mask yet (still downloading)
+    ids = node_ids(3)
+    graph = Graph.build(ids, seed=ROUND)
+    identities = {u: fixed_identity(i) for i, u in enumerate(ids)}
+    directory = {u: k.public_key() for u, k in identities.items()}
+    words = masked_words(ELEMENTS)
+    rnd = SecAggRound(graph, ROUND, words, directory, step_timeout_s=30.0)
+    variance = 10**6
+    exchanges = {
+        u: KeyExchange(
+            ROUND,
+            LocalChannel(rnd, u),
+            lambda u=u: NodeSecAgg(u, identities[u], directory, graph, ROUND, words),
+            noise_variance=variance,
+            words=words,
+        ).start()
+        for u in ids
+    }
+
+    # Execute: wait (with a deadline) until every node's noise is drawn, masking still barred
+    deadline = time.monotonic() + 20
+    while not all(x.noise_drawn for x in exchanges.values()):
+        assert time.monotonic() < deadline, "the noise was not drawn before masking"
+        time.sleep(0.01)
+    masked_early = [x.times.mask_s for x in exchanges.values()]
+    for x in exchanges.values():
+        x.allow_masking()
+    machine, pad = exchanges[ids[0]].pad()
+    first = pad.copy()
+    again = exchanges[ids[0]].pad()[1]  # a repeated push: the mask again, the same noise
+    noise = (first - machine.pad()).view(np.int32).astype(np.int64)
+    for u in ids[1:]:  # the others' threads end too
+        exchanges[u].pad()
+
+    # Assert: drawn before any masking; the mask carries it (the count word is left), the same
+    # noise on a repeated push (no second, averageable draw), of the variance asked for (300
+    # samples: the bounds are 6 standard deviations of the sample variance)
+    assert masked_early == [0.0, 0.0, 0.0]
+    assert np.array_equal(again, first)
+    assert noise[0] == 0
+    assert 0.5 * variance < float(np.var(noise[1:])) < 1.5 * variance

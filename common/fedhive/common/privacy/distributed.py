@@ -23,7 +23,8 @@ coordinator reads it in a window ``[-M, 2^32 - M)``. :func:`plan` refuses settin
 noise could leave the window (beyond ``TAIL`` standard deviations: probability below 1e-40).
 
 **Accounting.** Each round is a subsampled Gaussian mechanism with sampling rate
-``selected / alive`` and noise multiplier ``z_delivered`` (Opacus's RDP analysis; the discrete
+``selected / alive`` and noise multiplier ``z_delivered`` (the project's accountant,
+:mod:`fedhive.common.privacy.rdp`; the discrete
 Gaussian has the same Renyi divergences bound as the continuous one, Canonne et al. 2020). Its
 state is the list of past rounds' ``(sample_rate, noise_multiplier)``, kept in the round
 records, so a resumed run continues it.
@@ -31,11 +32,8 @@ records, so a resumed run continues it.
 
 from __future__ import annotations
 
-import functools
 import math
-import warnings
-from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -45,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedhive.common.api.hooks import Block
 from fedhive.common.errors import ConfigError, InvalidUpdateError
+from fedhive.common.privacy import rdp
 from fedhive.common.privacy.discrete_gaussian import (
     SecureBits,
     discrete_gaussian,
@@ -56,7 +55,6 @@ TAIL = 14.0  # standard deviations of noise kept inside the field: P(beyond) < 1
 MIN_NODE_VARIANCE = 16  # per-node variance in grid units^2: tau ~ 10 n exp(-158), negligible
 LEVEL = "distributed"
 NOISE_BLOCK = 1 << 20  # words noised per pass
-RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512, 1024]
 
 
 class DistributedDPSettings(BaseModel):
@@ -94,7 +92,14 @@ class DistributedPlan:
         return math.sqrt(survivors * self.node_variance) / self.sensitivity
 
     def task_config(self) -> dict[str, Any]:
-        return {"secagg_dp_clip": self.settings.clip, "secagg_dp_variance": str(self.node_variance)}
+        """What the nodes get: the share's clip and variance, and the settings it was calibrated
+        from (each node recomputes the variance from them: :func:`share_refusal`)."""
+        return {
+            "secagg_dp_clip": self.settings.clip,
+            "secagg_dp_variance": str(self.node_variance),
+            "secagg_dp_noise_multiplier": self.settings.noise_multiplier,
+            "secagg_dp_expected_dropout": self.settings.expected_dropout,
+        }
 
 
 def plan(settings: DistributedDPSettings, nodes: int, elements: int) -> DistributedPlan:
@@ -121,15 +126,63 @@ def plan(settings: DistributedDPSettings, nodes: int, elements: int) -> Distribu
     return DistributedPlan(settings, nodes, elements, expected, int(s), margin)
 
 
+def share_refusal(
+    variance: int,
+    settings: DistributedDPSettings | None,
+    *,
+    clip: float,
+    bits: int,
+    selected: int,
+    threshold: int,
+    elements: int,
+    floor: float | None,
+) -> str | None:
+    """Why a node must not add its share (``variance``) to a round, or None: the node's check of
+    the coordinator's claim, with the node's own ``elements`` (its model's size).
+
+    - ``settings`` (the run's, as the task states them): the variance must be at least what
+      :func:`plan` calibrates from them for ``selected`` nodes (and the clip the same);
+    - ``floor`` (the site's own ``dp_min_noise_multiplier``): the noise multiplier of a sum of
+      only ``threshold`` shares (the fewest survivors whose sum SecAgg+ can unmask with this
+      node's update in it) must reach it.
+    """
+    quant = QuantConfig(clip, bits, 1)
+    sensitivity = quant.levels / 2 + math.sqrt(elements)
+    if settings is not None:
+        if settings.clip != clip or settings.bits != bits:
+            return (
+                f"distributed DP: the task's clip {clip:g} / bits {bits} differ from its settings' "
+                f"{settings.clip:g} / {settings.bits}"
+            )
+        try:
+            want = plan(settings, selected, elements).node_variance
+        except ConfigError as exc:
+            return f"distributed DP: the task's settings cannot be calibrated: {exc}"
+        if variance < want:
+            return (
+                f"distributed DP: the coordinator asks for noise variance {variance}, below the "
+                f"{want} that its own settings imply (noise_multiplier "
+                f"{settings.noise_multiplier:g}, clip {clip:g}, bits {bits}, expected_dropout "
+                f"{settings.expected_dropout:g}, {selected} selected, {elements} elements)"
+            )
+    if floor is not None:
+        least = math.sqrt(threshold * variance) / sensitivity
+        if least < floor:
+            return (
+                f"distributed DP: with noise variance {variance} per node, a sum of "
+                f"{threshold} survivors (the secure round's threshold) carries noise multiplier "
+                f"{least:.4g}, below this site's dp_min_noise_multiplier = {floor:g}"
+            )
+    return None
+
+
 def check_settings(settings: DistributedDPSettings, min_nodes: int) -> None:
     """The start-up check (the model's size is not known yet: the per-round check adds it).
     Loads the accountant now (seconds: Opacus imports much), not in the first round."""
     try:
-        import opacus.accountants.analysis.rdp  # noqa: F401
-    except ImportError as exc:
-        raise ConfigError(
-            f"dp.distributed needs the accountant (Opacus): pip install 'fedhive[dp]' ({exc})"
-        ) from exc
+        rdp.check_available()
+    except ConfigError as exc:
+        raise ConfigError(f"dp.distributed needs the accountant: {exc}") from exc
     plan(settings, min_nodes, 0)
 
 
@@ -176,8 +229,9 @@ def add_noise(words: np.ndarray, variance: int, bits: SecureBits, skip: int = 1)
 class NoiseStage:
     """Add ``N_Z(0, variance)`` to each quantized word, mod 2^32 (word 0, the count, is left).
 
-    The node's runtime adds the same noise to its mask instead, while it trains (the noise does
-    not depend on the update, and addition mod 2^32 commutes): :func:`add_noise`.
+    The node's runtime adds the same noise to its mask instead (the noise does not depend on
+    the update, and addition mod 2^32 commutes), drawn from the moment the task arrives, in a
+    thread of its own, while the node downloads, exchanges keys and trains: :func:`add_noise`.
     """
 
     name = "dp-noise"
@@ -214,36 +268,14 @@ def decode(words: np.ndarray, survivors: int, plan_: DistributedPlan) -> np.ndar
     return out
 
 
-@functools.lru_cache(maxsize=256)
-def _rdp(q: float, z: float) -> tuple[float, ...]:
-    """One round's RDP at :data:`RDP_ORDERS` (Opacus's subsampled Gaussian analysis)."""
-    from opacus.accountants.analysis.rdp import compute_rdp
-
-    return tuple(np.asarray(compute_rdp(q=q, noise_multiplier=z, steps=1, orders=RDP_ORDERS)))
-
-
-def accountant_epsilon(rounds: Sequence[tuple[float, float]], delta: float) -> float:
-    """Epsilon at ``delta`` after ``rounds`` of (sample_rate, noise_multiplier), Opacus RDP."""
-    from opacus.accountants.analysis.rdp import get_privacy_spent
-
-    if not rounds:
-        return 0.0
-    total = np.zeros(len(RDP_ORDERS))
-    for (q, z), count in Counter(rounds).items():
-        total += count * np.asarray(_rdp(q, z))
-    with warnings.catch_warnings():  # "optimal order is the smallest/largest alpha": the bound
-        warnings.simplefilter("ignore", UserWarning)  # holds, only less tight (at eps >> 10)
-        eps, _ = get_privacy_spent(orders=RDP_ORDERS, rdp=total, delta=delta)
-    return float(eps)
-
-
-def past_rounds(history: Iterable[Mapping[str, Any]]) -> list[tuple[float, float]]:
-    """The (sample_rate, noise_multiplier) of every round whose noised sum was unmasked."""
+def past_rounds(history: Iterable[Mapping[str, Any]]) -> list[rdp.Entry]:
+    """The accountant's entries (noise multiplier, sample rate, 1 step) of every round whose
+    noised sum was unmasked."""
     out = []
     for event in history:
         level = (event.get("privacy") or {}).get(LEVEL)
         if level:
-            out.append((float(level["sample_rate"]), float(level["noise_multiplier"])))
+            out.append((float(level["noise_multiplier"]), float(level["sample_rate"]), 1))
     return out
 
 
@@ -258,7 +290,7 @@ def round_privacy(
     so far (this round included)."""
     q = min(1.0, plan_.nodes / max(alive, plan_.nodes))
     z = plan_.delivered(survivors)
-    eps = accountant_epsilon([*past_rounds(history), (q, z)], delta)
+    eps = rdp.epsilon([*past_rounds(history), (z, q, 1)], delta)
     return {
         "delta": delta,
         "epsilon": eps,

@@ -1,6 +1,8 @@
 """``[dp]``: the run's differential privacy (one optional sub-table per level), validated at the
 edge. Shared fields: ``delta`` (every epsilon of the run is reported at it) and ``max_epsilon``
-(the run's budget: the coordinator stops before the round that would exceed it).
+(the run's budget: the coordinator stops before the central or distributed round that would
+exceed it; under DP-SGD it travels to the sites, whose ledgers decline a round past it, and a
+``target_epsilon`` above it is refused here).
 
 Refusals that involve other settings of the run (secure aggregation, the nodes) are in
 :func:`check_run`, called by the coordinator's config; the strategy's are checked where the
@@ -33,6 +35,17 @@ class DPSettings(BaseModel):
         if not on:
             raise ValueError(
                 "[dp] enables no level: add [dp.sgd], [dp.central] or [dp.distributed]"
+            )
+        if (
+            self.sgd is not None
+            and self.sgd.target_epsilon is not None
+            and self.max_epsilon is not None
+            and self.sgd.target_epsilon > self.max_epsilon
+        ):
+            raise ValueError(
+                f"[dp.sgd] target_epsilon = {self.sgd.target_epsilon:g} is above the run's [dp] "
+                f"max_epsilon = {self.max_epsilon:g}: every site would spend past the budget by "
+                "the last round; lower target_epsilon or raise max_epsilon"
             )
         if "central" in on and "distributed" in on:
             raise ValueError(

@@ -9,8 +9,11 @@
 * :class:`PrivacyLedger`: the node's ledger of its own budget in this run. The node's
   ``max_epsilon`` (at its ``delta``, default the run's) wins: a round that would take the node past
   it raises :class:`~fedhive.common.errors.PrivacyBudgetExceeded` before any training, and the node
-  declines the round. Each round trained is written (atomically) to the node's state file before
-  its update is sent, so the ledger survives a node restart within the run.
+  declines the round. The run's ``[dp] max_epsilon`` travels with the round (``dp_sgd_max_epsilon``)
+  and the ledger enforces it the same way: only the site knows its sampling rate and steps (its
+  record count, batch size and epochs), so only the site can tell what its next round would
+  spend. Each round trained is written (atomically) to the node's state file before its update
+  is sent, so the ledger survives a node restart within the run.
 
 The training itself (Opacus's per-sample clipping and noise, Poisson sampling) is
 :mod:`fedhive.common.privacy.sgd_training`; the accountant :mod:`fedhive.common.privacy.rdp`.
@@ -75,6 +78,7 @@ class SgdRound(BaseModel):
     rounds: int = Field(default=1, ge=1, le=MAX_ROUNDS)
     max_grad_norm: float = Field(gt=0, allow_inf_nan=False)
     delta: float = Field(gt=0, lt=1, allow_inf_nan=False)
+    max_epsilon: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # the run's
 
     @model_validator(mode="after")
     def _one_mechanism(self) -> SgdRound:
@@ -114,6 +118,8 @@ def task_config(dp: DPSettings | None, rounds: int) -> dict[str, float | int]:
         out["noise_multiplier"] = sgd.noise_multiplier
     if sgd.target_epsilon is not None:
         out["target_epsilon"] = sgd.target_epsilon
+    if dp.max_epsilon is not None:  # the run's budget: each site's ledger enforces it too
+        out["max_epsilon"] = dp.max_epsilon
     return {KEY_PREFIX + k: v for k, v in out.items()}
 
 
@@ -224,7 +230,7 @@ class PrivacyLedger:
 
     def check(self, entry: rdp.Entry) -> float:
         """The epsilon (at the budget's delta) after ``entry``; PrivacyBudgetExceeded if that is
-        past ``max_epsilon``."""
+        past the node's ``max_epsilon``, or past the run's (at the run's delta)."""
         after = rdp.epsilon([*self.history, entry], self.budget_delta())
         if self.max_epsilon is not None and after > self.max_epsilon:
             spent = self.epsilon(self.budget_delta())
@@ -233,6 +239,15 @@ class PrivacyLedger:
                 f"{spent:.3f} to {after:.3f}, past its max_epsilon {self.max_epsilon} at delta "
                 f"{self.budget_delta():g}"
             )
+        s = self.settings
+        if s is not None and s.max_epsilon is not None:
+            run_after = rdp.epsilon([*self.history, entry], s.delta)
+            if run_after > s.max_epsilon:
+                raise PrivacyBudgetExceeded(
+                    f"privacy budget: round {self.round} would take this node's epsilon to "
+                    f"{run_after:.3f}, past the run's [dp] max_epsilon {s.max_epsilon:g} at "
+                    f"delta {s.delta:g}"
+                )
         return after
 
     def spend(self, entry: rdp.Entry) -> None:

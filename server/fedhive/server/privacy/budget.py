@@ -1,11 +1,20 @@
-"""The run's privacy accountant and its budget (``[dp] max_epsilon``), for central DP.
+"""The run's privacy accountant and its budget (``[dp] max_epsilon``), for central and
+distributed DP (DP-SGD's is enforced by each site's ledger: :mod:`fedhive.common.privacy.sgd`).
+
+Distributed DP: before a round opens, :meth:`RunPrivacy.before_round` computes the epsilon the
+run would have after it with the noise of the *expected* survivors (``plan``: the selected less
+``expected_dropout``), over every round whose noised sum was unmasked, as the records hold them
+(:func:`fedhive.common.privacy.distributed.past_rounds`: read from the store each time, so a
+resumed run continues it). Above ``max_epsilon`` the round is not opened and the run stops. More
+dropouts than expected can still take a round's recorded epsilon past the budget (the noise is
+counted as delivered); the next round is then refused.
+
+Central DP:
 
 Each committed round is one subsampled Gaussian mechanism: sampling rate ``q = selected / alive``
 (the nodes selected for the round among the connected ones), noise multiplier ``z``. Their Renyi
-DP composes by addition (Mironov 2017); epsilon at the run's delta comes from Opacus's RDP
-analysis (``opacus.accountants.analysis.rdp``: Mironov, Talwar, Zhang 2019 for the subsampled
-Gaussian; the conversion of Balle et al. 2020). Google's dp-accounting is the cross-check in the
-tests.
+DP composes by addition; epsilon at the run's delta comes from the project's one accountant
+(:mod:`fedhive.common.privacy.rdp`, Opacus's RDP analysis), the one every DP level uses.
 
 The accountant's state is derived, never stored apart: every committed round's record carries its
 ``sample_rate`` and ``noise_multiplier`` (``privacy["central"]``), committed in the same
@@ -23,14 +32,13 @@ and the two coincide.
 from __future__ import annotations
 
 import logging
-import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-
-import numpy as np
 
 from fedhive.common.config import ServerConfig
 from fedhive.common.errors import ConfigError, FedhiveError
+from fedhive.common.privacy import rdp
+from fedhive.common.privacy.distributed import past_rounds, plan
 from fedhive.common.privacy.settings import DPSettings
 from fedhive.common.record import ROUND
 from fedhive.server.privacy.central import CentralDP
@@ -38,60 +46,47 @@ from fedhive.server.strategy.base import Aggregator
 
 log = logging.getLogger("fedhive.server")
 
-ORDERS: tuple[float, ...] = tuple(
-    [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [80, 96, 128, 256, 512, 1024]
-)
-"""Renyi orders: Opacus's RDPAccountant.DEFAULT_ALPHAS, and larger ones for small epsilons (any
-set of orders gives a valid upper bound; more orders, a tighter one)."""
-
-
-def round_rdp(sample_rate: float, noise_multiplier: float) -> np.ndarray:
-    """RDP at :data:`ORDERS` of one subsampled Gaussian mechanism."""
-    from opacus.accountants.analysis.rdp import compute_rdp
-
-    return np.asarray(
-        compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=ORDERS),
-        dtype=np.float64,
-    )
-
-
-def rdp_epsilon(rdp: np.ndarray, delta: float) -> float:
-    """Epsilon at ``delta`` of a composed RDP curve (0 for no round)."""
-    if not np.any(rdp):
-        return 0.0
-    from opacus.accountants.analysis.rdp import get_privacy_spent
-
-    with warnings.catch_warnings():  # "optimal order is the smallest/largest alpha": the bound
-        warnings.simplefilter("ignore", UserWarning)  # holds, only less tight (at eps >> 10)
-        eps, _ = get_privacy_spent(orders=ORDERS, rdp=rdp, delta=delta)
-    return float(eps)
-
 
 class RunPrivacy:
-    """Central DP's accountant and budget for one run (inert without ``[dp.central]``)."""
+    """The run's accountant and budget for central and distributed DP (inert without either).
+    ``elements``: the model's size; ``events``: the run's records so far (distributed DP)."""
 
-    def __init__(self, dp: DPSettings | None, central: CentralDP | None) -> None:
+    def __init__(
+        self,
+        dp: DPSettings | None,
+        central: CentralDP | None,
+        elements: int = 0,
+        events: Callable[[], Iterable[Mapping[str, Any]]] = tuple,
+    ) -> None:
         self.dp = dp
         self.central = central if dp is not None and dp.central is not None else None
-        self.rdp = np.zeros(len(ORDERS), dtype=np.float64)
+        self.distributed = dp.distributed if dp is not None else None
+        self.elements = elements
+        self.events = events
+        self.rdp = rdp.zero_rdp()
         self.rounds = 0
         self._pending: dict[str, Any] | None = None
 
     @classmethod
     def for_run(
-        cls, config: ServerConfig, aggregator: Aggregator, committed: Iterable[Mapping[str, Any]]
+        cls,
+        config: ServerConfig,
+        aggregator: Aggregator,
+        committed: Iterable[Mapping[str, Any]],
+        elements: int = 0,
+        events: Callable[[], Iterable[Mapping[str, Any]]] = tuple,
     ) -> RunPrivacy:
         """The run's accountant, continued from the ``committed`` events (a resumed run's)."""
         central = aggregator if isinstance(aggregator, CentralDP) else None
         if config.dp is not None and config.dp.central is not None and central is None:
             raise ConfigError("[dp.central]: the run's strategy is not wrapped in central DP")
-        privacy = cls(config.dp, central)
+        privacy = cls(config.dp, central, elements, events)
         privacy.replay(committed)
         return privacy
 
     @property
     def epsilon(self) -> float:
-        return rdp_epsilon(self.rdp, self.dp.delta) if self.dp is not None else 0.0
+        return rdp.rdp_epsilon(self.rdp, self.dp.delta) if self.dp is not None else 0.0
 
     def replay(self, events: Iterable[Mapping[str, Any]]) -> None:
         """Add the committed training rounds of ``events`` (the last record of each round)."""
@@ -110,7 +105,7 @@ class RunPrivacy:
                     f"round {number} was committed without its central DP record: the privacy "
                     "spent so far cannot be rebuilt"
                 )
-            self.rdp += round_rdp(float(entry["sample_rate"]), float(entry["noise_multiplier"]))
+            self.rdp += rdp.step_rdp(float(entry["noise_multiplier"]), float(entry["sample_rate"]))
             self.rounds += 1
         if self.rounds:
             log.info(
@@ -124,6 +119,8 @@ class RunPrivacy:
         """Why round ``number`` must not open (it would exceed ``max_epsilon``), or None; the
         round's sampling rate is ``selected / alive``. Raises ConfigError for a delta that the
         nodes connected now make meaningless (>= 1/nodes)."""
+        if self.distributed is not None:
+            return self._before_distributed(number, selected, alive)
         if self.central is None or self.dp is None:
             return None
         dp, z = self.dp, self.central.settings.noise_multiplier
@@ -133,7 +130,7 @@ class RunPrivacy:
                 "that delta may reveal a whole node's update; use a smaller delta"
             )
         rate = selected / alive
-        after = rdp_epsilon(self.rdp + round_rdp(rate, z), dp.delta)
+        after = rdp.rdp_epsilon(self.rdp + rdp.step_rdp(z, rate), dp.delta)
         if dp.max_epsilon is not None and after > dp.max_epsilon:
             return (
                 f"privacy budget: round {number} would bring the central epsilon to {after:.4f} "
@@ -144,6 +141,27 @@ class RunPrivacy:
         self.central.expect(selected)
         return None
 
+    def _before_distributed(self, number: int, selected: int, alive: int) -> str | None:
+        dp, settings = self.dp, self.distributed
+        if dp is None or settings is None or dp.max_epsilon is None:
+            return None
+        try:
+            calibration = plan(settings, selected, self.elements)
+        except ConfigError:  # the round's path refuses it, naming the settings
+            return None
+        past = past_rounds(self.events())
+        rate = min(1.0, selected / max(alive, selected))
+        z = calibration.delivered(calibration.expected)
+        after = rdp.epsilon([*past, (z, rate, 1)], dp.delta)
+        if after > dp.max_epsilon:
+            return (
+                f"privacy budget: round {number} would bring the distributed epsilon to "
+                f"{after:.4f} > [dp] max_epsilon = {dp.max_epsilon:g} (delta {dp.delta:g}; "
+                f"{rdp.epsilon(past, dp.delta):.4f} spent in {len(past)} round(s), noise for "
+                f"{calibration.expected} of {selected} selected); the run stops before it"
+            )
+        return None
+
     def committed(self, event: dict[str, Any]) -> dict[str, Any] | None:
         """The round's ``privacy`` field (the central level's entry added to what is there);
         the accountant now includes the round. The nodes' weights are set to the fixed 1/m."""
@@ -152,7 +170,7 @@ class RunPrivacy:
             return privacy or None
         pending, self._pending = self._pending, None
         z = self.central.settings.noise_multiplier
-        self.rdp += round_rdp(pending["sample_rate"], z)
+        self.rdp += rdp.step_rdp(z, pending["sample_rate"])
         self.rounds += 1
         for node in (event.get("nodes") or {}).values():
             node["weight"] = 1.0 / pending["selected"]
