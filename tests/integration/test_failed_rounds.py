@@ -1,18 +1,22 @@
 """Rounds that are not committed leave no trace: the model and the strategy's state are those of
-the last committed round, so a live retry steps a server optimizer once, as a resumed run does."""
+the last committed round, so a live retry steps a server optimizer once, as a resumed run does.
+A round every node declined or left fails at once, and its retry does not wait for them."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 from fedhive.proto.v1 import coordinator_pb2 as pb
+from fedhive.server.coordinator import RunAborted
 from tests.integration.adversary import Adversary
-from tests.integration.harness import channel, start_coordinator
+from tests.integration.harness import channel, start_coordinator, start_node, wait_all
 
 HUGE = 1e38  # finite and foldable (float32); its weighted mean times the server lr is not
 LR = 100.0
@@ -66,3 +70,26 @@ def test_a_non_finite_aggregate_leaves_the_server_optimizer_as_committed(tmp_pat
     for k in range(3):
         w = model[f"weights.{k}"]
         assert np.array_equal(w, np.full_like(w, k + LR))
+
+
+def test_when_every_node_has_left_the_retry_does_not_wait_for_them(tmp_path: Path) -> None:
+    # Prepare: the default one-hour join timeout; both nodes' training fails, so each declines
+    # round 1 and leaves the run (exit 1)
+    coord = start_coordinator(tmp_path, rounds=2, min_nodes=2, join_timeout_s=3600.0)
+    args = {"params": 1000, "tensors": 3, "fail_fit": "true"}
+    procs = [start_node(coord.address, f"n{i}", seed=i, task_args=args) for i in range(2)]
+    started = time.monotonic()
+
+    # Execute
+    with pytest.raises(RunAborted) as info:
+        coord.join(timeout=30)
+    codes = wait_all(procs)
+
+    # Assert: the run ended at once, saying why; round 1 failed on the declines
+    assert time.monotonic() - started < 30
+    assert codes == [1, 1]
+    assert "every node has left the run" in str(info.value)
+    events = [json.loads(x) for x in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    first = next(e for e in events if e["event"] == "round")
+    assert not first["committed"] and all("declined" in r for r in first["refused"].values())
+    assert events[-1]["event"] == "aborted"

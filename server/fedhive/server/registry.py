@@ -286,6 +286,14 @@ class NodeRegistry:
                 out.append(nid)
         return out
 
+    def all_left(self) -> list[str]:
+        """Every node of the run, when each one has left it (Leave, eviction, a FINISH) and none
+        is merely disconnected (that one may come back); else an empty list."""
+        nodes = list(self._nodes.values())
+        if not nodes or any(not n.finished for n in nodes):
+            return []
+        return sorted(n.node_id for n in nodes)
+
     def any_active(self) -> bool:
         """Whether any node is still alive and not yet told the run is over."""
         return any(n.alive and not n.finished for n in self._nodes.values())
