@@ -1,14 +1,18 @@
 """SecAgg+ across a coordinator crash: the resumed coordinator knows the identity keys of the
 nodes that outlived it (they reconnect with their credentials and never join again), re-checked
-against their CA certificates under mutual TLS, and a node cannot swap its key within the run."""
+against their CA certificates under mutual TLS, and a node cannot swap its key within the run.
+A node whose certificate is revoked leaves a secure round at once, whatever step it reached."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -17,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 
 from fedhive.common.cli.certs import Authority
 from fedhive.proto.v1 import coordinator_pb2 as pb
-from tests.integration.harness import start_node, wait_all
+from tests.integration.harness import start_coordinator, start_node, wait_all
 from tests.integration.test_node_lifecycle import free_port
 from tests.integration.test_resume import last_round, wait_for_progress
 from tests.integration.test_tls import stub
@@ -146,3 +150,65 @@ def test_a_node_cannot_swap_its_identity_key_within_a_run(tmp_path: Path, pki: A
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "another identity key" in info.value.details()
     assert again.auth.node_id == "site-a"
+
+
+class RevokeFirstUploader:
+    """Round listener: revokes the victim's certificates once the first masked upload of round 1
+    was folded (the victim trains fastest, so that upload is its own)."""
+
+    def __init__(self, pki: Authority, victim: str) -> None:
+        self.pki, self.victim = pki, victim
+        self.revoked = threading.Event()
+
+    def round_opened(self, round_: int, kind: str, selected: Sequence[str]) -> None:
+        pass
+
+    def update_received(self, round_: int, received: int, expected: int, bytes_in: int) -> None:
+        if round_ == 1 and received == 1 and not self.revoked.is_set():
+            self.pki.revoke(self.victim)
+            self.revoked.set()
+
+    def round_closed(self, event: Mapping[str, Any]) -> None:
+        pass
+
+
+def test_a_node_revoked_after_its_masked_upload_leaves_the_secure_round_at_once(
+    tmp_path: Path, pki: Authority
+) -> None:
+    # Prepare: a secure round under mutual TLS whose unmask step would wait STEP_S for a node;
+    # site-a uploads first and is revoked then, while the others still train
+    step_s = 20.0
+    listener = RevokeFirstUploader(pki, "site-a")
+    settings = {
+        "secure_aggregation": "secagg+", "secagg_clip": 32.0, "secagg_bits": 16,
+        "secagg_max_weight": 1024, "secagg_step_timeout_s": step_s,
+        "heartbeat_interval_s": 0.3, "heartbeat_timeout_s": 30.0,
+    }  # fmt: skip
+    coord = start_coordinator(
+        tmp_path, listener, rounds=1, min_nodes=3, insecure=False, tls_dir=pki.server_dir,
+        **settings,
+    )  # fmt: skip
+    logs = [tmp_path / f"{n}.log" for n in NODES]
+    train_s = {"site-a": 0.0, "site-b": 1.5, "site-c": 1.5}
+    procs = [
+        start_node(
+            coord.address,
+            "x",
+            seed=i,
+            log=logs[i],
+            tls_dir=pki.node_dir(n),
+            task_args={"params": 1000, "tensors": 3, "train_s": train_s[n]},
+        )
+        for i, n in enumerate(NODES)
+    ]
+
+    # Execute
+    history = coord.join(timeout=90)
+    wait_all(procs)
+
+    # Assert: the round committed without waiting out the unmask step for the revoked node
+    (record,) = [e for e in history if e["event"] == "round"]
+    assert listener.revoked.is_set()
+    assert record["committed"], record
+    assert "site-a" in record["dropped"], record
+    assert record["duration_s"] < step_s / 2, record
