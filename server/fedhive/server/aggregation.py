@@ -11,6 +11,9 @@ what it needs without the engine asking which one it is:
   rules that need only the sum;
 * ``state`` / ``restore``: the JSON state committed with each round, plus model-sized arrays (a
   server optimizer's moments) written next to the model as safetensors, their digest in the state;
+* ``rollback``: a round that is not committed leaves the strategy as the last committed round
+  left it (a server optimizer stepped at ``finalize`` is restored from that state), so a live
+  retry steps it once, exactly as a resumed run does;
 * ``select``, ``configure``, ``aggregate_metrics``: the round's nodes, its training config and its
   metrics, by the strategy's own optional methods of those names, else as FedAvg does (a seeded
   sample of the connected nodes, the run's ``[train]`` table, example-weighted means).
@@ -93,12 +96,22 @@ class StrategyHost:
     def __init__(self, aggregator: Aggregator | None, models_dir: Path) -> None:
         self.aggregator: Aggregator = aggregator if aggregator is not None else FedAvg()
         self.models_dir = models_dir
+        self._committed: dict[str, Any] | None = None  # the state the last commit recorded
+        self._stepped = False  # finalize or from_mean ran since that commit
+
+    def rollback(self) -> None:
+        """The round will not be committed: back to the last committed state (a no-op unless
+        the strategy stepped since, e.g. a server optimizer whose model was non-finite)."""
+        if self._stepped and self._committed is not None:
+            self.restore(self._committed)
+        self._stepped = False
 
     def begin(self, specs: Sequence[TensorSpec], global_path: Path) -> None:
         self.aggregator.begin(specs, CheckpointModel(global_path, specs))
 
     def finalize(self) -> tuple[list[np.ndarray], str]:
         """The new model and ``""``, or no model and why the rule could not aggregate."""
+        self._stepped = True
         try:
             return self.aggregator.finalize(), ""
         except AggregationError as exc:
@@ -111,6 +124,7 @@ class StrategyHost:
         step = getattr(self.aggregator, "from_mean", None)
         if step is None:
             return mean, ""
+        self._stepped = True
         try:
             return step(specs, mean, CheckpointModel(global_path, specs)), ""
         except AggregationError as exc:
@@ -163,7 +177,8 @@ class StrategyHost:
             drop()
 
     def state(self, round_: int) -> dict[str, Any]:
-        """The JSON state to commit with round ``round_``; arrays go to their own file first."""
+        """The JSON state to commit with round ``round_``; arrays go to their own file first.
+        Taken only to be committed: it is the state a later :meth:`rollback` returns to."""
         state = dict(self.aggregator.state())
         arrays_of = getattr(self.aggregator, "state_arrays", None)
         arrays: dict[str, np.ndarray] = dict(arrays_of()) if arrays_of is not None else {}
@@ -180,20 +195,24 @@ class StrategyHost:
                 hasher=digest,
             )
             state[ARRAYS_KEY] = {"file": name, "sha256": digest.hexdigest()}
+        self._committed, self._stepped = dict(state), False
         return state
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """The aggregator as it was when ``state`` was committed (its arrays checked first)."""
+        self._committed, self._stepped = dict(state), False
         state = dict(state)
         arrays = state.pop(ARRAYS_KEY, None)
         self.aggregator.restore(state)
+        restore_arrays = getattr(self.aggregator, "restore_arrays", None)
         if arrays is None:
+            if restore_arrays is not None:  # none committed yet (round 0): none kept
+                restore_arrays({})
             return
         path = self.models_dir / str(arrays["file"])
         digest = file_sha256(path) if path.is_file() else ""
         if digest != arrays["sha256"]:
             raise FedhiveError(f"{path}: the strategy state is missing or damaged")
-        restore_arrays = getattr(self.aggregator, "restore_arrays", None)
         if restore_arrays is None:
             raise FedhiveError(f"{path}: the strategy of this run keeps no arrays")
         f = SafetensorsFile(path)

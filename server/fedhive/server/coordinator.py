@@ -141,7 +141,9 @@ class Coordinator(NodeAPI):
         """A copy of the current global model (raw bytes per tensor)."""
         return self.model.arrays()
 
-    def _wait_for_nodes(self, count: int, what: str) -> None:
+    def _wait_for_nodes(self, count: int, what: str, retry: bool = False) -> None:
+        """Until ``count`` nodes are connected, the join timeout or a stop; a ``retry`` ends at
+        once when every node has left (a failed attempt's nodes that left are not waited for)."""
         started = time.monotonic()
         deadline = started + self.config.join_timeout_s
         say = waiting.WaitLog(started, waiting.WAIT_LOG_INTERVAL_S)
@@ -149,6 +151,8 @@ class Coordinator(NodeAPI):
             while len(self.registry.alive()) < count:
                 if self._stop.is_set():
                     raise RunStopped("stopped while waiting for nodes")
+                if retry and (gone := self.registry.all_left()):
+                    raise RunAborted(waiting.nobody_left(gone, what))
                 if time.monotonic() >= deadline:
                     raise RunAborted(
                         f"only {len(self.registry.alive())} of the {count} nodes needed joined "
@@ -267,7 +271,7 @@ class Coordinator(NodeAPI):
     def _run_round(self, number: int, attempt: int, kind: TaskKind) -> RoundRecord:
         cfg = self.config
         if kind == TaskKind.TRAIN:
-            self._wait_for_nodes(cfg.min_nodes, f"start round {number}")
+            self._wait_for_nodes(cfg.min_nodes, f"start round {number}", retry=attempt > 0)
         else:
             self._wait_for_nodes(1, "evaluate the final model")
         train_config: dict[str, Any] = {**cfg.train, "round": number}

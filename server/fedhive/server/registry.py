@@ -80,7 +80,9 @@ class NodeRegistry:
         self._nodes: dict[str, NodeRecord] = {}
         self._next_node = resume.next_node_seq if resume else 0
         if resume is not None:
+            identities = store.node_identities()
             for node_id, name, token_sha256 in store.nodes():
+                identity = self._restored_identity(node_id, *identities.get(node_id, (b"", b"")))
                 self._nodes[node_id] = NodeRecord(
                     node_id,
                     name,
@@ -91,7 +93,23 @@ class NodeRegistry:
                     alive=False,
                     # under mutual TLS a node's id is its certificate name
                     peer_id=None if config.insecure else node_id,
+                    identity_key=identity.key,
+                    identity_cert=identity.cert,
                 )
+
+    def _restored_identity(self, node_id: str, key: bytes, cert: bytes) -> Identity:
+        """A stored node's secure-aggregation identity, as a resumed coordinator relays it: a
+        node that survived the restart reconnects with its token and never joins again. Under
+        mutual TLS its certificate is checked again (CA, name) and the key taken from it."""
+        if self.config.insecure or self.identity_verifier is None or not cert:
+            return Identity(key, b"") if self.config.insecure else Identity()
+        try:
+            return Identity(self.identity_verifier(cert, node_id), cert)
+        except PkiError as exc:
+            log.warning(
+                "node %s: its stored identity is refused (%s); it must join again", node_id, exc
+            )
+            return Identity()
 
     # ------------------------------------------------------------------ lookups
 
@@ -175,12 +193,20 @@ class NodeRegistry:
             busy,
             peer_id,
         )
+        if peer_id is not None:
+            known = self._nodes.get(peer_id)
+            if known is not None and known.identity_key and identity.key != known.identity_key:
+                log.warning("refused node %s: another identity key than its first", peer_id)
+                raise AccessDeniedError(
+                    f"secure-aggregation identity refused: node {peer_id!r} joined this run with "
+                    "another identity key; a node keeps its key for the whole run"
+                )
         self._next_node += 1
         node_id = peer_id if peer_id is not None else f"{req.name}-{self._next_node}"
         again = node_id in self._nodes
         token = secrets.token_bytes(TOKEN_BYTES)
         digest = hashlib.sha256(token).digest()
-        self.store.add_node(node_id, req.name, token, self._next_node)
+        self.store.add_node(node_id, req.name, token, self._next_node, identity.key, identity.cert)
         self._nodes[node_id] = NodeRecord(
             node_id,
             peer_id or req.name,
@@ -259,6 +285,14 @@ class NodeRegistry:
                     node.alive = False
                 out.append(nid)
         return out
+
+    def all_left(self) -> list[str]:
+        """Every node of the run, when each one has left it (Leave, eviction, a FINISH) and none
+        is merely disconnected (that one may come back); else an empty list."""
+        nodes = list(self._nodes.values())
+        if not nodes or any(not n.finished for n in nodes):
+            return []
+        return sorted(n.node_id for n in nodes)
 
     def any_active(self) -> bool:
         """Whether any node is still alive and not yet told the run is over."""

@@ -116,6 +116,7 @@ class RoundCloser:
             event["privacy"] = outcome.privacy
         failure = outcome.failure or non_finite(self.specs, outcome.arrays)
         if failure:
+            self.strategy.rollback()  # as the last committed round left it
             event["committed"] = False
             event["reason"] = failure
             log.warning("round %d not committed: %s", st.number, failure)

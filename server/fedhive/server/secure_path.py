@@ -82,7 +82,7 @@ class SecurePath:
         abandons it, saying at which step it stopped)."""
         started = time.monotonic()
         arrays, failure = finalize_secure(self.secure, reason)
-        if not failure:  # the sum-only rules take the mean from here
+        if not (failure or stopping or shortfall):  # the sum-only rules take the mean from here
             arrays, failure = self.strategy.from_mean(
                 self.secure.specs, list(arrays), self.global_path
             )

@@ -44,7 +44,9 @@ CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     token_sha256 BLOB NOT NULL,
-    seq INTEGER NOT NULL
+    seq INTEGER NOT NULL,
+    identity_key BLOB NOT NULL DEFAULT x'',
+    identity_cert BLOB NOT NULL DEFAULT x''
 );
 CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);
 """
@@ -130,6 +132,7 @@ class RunStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(SCHEMA)
+            _add_identity_columns(db)
             self._db = db
         return self._db
 
@@ -272,15 +275,42 @@ class RunStore:
 
     # ------------------------------------------------------------------ nodes
 
-    def add_node(self, node_id: str, name: str, token: bytes, seq: int) -> None:
+    def add_node(
+        self,
+        node_id: str,
+        name: str,
+        token: bytes,
+        seq: int,
+        identity_key: bytes = b"",
+        identity_cert: bytes = b"",
+    ) -> None:
+        """A node's credentials and its secure-aggregation identity (a resumed coordinator
+        knows both for the nodes that reconnect without joining again)."""
         with self._lock:
             db = self._connect()
             with db:
                 db.execute(
-                    "INSERT OR REPLACE INTO nodes(node_id, name, token_sha256, seq) "
-                    "VALUES (?, ?, ?, ?)",
-                    (node_id, name, hashlib.sha256(token).digest(), seq),
+                    "INSERT OR REPLACE INTO nodes(node_id, name, token_sha256, seq, identity_key, "
+                    "identity_cert) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        node_id,
+                        name,
+                        hashlib.sha256(token).digest(),
+                        seq,
+                        identity_key,
+                        identity_cert,
+                    ),
                 )
+
+    def node_identities(self) -> dict[str, tuple[bytes, bytes]]:
+        """Each node's stored identity key and certificate (DER), by node id."""
+        with self._lock:
+            rows = (
+                self._connect()
+                .execute("SELECT node_id, identity_key, identity_cert FROM nodes")
+                .fetchall()
+            )
+        return {str(a): (bytes(b), bytes(c)) for a, b, c in rows}
 
     def nodes(self) -> list[tuple[str, str, bytes]]:
         with self._lock:
@@ -322,6 +352,14 @@ class RunStore:
         with self._lock:
             rows = self._connect().execute("SELECT body FROM events ORDER BY id").fetchall()
         return [json.loads(r[0]) for r in rows]
+
+
+def _add_identity_columns(db: sqlite3.Connection) -> None:
+    """A run directory written before the nodes' identities were stored gets their columns."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(nodes)")}
+    for column in ("identity_key", "identity_cert"):
+        if column not in columns:
+            db.execute(f"ALTER TABLE nodes ADD COLUMN {column} BLOB NOT NULL DEFAULT x''")
 
 
 def _event_line(event: Mapping[str, Any]) -> str:

@@ -35,14 +35,25 @@ def waiting_message(
     connected = [n.node_id for n in nodes if n.connected]
     missing = [n.node_id + (" (left)" if n.left else "") for n in nodes if not n.connected]
     parts = [f"waiting for {needed} node(s) to {what}: {len(connected)} connected"]
+    if nodes and all(n.left for n in nodes):
+        parts[0] = f"every node of the run has left; waiting for new nodes to {what}"
     if connected:
         parts[0] += f" ({_names(connected)})"
     if missing:
         parts.append(f"not connected: {_names(missing)}")
     else:
         parts.append("no other node is known to this run yet")
-    parts.append(f"waited {waited_s:.0f}s of the {timeout_s:g}s join timeout")
+    left = max(0.0, timeout_s - waited_s)
+    parts.append(f"waited {waited_s:.0f}s of the {timeout_s:g}s join timeout ({left:.0f}s left)")
     return "; ".join(parts)
+
+
+def nobody_left(gone: list[str], what: str) -> str:
+    """Why a retry does not wait: the nodes of the failed attempt told the run they are gone."""
+    return (
+        f"every node has left the run ({_names(gone)}) after the failed attempt: nobody to "
+        f"{what} with (a node that declines a round it cannot train, or stops, leaves)"
+    )
 
 
 class WaitLog:

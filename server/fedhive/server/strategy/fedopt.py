@@ -105,6 +105,12 @@ class ServerOptimizing:
         return self._step([np.ascontiguousarray(a).reshape(-1) for a in mean])
 
     def _step(self, averaged: list[np.ndarray]) -> list[np.ndarray]:
+        # a step may overflow (a huge mean times the server rate): the round's close refuses a
+        # non-finite model and the strategy goes back to its committed state
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._step_values(averaged)
+
+    def _step_values(self, averaged: list[np.ndarray]) -> list[np.ndarray]:
         t = self.steps + 1
         out = []
         for index, spec in enumerate(self.specs):
