@@ -2,45 +2,40 @@
 
 The model is built once and lives for the node's lifetime; each round's global model is staged
 in CPU buffers, checked (order, sizes, finite values, digest) and only then copied into the live
-model, so a broken download never corrupts it. A heartbeat thread keeps the node alive in the
-coordinator's eyes while it trains. Unreachable coordinator: exponential backoff with jitter.
-Coordinator restarted (node unknown): join again. SIGTERM: leave cleanly. The coordinator
-refusing this node's identity (revoked certificate, not on its allow-list): stop with the reason.
+model, so a broken download never corrupts it. :class:`Node` drives the loop; its
+:class:`~fedhive.client.session.Session` joins, beats and backs off (unreachable coordinator:
+exponential backoff with jitter; coordinator restarted: join again), its
+:class:`~fedhive.client.secure_round.SecureRounds` runs the secure rounds' key exchange and
+masked push. SIGTERM: leave cleanly. The coordinator refusing this node's identity (revoked
+certificate, not on its allow-list): stop with the reason.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from fedhive.client.device import describe_device, gpu_peak, resolve_device
+from fedhive.client.device import gpu_peak, resolve_device
 from fedhive.client.download import ModelDownload
-from fedhive.client.pipeline import flat_values, secure_stages, through_stages
+from fedhive.client.identity import load_node_identity
+from fedhive.client.pipeline import flat_values, through_stages
 from fedhive.client.privacy import sgd as dp_sgd
-from fedhive.client.secagg import (
-    KeyExchange,
-    SecureTask,
-    TransportChannel,
-    load_node_identity,
-    model_blocks,
-    push_update,
-)
+from fedhive.client.secagg import KeyExchange, SecureTask
+from fedhive.client.secure_round import SecureRounds
+from fedhive.client.session import Session
 from fedhive.client.transport import Transport
-from fedhive.common.api.hooks import Block
-from fedhive.common.api.pipeline import load_stages, split
+from fedhive.client.upload import update_messages
+from fedhive.common.api.pipeline import load_stages
 from fedhive.common.api.task import Task, TaskContext, exchanged_state, load_task
 from fedhive.common.config import ClientConfig
 from fedhive.common.errors import (
     AccessDeniedError,
     ConfigError,
-    FedhiveError,
     InvalidUpdateError,
     PrivacyBudgetExceeded,
     RequestRefused,
@@ -50,25 +45,18 @@ from fedhive.common.errors import (
     UnknownNodeError,
     UnknownRunError,
 )
-from fedhive.common.secagg.node import NodeSecAgg
-from fedhive.common.secagg.stages import COUNT_WORDS, masked_spec, masked_words
-from fedhive.common.wire.chunks import Chunk, iter_chunks, payload_hash
 from fedhive.common.wire.messages import (
     EvaluationReport,
     JoinReply,
     JoinRequest,
     TaskHeader,
     TaskKind,
-    UpdateHeader,
-    UpdateMessage,
-    UpdateTrailer,
 )
-from fedhive.common.wire.tensors import TensorSpec, raw_view, spec_of, tensor_bytes, to_float
+from fedhive.common.wire.tensors import spec_of, tensor_bytes
 
 log = logging.getLogger("fedhive.client")
 
 SECAGG_KEYS = "secagg"  # prefix of the secure round's parameters in a task config
-Trailer = tuple[dict[str, float], dict[str, float], int, float | None]  # UpdateTrailer's fields
 
 
 @dataclass
@@ -129,202 +117,38 @@ class Node:
             )
         self.stop_event = threading.Event()
         self.stats = NodeStats()
-        self._join: JoinReply | None = None
-        self._rejoin = threading.Event()
-        self._attempt = 0
-        self._keys: KeyExchange | None = None  # the secure round under way, if any
-        self._refusals = 0  # refusals since the last task done (paces the retries)
+        self.session = Session(config, transport, self.stop_event, self._join_request, self._joined)
+        self.secure = SecureRounds(
+            transport,
+            self.identity,
+            self.specs,
+            self.state,
+            self.stages,
+            config.poll_wait_s,
+            self.stop_event.is_set,
+        )
 
-    # ------------------------------------------------------------------ plumbing
+    def _join_request(self) -> JoinRequest:
+        return JoinRequest(
+            self.config.name,
+            self.device,
+            self.task.num_examples(),
+            identity_key=self.identity.public,
+            identity_cert=self.identity.cert,
+            run_id=self.run_id,
+        )
 
-    def _backoff(self) -> None:
-        cfg = self.config
-        delay = min(cfg.backoff_max_s, cfg.backoff_initial_s * (2 ** min(self._attempt, 30)))
-        self._attempt += 1
-        if cfg.max_connect_attempts is not None and self._attempt >= cfg.max_connect_attempts:
-            raise TransportError(
-                f"coordinator at {cfg.server} unreachable after {self._attempt} attempts"
-            )
-        self.stop_event.wait(delay * random.uniform(0.5, 1.0))
-
-    def _pause_after_refusal(self) -> None:
-        """Refused (or refusing a broken download): wait before the next try, longer each time
-        until a task succeeds, so a node never spins against a coordinator."""
-        cfg = self.config
-        delay = min(cfg.backoff_max_s, cfg.backoff_initial_s * (2 ** min(self._refusals, 30)))
-        self._refusals += 1
-        self.stop_event.wait(delay * random.uniform(0.5, 1.0))
-
-    def _ensure_joined(self) -> JoinReply:
-        while self._join is None or self._rejoin.is_set():
-            if self.stop_event.is_set():
-                raise TransportError("stopping")
-            try:
-                self._join = self.transport.join(
-                    JoinRequest(
-                        self.config.name,
-                        self.device,
-                        self.task.num_examples(),
-                        identity_key=self.identity.public,
-                        identity_cert=self.identity.cert,
-                        run_id=self.run_id,
-                    )
-                )
-                self._rejoin.clear()
-                self._attempt = 0
-                self.ledger.begin_run(self._join.run_id)
-                log.info(
-                    "joined run %s as %s (device %s)",
-                    self._join.run_id,
-                    self._join.auth.node_id,
-                    describe_device(self.device),
-                )
-            except TransportError as exc:
-                log.warning("cannot reach the coordinator (%s); retrying", exc)
-                self._backoff()
-        return self._join
-
-    def _heartbeat_loop(self) -> None:
-        while not self.stop_event.is_set():
-            joined = self._join
-            interval = joined.heartbeat_interval_s if joined else 1.0
-            if self.stop_event.wait(interval):
-                return
-            if joined is None or self._rejoin.is_set():
-                continue
-            try:
-                self.transport.heartbeat(joined.auth)
-            except UnknownNodeError:
-                self._rejoin.set()
-            except FedhiveError as exc:
-                log.debug("heartbeat failed: %s", exc)
+    def _joined(self, joined: JoinReply) -> None:
+        self.ledger.begin_run(joined.run_id)
 
     def stop(self) -> None:
         self.stop_event.set()
         self.transport.cancel()
 
-    def _messages(
-        self,
-        joined: JoinReply,
-        header: TaskHeader,
-        num_examples: int,
-        specs: list[TensorSpec],
-        buffers: list[memoryview],
-        trailer: Trailer,
-    ) -> Iterator[UpdateMessage]:
-        chunks = iter_chunks(buffers, header.chunk_size or (1 << 20))
-        return self._stream(joined, header, num_examples, specs, chunks, trailer)
-
-    def _stream(
-        self,
-        joined: JoinReply,
-        header: TaskHeader,
-        num_examples: int,
-        specs: list[TensorSpec],
-        chunks: Iterable[Chunk],
-        trailer: Trailer,
-    ) -> Iterator[UpdateMessage]:
-        digest = payload_hash()
-        yield UpdateHeader(joined.auth, header.round, num_examples, tuple(specs))
-        for chunk in chunks:
-            digest.update(chunk.data)
-            yield chunk
-        yield UpdateTrailer(digest.digest(), *trailer)
-
-    def _start_keys(self, joined: JoinReply, secure: SecureTask) -> KeyExchange:
-        """Start the round's key exchange in the background as soon as the task arrives: it
-        then runs while the model downloads (the mask once it is downloaded) and the node
-        trains. The same round's task pulled again keeps the exchange under way (and its
-        keys)."""
-        keys = self._keys
-        if keys is not None and keys.round == secure.round and not keys.failed:
-            return keys
-        if keys is not None:
-            keys.cancel()
-        words = masked_words(sum(s.numel for s in self.specs))
-        cancelled = threading.Event()
-        channel = TransportChannel(
-            self.transport,
-            joined.auth,
-            secure.round,
-            self.identity,
-            None,
-            words,
-            wait_s=self.config.poll_wait_s,
-            stopped=lambda: self.stop_event.is_set() or cancelled.is_set(),
-        )
-        node_id = joined.auth.node_id
-
-        def machine() -> NodeSecAgg:
-            return NodeSecAgg(
-                node_id, self.identity.key, channel.directory, secure.graph, secure.round, words
-            )
-
-        self._keys = KeyExchange(
-            secure.round, channel, machine, cancelled, secure.dp_variance, words
-        )
-        return self._keys.start()
-
-    def _secure_push(
-        self,
-        joined: JoinReply,
-        header: TaskHeader,
-        secure: SecureTask,
-        keys: KeyExchange,
-        num_examples: int,
-        trailer: Trailer,
-    ) -> int:
-        """SecAgg+: the example count travels masked (the header says 1), the update as one
-        int32 tensor of masked words through PushUpdate."""
-        channel = keys.channel
-        if not isinstance(channel, TransportChannel):  # pragma: no cover - _start_keys made it
-            raise TypeError("a node's key exchange runs over its transport")
-        upload_specs = [masked_spec(channel.words - COUNT_WORDS)]
-
-        def upload(blocks: Iterator[Block]) -> int:
-            chunk_size = header.chunk_size or (1 << 20)
-            chunks = (
-                Chunk(0, 4 * b.start + c.offset, c.data)
-                for b in blocks
-                for c in iter_chunks([raw_view(b.values.astype("<u4", copy=False))], chunk_size)
-            )
-            return self.transport.push(
-                self._stream(joined, header, 1, upload_specs, chunks, trailer)
-            )
-
-        channel.upload = upload
-        started = time.perf_counter()
-        machine, pad = keys.pad()
-        behind_s = time.perf_counter() - started
-        values = model_blocks(
-            to_float(tensor_bytes(t), spec.dtype)
-            for spec, t in zip(self.specs, self.state.values(), strict=True)
-        )
-        times = keys.times
-        rng = np.random.default_rng()
-        floats, words = split(self.stages, secure=True)
-        stages = secure_stages(secure, pad, num_examples, rng, self._base, floats, words)
-        push_update(channel, machine, pad, values, num_examples, secure.quant, rng, times, stages)
-        log.info(
-            "round %d: secure aggregation: key exchange %.3fs (%.3fs of it masking; noise drawn "
-            "alongside in %.3fs; waited %.3fs for them after training), %.3fs quantizing into "
-            "the mask, %.3fs upload, %.3fs in SecAggStep calls",
-            header.round,
-            times.keys_s,
-            times.mask_s,
-            times.noise_s,
-            behind_s,
-            times.quantize_s,
-            channel.upload_s,
-            channel.waited_s,
-        )
-        return channel.sent
-
     # ------------------------------------------------------------------ main loop
 
     def run(self) -> NodeStats:
-        beat = threading.Thread(target=self._heartbeat_loop, name="fedhive-heartbeat", daemon=True)
-        beat.start()
+        self.session.start()
         try:
             while not self.stop_event.is_set():
                 try:
@@ -335,7 +159,7 @@ class Node:
                     break
                 except UnknownNodeError as exc:
                     log.warning("%s; joining again", exc)
-                    self._rejoin.set()
+                    self.session.rejoin()
                 except AccessDeniedError as exc:
                     log.error(
                         "the coordinator refuses this node's identity: %s. Retrying cannot help: "
@@ -347,46 +171,26 @@ class Node:
                     if self.stop_event.is_set():
                         break
                     log.warning("lost the coordinator (%s); retrying", exc)
-                    self._backoff()
+                    self.session.backoff()
                 except RequestRefused as exc:
                     self.stats.refusals += 1
                     log.error("the coordinator refused this node's message: %s", exc)
-                    self._pause_after_refusal()
+                    self.session.pause_after_refusal()
         finally:
             self.stop_event.set()
-            self._leave()
+            self.session.leave()
+            self.session.close()
         return self.stats
-
-    def _end_keys(self) -> None:
-        """This node is done with the secure round under way (pushed, or gave up on it)."""
-        if self._keys is not None:
-            self._keys.cancel()
-            self._keys = None
-
-    def _decline(self, joined: JoinReply, round_: int, reason: str) -> None:
-        """Tell the coordinator this node cannot do the round (best effort: if the call fails,
-        the round still drops the node at its deadline or heartbeat timeout)."""
-        try:
-            self.transport.decline(joined.auth, round_, reason[:500])
-            log.warning("round %d: declined (%s)", round_, reason)
-        except FedhiveError as exc:
-            log.warning("round %d: could not decline (%s)", round_, exc)
-
-    def _leave(self) -> None:
-        if self._join is None:
-            return
-        with contextlib.suppress(FedhiveError):
-            self.transport.leave(self._join.auth, "node stopping")
 
     def _step(self) -> bool:
         """One pull and what it asks for; True when the run is finished."""
-        joined = self._ensure_joined()
+        joined = self.session.ensure_joined()
         stream = self.transport.pull(joined.auth, self.config.poll_wait_s)
         header = next(stream, None)
         header_at = time.perf_counter()
         if not isinstance(header, TaskHeader):
             raise InvalidUpdateError("task stream did not start with a header")
-        self._attempt = 0
+        self.session.reached()
         if header.kind == TaskKind.WAIT:
             return False
         if header.kind == TaskKind.FINISH:
@@ -405,10 +209,10 @@ class Node:
                 close = getattr(stream, "close", None)
                 if close is not None:  # the download is not wanted: end the stream
                     close()
-                self._decline(joined, header.round, why)
-                self._pause_after_refusal()
+                self.session.decline(joined, header.round, why)
+                self.session.pause_after_refusal()
                 return False
-            secure = (task, self._start_keys(joined, task)) if task is not None else None
+            secure = (task, self.secure.start(joined, task)) if task is not None else None
             # the secure round's parameters are the runtime's, not training settings for the task
             config = {k: v for k, v in config.items() if not k.startswith(SECAGG_KEYS)}
         self._receive(header, stream)
@@ -428,7 +232,7 @@ class Node:
                 EvaluationReport(joined.auth, header.round, n, metrics)
             )
             self.stats.evaluations += 1
-            self._refusals = 0
+            self.session.task_done()
             log.info("round %d: evaluated %s", header.round, _fmt(metrics))
             return False
         download_s = time.perf_counter() - header_at
@@ -460,12 +264,14 @@ class Node:
                 raise TaskError("fit() must report a positive number of examples")
             epsilon = dp_sgd.reported_epsilon(self.ledger, sgd)
         except PrivacyBudgetExceeded as exc:  # this site's budget wins: decline, keep going
-            self._end_keys()
-            self._decline(joined, header.round, str(exc))
+            self.secure.end()
+            self.session.decline(joined, header.round, str(exc))
             return
         except Exception as exc:  # the coordinator stops waiting for this node, then it stops
-            self._end_keys()
-            self._decline(joined, header.round, f"training failed: {type(exc).__name__}: {exc}")
+            self.secure.end()
+            self.session.decline(
+                joined, header.round, f"training failed: {type(exc).__name__}: {exc}"
+            )
             raise
         trained_at = time.perf_counter()
         train_s = trained_at - started
@@ -473,28 +279,30 @@ class Node:
         trailer = (dict(fit.metrics), eval_metrics, eval_n, epsilon)
         if secure is not None:
             try:
-                sent = self._secure_push(joined, header, *secure, fit.num_examples, trailer)
+                sent = self.secure.push(
+                    joined, header, *secure, fit.num_examples, trailer, self._base
+                )
             except (SecAggError, ConfigError, InvalidUpdateError) as exc:  # e.g. NaN
-                self._end_keys()
+                self.secure.end()
                 log.error("round %d: secure aggregation failed: %s", header.round, exc)
-                self._decline(joined, header.round, f"secure aggregation failed: {exc}")
+                self.session.decline(joined, header.round, f"secure aggregation failed: {exc}")
                 return
-            self._end_keys()
+            self.secure.end()
         else:
             if self.stages:
                 try:
                     buffers = through_stages(self.specs, self.state, self._base, self.stages)
                 except (ConfigError, InvalidUpdateError) as exc:  # a stage refused the update
                     log.error("round %d: update pipeline: %s", header.round, exc)
-                    self._decline(joined, header.round, f"update pipeline: {exc}")
+                    self.session.decline(joined, header.round, f"update pipeline: {exc}")
                     return
             sent = self.transport.push(
-                self._messages(joined, header, fit.num_examples, self.specs, buffers, trailer)
+                update_messages(joined, header, fit.num_examples, self.specs, buffers, trailer)
             )
         upload_s = time.perf_counter() - trained_at
         self.stats.bytes_up += sent
         self.stats.rounds_trained += 1
-        self._refusals = 0
+        self.session.task_done()
         log.info(
             "round %d: trained on %d examples in %.2fs %s; sent %.1f MB "
             "(download %.3fs, train %.3fs, upload %.3fs%s)",

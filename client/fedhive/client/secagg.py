@@ -7,53 +7,51 @@ task arrives, the mask once the model is downloaded (its CPU work would slow the
 while the node trains. :func:`push_update` then clips, weights and quantizes the update into the
 mask, streams it and reveals shares for the survivors. :func:`secure_push` is all in a row.
 The channel is a small Protocol, so the same code runs over gRPC and, in tests, against the
-coordinator's :class:`~fedhive.server.secagg_round.SecAggRound` in one process.
+coordinator's :class:`~fedhive.server.secagg_round.SecAggRound` in one process. The node's
+identity is in :mod:`fedhive.client.identity`, the channel over its transport in
+:mod:`fedhive.client.secagg_channel` (both re-exported here).
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fedhive.client.identity import NodeIdentity, load_identity, load_node_identity
 from fedhive.client.privacy.noise import NoiseDraw
-from fedhive.client.transport import Transport
-from fedhive.common.api.hooks import Block, Stage, blocks_of, contiguous, run
-from fedhive.common.crypto.pki import load_cert, read_bytes, verify_identity_cert
-from fedhive.common.errors import (
-    ConfigError,
-    InvalidUpdateError,
-    PkiError,
-    SecAggAbortedError,
-    SecAggAuthError,
-)
+from fedhive.client.secagg_channel import TransportChannel
+from fedhive.common.api.hooks import Block, Stage, blocks_of, run
+from fedhive.common.errors import InvalidUpdateError, SecAggAbortedError
 from fedhive.common.privacy.distributed import DistributedDPSettings, share_refusal
 from fedhive.common.secagg.graph import Graph
-from fedhive.common.secagg.keys import KEY_BYTES, KeyAdvert
-from fedhive.common.secagg.messages import (
-    Adverts,
-    AwaitUnmask,
-    Pending,
-    SealedShares,
-    SecAggRequest,
-    ShareKeys,
-    UnmaskReply,
-    UnmaskRequest,
-)
+from fedhive.common.secagg.keys import KeyAdvert
+from fedhive.common.secagg.messages import SealedShares, UnmaskReply, UnmaskRequest
 from fedhive.common.secagg.node import NodeSecAgg
 from fedhive.common.secagg.quantize import QuantConfig
 from fedhive.common.secagg.stages import QuantizeStage
-from fedhive.common.wire.messages import NodeAuth
+
+__all__ = [  # the identity and the transport channel live in their own modules
+    "UPLOAD_BLOCK",
+    "KeyExchange",
+    "NodeIdentity",
+    "SecAggChannel",
+    "SecureTask",
+    "SecureTimes",
+    "TransportChannel",
+    "exchange_keys",
+    "load_identity",
+    "load_node_identity",
+    "make_pad",
+    "model_blocks",
+    "push_update",
+    "secure_push",
+]
 
 UPLOAD_BLOCK = 1 << 20  # words per block of the masked upload
 
@@ -239,65 +237,7 @@ class KeyExchange:
         return machine, pad
 
 
-# ----------------------------------------------------------------------------- over a Transport
-
-
-@dataclass(frozen=True)
-class NodeIdentity:
-    """This node's secure-aggregation identity; under mutual TLS with the CA's certificate for
-    it (``cert``, DER) and the CA that peers' certificates must come from (``ca``)."""
-
-    key: Ed25519PrivateKey
-    cert: bytes = b""
-    ca: x509.Certificate | None = None
-
-    @property
-    def public(self) -> bytes:
-        return self.key.public_key().public_bytes_raw()
-
-
-def load_node_identity(
-    key_path: Path | None, cert_path: Path | None, ca_path: Path | None, node_id: str
-) -> NodeIdentity:
-    """The identity a node runs with: with ``cert_path`` (mutual TLS), the certificate must be
-    the CA's, for ``node_id`` (the TLS certificate's name), and certify this very key."""
-    key = load_identity(key_path)
-    if cert_path is None:
-        return NodeIdentity(key)
-    if ca_path is None:
-        raise ConfigError("an identity certificate needs the CA certificate (tls_ca) to check it")
-    try:
-        pem = read_bytes(cert_path, "identity certificate")
-        der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
-        ca = load_cert(ca_path, "CA certificate")
-        certified = verify_identity_cert(der, ca, node_id)
-    except ValueError as exc:
-        raise ConfigError(f"identity certificate {cert_path} is not a PEM certificate") from exc
-    except PkiError as exc:
-        raise ConfigError(f"identity certificate {cert_path}: {exc}") from exc
-    if certified.public_bytes_raw() != key.public_key().public_bytes_raw():
-        raise ConfigError(f"identity certificate {cert_path} certifies another key than {key_path}")
-    return NodeIdentity(key, der, ca)
-
-
-def load_identity(path: Path | None) -> Ed25519PrivateKey:
-    """The node's long-term Ed25519 identity: from ``path`` (PEM, or 32 raw private bytes), or
-    a fresh key for this process when no path is configured."""
-    if path is None:
-        return Ed25519PrivateKey.generate()
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the identity key file {path}: {exc}") from exc
-    try:
-        if len(data) == KEY_BYTES:
-            return Ed25519PrivateKey.from_private_bytes(data)
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"identity key file {path} is not an Ed25519 private key: {exc}") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"identity key file {path} holds a {type(key).__name__}, not Ed25519")
-    return key
+# ---------------------------------------------------------------------- the task's parameters
 
 
 @dataclass(frozen=True)
@@ -364,110 +304,6 @@ class SecureTask:
             raise InvalidUpdateError(
                 f"secure round parameters in the task config: {exc!r}"
             ) from exc
-
-
-class TransportChannel:
-    """A :class:`SecAggChannel` over the node's transport: ``SecAggStep`` calls, repeated while
-    the coordinator answers ``Pending``, and the masked upload through ``PushUpdate`` (``upload``,
-    which may be set after the key exchange started).
-
-    Peers' identity keys arrive with their adverts and fill ``directory``; the node's own key,
-    as relayed by the coordinator, must be the one this node holds.
-    """
-
-    def __init__(
-        self,
-        transport: Transport,
-        auth: NodeAuth,
-        round_: int,
-        identity: NodeIdentity,
-        upload: Callable[[Iterator[Block]], int] | None,
-        words: int,
-        *,
-        wait_s: float,
-        stopped: Callable[[], bool] = lambda: False,
-    ) -> None:
-        self.transport = transport
-        self.auth = auth
-        self.round = round_
-        self.identity = identity
-        self.upload = upload
-        self.words = words
-        self.wait_s = wait_s
-        self.stopped = stopped
-        self.directory: dict[str, Ed25519PublicKey] = {}
-        self.sent = 0
-        self.waited_s = 0.0  # in SecAggStep calls (the other nodes' pace and the barriers)
-        self.upload_s = 0.0  # PushUpdate of the masked blocks
-
-    def _call(self, body: KeyAdvert | ShareKeys | AwaitUnmask | UnmaskReply) -> Any:
-        while True:
-            if self.stopped():
-                raise SecAggAbortedError("node stopping", node=self.auth.node_id)
-            started = time.perf_counter()
-            reply = self.transport.secagg_step(
-                SecAggRequest(self.auth, self.round, self.wait_s, body)
-            )
-            self.waited_s += time.perf_counter() - started
-            if reply.round != self.round:
-                raise SecAggAbortedError(
-                    f"secagg reply for round {reply.round}, expected {self.round}"
-                )
-            if not isinstance(reply.body, Pending):
-                return reply.body
-
-    def advertise(self, advert: KeyAdvert) -> list[KeyAdvert]:
-        body = self._call(advert)
-        if not isinstance(body, Adverts):
-            raise SecAggAbortedError("the coordinator answered a key advert with something else")
-        for a in body.adverts:
-            self.directory[a.node] = self._peer_key(a.node, body)
-        return list(body.adverts)
-
-    def _peer_key(self, node: str, body: Adverts) -> Ed25519PublicKey:
-        """A peer's identity key: under mutual TLS only as certified by this node's own copy of
-        the consortium CA (the coordinator cannot substitute one); otherwise as relayed."""
-        own = node == self.auth.node_id
-        if self.identity.ca is not None:
-            cert = body.certificates.get(node)
-            if not cert:
-                raise SecAggAuthError(
-                    f"no identity certificate relayed for node {node!r}", node=node
-                )
-            if own and not hmac.compare_digest(cert, self.identity.cert):
-                raise SecAggAuthError("the coordinator relayed another identity for this node")
-            try:
-                return verify_identity_cert(cert, self.identity.ca, node)
-            except PkiError as exc:
-                raise SecAggAuthError(f"node {node!r}: {exc}", node=node) from exc
-        key = body.identities.get(node)
-        if key is None:
-            raise SecAggAuthError(f"no identity key relayed for node {node!r}", node=node)
-        if own and not hmac.compare_digest(key, self.identity.public):
-            raise SecAggAuthError("the coordinator relayed another identity key for this node")
-        return Ed25519PublicKey.from_public_bytes(key)
-
-    def share_keys(self, sealed: list[SealedShares]) -> list[SealedShares]:
-        body = self._call(ShareKeys(tuple(sealed)))
-        if not isinstance(body, ShareKeys):
-            raise SecAggAbortedError("the coordinator answered shares with something else")
-        return list(body.shares)
-
-    def push_masked(self, blocks: Iterable[Block]) -> None:
-        if self.upload is None:  # set once the update's metadata (the trailer) exists
-            raise SecAggAbortedError("no upload set for the masked update")
-        started = time.perf_counter()
-        self.sent = self.upload(contiguous(blocks, self.words))
-        self.upload_s += time.perf_counter() - started
-
-    def await_unmask(self) -> UnmaskRequest:
-        body = self._call(AwaitUnmask())
-        if not isinstance(body, UnmaskRequest):
-            raise SecAggAbortedError("the coordinator answered await-unmask with something else")
-        return body
-
-    def unmask(self, reply: UnmaskReply) -> None:
-        self._call(reply)
 
 
 def model_blocks(arrays: Iterable[np.ndarray], block: int = 1 << 20) -> Iterator[Block]:
