@@ -7,6 +7,8 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.integration.harness import start_coordinator, start_node, wait_all
 
 
@@ -57,3 +59,30 @@ def test_sigterm_makes_the_node_leave_cleanly(tmp_path: Path) -> None:
     (record,) = coordinator.nodes().values()
     assert record.finished and not record.alive
     coord.stop()
+
+
+def test_a_pull_started_after_a_cancel_ends_at_once(tmp_path: Path) -> None:
+    # Prepare: a coordinator waiting for 2 nodes (it hands out no task), one joined transport;
+    # SIGTERM's cancel lands before the node's next pull is registered
+    from fedhive.client.transport import GrpcTransport
+    from fedhive.common.errors import TransportError
+    from fedhive.common.wire.messages import JoinRequest
+
+    coord = start_coordinator(tmp_path, rounds=1, min_nodes=2)
+    transport = GrpcTransport(coord.address)
+    try:
+        joined = transport.join(JoinRequest(name="n0", device="cpu", num_examples=10))
+        transport.cancel()
+
+        # Execute: a long poll of 30 s
+        started = time.monotonic()
+        with pytest.raises(TransportError):
+            for _ in transport.pull(joined.auth, wait_s=30.0):
+                pass
+        took = time.monotonic() - started
+    finally:
+        transport.close()
+        coord.stop()
+
+    # Assert: it did not wait out its poll (the node would ignore SIGTERM for up to 30 s)
+    assert took < 10.0, took

@@ -62,7 +62,7 @@ class StandingNode:
         self.stats = NodeStats()
         self.runs: list[str] = []  # the runs taken part in
         self.declined: list[str] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # stop() runs in a signal handler on the main thread
         self._node: Node | None = None
         self._attempt = 0
 

@@ -245,7 +245,10 @@ class GrpcTransport:
             SERVICE + "DeclineRun", request_serializer=ser, response_deserializer=pb.Ack.FromString
         )
         self._active: Any = None
-        self._lock = threading.Lock()
+        self._cancelled = False  # cancel() was called (SIGTERM): every later long call ends too
+        # re-entrant: cancel() runs in a signal handler, on the main thread, which may be inside
+        # one of the blocks below when the signal arrives (a plain Lock would deadlock it)
+        self._lock = threading.RLock()
 
     def join(self, request: JoinRequest) -> JoinReply:
         try:
@@ -256,8 +259,7 @@ class GrpcTransport:
 
     def pull(self, auth: NodeAuth, wait_s: float) -> Iterator[TaskMessage]:
         call = self._pull(pb.PullTaskRequest(auth=serde.auth_to_proto(auth), wait_s=wait_s))
-        with self._lock:
-            self._active = call
+        self._register(call)
         try:
             for buf in call:
                 yield serde.task_message_from_bytes(buf)
@@ -317,8 +319,7 @@ class GrpcTransport:
         call = self._await.future(
             serde_standing.await_run_to_proto(request), timeout=self.timeout_s + request.wait_s
         )
-        with self._lock:
-            self._active = call
+        self._register(call)
         try:
             reply = call.result()
         except grpc.RpcError as exc:
@@ -336,9 +337,18 @@ class GrpcTransport:
         except grpc.RpcError as exc:
             raise map_rpc_error(exc, "decline run", self.tls) from exc
 
-    def cancel(self) -> None:
-        """Cancel the pull (or the wait for a run) in flight (used on SIGTERM)."""
+    def _register(self, call: Any) -> None:
+        """Make ``call`` the long call in flight; one started after :meth:`cancel` (the signal
+        landed between the caller's stop check and this call) is cancelled at once."""
         with self._lock:
+            self._active = call
+            if self._cancelled:
+                call.cancel()
+
+    def cancel(self) -> None:
+        """Cancel the pull (or the wait for a run) in flight, and any started later (SIGTERM)."""
+        with self._lock:
+            self._cancelled = True
             if self._active is not None:
                 self._active.cancel()
 
