@@ -44,6 +44,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from round_overhead import _children, _status_kb  # noqa: E402  (beside this script)
+
 from tests.integration.flower_runtime import (  # noqa: E402
     CLIENT_APP,
     FlowerRun,
@@ -58,37 +60,6 @@ from tests.integration.flower_runtime import (  # noqa: E402
 
 SAMPLE_S = 0.2
 MB = 1024.0
-
-
-def _status_kb(pid: int, key: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _descendants(pid: int) -> list[int]:
-    out: list[int] = []
-    stack = [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            tasks = os.listdir(f"/proc/{p}/task")
-        except OSError:
-            continue
-        for tid in tasks:
-            try:
-                with open(f"/proc/{p}/task/{tid}/children", encoding="ascii") as f:
-                    kids = [int(x) for x in f.read().split()]
-            except (OSError, ValueError):
-                continue
-            out.extend(kids)
-            stack.extend(kids)
-    return out
 
 
 def _name(pid: int) -> str:
@@ -112,7 +83,7 @@ class Tree:
 
     def sample(self) -> None:
         total = 0
-        for pid in [self.root, *_descendants(self.root)]:
+        for pid in [self.root, *_children(self.root)]:
             hwm, rss = _status_kb(pid, "VmHWM"), _status_kb(pid, "VmRSS")
             if hwm is None or rss is None:
                 continue

@@ -13,6 +13,7 @@ import random
 import threading
 from collections.abc import Callable
 
+from fedhive.client.backoff import Backoff
 from fedhive.client.device import describe_device
 from fedhive.client.transport import Transport
 from fedhive.common.config import ClientConfig
@@ -43,7 +44,7 @@ class Session:
         self._on_joined = on_joined
         self.joined: JoinReply | None = None
         self._rejoin = threading.Event()
-        self._attempt = 0
+        self._backoff = Backoff(config, stop_event)
         self._refusals = 0  # refusals since the last task done (paces the retries)
         self._beat = threading.Thread(
             target=self._heartbeat_loop, name="fedhive-heartbeat", daemon=True
@@ -52,18 +53,11 @@ class Session:
     # ------------------------------------------------------------------ pacing
 
     def backoff(self) -> None:
-        cfg = self.config
-        delay = min(cfg.backoff_max_s, cfg.backoff_initial_s * (2 ** min(self._attempt, 30)))
-        self._attempt += 1
-        if cfg.max_connect_attempts is not None and self._attempt >= cfg.max_connect_attempts:
-            raise TransportError(
-                f"coordinator at {cfg.server} unreachable after {self._attempt} attempts"
-            )
-        self.stop_event.wait(delay * random.uniform(0.5, 1.0))
+        self._backoff.wait()
 
     def reached(self) -> None:
         """The coordinator answered: the next backoff starts short again."""
-        self._attempt = 0
+        self._backoff.reset()
 
     def pause_after_refusal(self) -> None:
         """Refused (or refusing a broken download): wait before the next try, longer each time
@@ -90,7 +84,7 @@ class Session:
                 request = self._request()
                 self.joined = self.transport.join(request)
                 self._rejoin.clear()
-                self._attempt = 0
+                self._backoff.reset()
                 self._on_joined(self.joined)
                 log.info(
                     "joined run %s as %s (device %s)",

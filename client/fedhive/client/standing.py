@@ -17,10 +17,10 @@ way cleanly and ends the loop.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections.abc import Callable
 
+from fedhive.client.backoff import Backoff
 from fedhive.client.device import resolve_device
 from fedhive.client.node import Node, NodeStats
 from fedhive.client.transport import Transport
@@ -64,7 +64,7 @@ class StandingNode:
         self.declined: list[str] = []
         self._lock = threading.RLock()  # stop() runs in a signal handler on the main thread
         self._node: Node | None = None
-        self._attempt = 0
+        self._backoff = Backoff(config, self.stop_event)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -73,16 +73,6 @@ class StandingNode:
         if node is not None:
             node.stop()
         self.transport.cancel()
-
-    def _backoff(self) -> None:
-        cfg = self.config
-        delay = min(cfg.backoff_max_s, cfg.backoff_initial_s * (2 ** min(self._attempt, 30)))
-        self._attempt += 1
-        if cfg.max_connect_attempts is not None and self._attempt >= cfg.max_connect_attempts:
-            raise TransportError(
-                f"coordinator at {cfg.server} unreachable after {self._attempt} attempts"
-            )
-        self.stop_event.wait(delay * random.uniform(0.5, 1.0))
 
     def run(self) -> NodeStats:
         last = ""
@@ -108,13 +98,13 @@ class StandingNode:
                 if self.stop_event.is_set():
                     break
                 log.warning("cannot reach the coordinator (%s); retrying", exc)
-                self._backoff()
+                self._backoff.wait()
                 continue
             except RequestRefused as exc:
                 log.error("the coordinator refused this node's wait: %s", exc)
-                self._backoff()
+                self._backoff.wait()
                 continue
-            self._attempt = 0
+            self._backoff.reset()
             if not offer.run_id:
                 if offer.retry_after_s > 0:
                     self.stop_event.wait(min(offer.retry_after_s, self.config.backoff_max_s))
