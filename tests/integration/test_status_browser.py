@@ -1,6 +1,8 @@
 """The status page in a real browser: headless Chromium (Debian's package, installed by the test
 command: scripts/install_browser.sh) loads the page of a live `fedhive server` process while two
 node processes train the digits task; the round counter advances and the accuracy chart is drawn.
+The nodes train behind a gate the test holds (gated_task.py), so the run waits at round 1 and at
+round HELD_AT until the page has shown it: no race between a loaded machine and a short run.
 The screenshot is the one docs show (FEDHIVE_UPDATE_FIGURES=1 writes docs/figures/)."""
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from typing import Any
 import pytest
 
 from fedhive.common.tasks import digits
+from tests.integration.gated_task import GATE_ENV
 from tests.integration.harness import wait_all
 from tests.integration.test_node_lifecycle import free_port
 from tests.integration.test_resume import DIGITS, node_cmd
 
 ROUNDS = 6
+HELD_AT = 3  # the round the run is held at while the page is checked
+GATED = "tests.integration.gated_task:make_task"
 DEADLINE_S = 90.0
 FIGURE = Path(__file__).resolve().parents[2] / "docs" / "figures" / "status-page.png"
 URL_LINE = re.compile(rb"status page on (http://127\.0\.0\.1:\d+/)")
@@ -86,12 +91,21 @@ def committed(driver: Any) -> int:
     return int(found[0].get_attribute("data-committed")) if found else -1
 
 
+def open_gate(gate: Path, rounds: int) -> None:
+    staged = gate.with_suffix(".tmp")
+    staged.write_text(str(rounds))
+    os.replace(staged, gate)
+
+
 def test_the_status_page_follows_a_live_run_in_a_browser(tmp_path: Path, chromium: Any) -> None:
     # Prepare: held-out and node data, a `fedhive server` with its status page on a free port,
-    # two digits nodes
+    # two digits nodes whose training waits on a gate the test holds: the run cannot end (or run
+    # ahead) before the page has shown the round it is held at, however slow the browser is
     server_data, dirs = digits.prepare_simulation(tmp_path / "data", 2, 0.5, 0)
     port = free_port()
     log = tmp_path / "server.log"
+    gate = tmp_path / "gate"
+    open_gate(gate, 1)
     cmd = [
         sys.executable, "-m", "fedhive.common.cli", "server", "--address", f"127.0.0.1:{port}",
         "--run-dir", str(tmp_path / "run"), "--task", DIGITS, "--eval-data", str(server_data),
@@ -104,19 +118,23 @@ def test_the_status_page_follows_a_live_run_in_a_browser(tmp_path: Path, chromiu
         procs.append(subprocess.Popen(cmd, stdout=out, stderr=out))
     # the nodes start beside it (they retry until it listens): their start-up overlaps its own
     node_logs = [open(tmp_path / f"n{i}.log", "wb") for i in range(2)]  # noqa: SIM115
+    env = {**os.environ, GATE_ENV: str(gate)}
     for i, (d, f) in enumerate(zip(dirs, node_logs, strict=True)):
-        procs.append(subprocess.Popen(node_cmd(port, i, d), stdout=f, stderr=f))
+        node = [GATED if arg == DIGITS else arg for arg in node_cmd(port, i, d)]
+        procs.append(subprocess.Popen(node, stdout=f, stderr=f, env=env))
     try:
         found = wait_for(
             "the status page's address", lambda: URL_LINE.search(log.read_bytes()), deadline
         )
         url = found.group(1).decode()
 
-        # Execute: the page is opened while the run goes on and followed round by round
+        # Execute: the page is opened while the run is held after round 1, then after round
+        # HELD_AT, then the gate opens for the rest of the run
         chromium.get(url + "?refresh=0.25")
-        first = wait_for("a committed round", lambda: max(committed(chromium), 0), deadline)
+        first = wait_for("round 1 on the page", lambda: committed(chromium) == 1, deadline)
+        open_gate(gate, HELD_AT)
         later = wait_for(
-            "the counter to advance", lambda: committed(chromium) >= first + 2, deadline
+            f"round {HELD_AT} on the page", lambda: committed(chromium) == HELD_AT, deadline
         )
         pixels = wait_for(
             "the accuracy line",
@@ -126,14 +144,16 @@ def test_the_status_page_follows_a_live_run_in_a_browser(tmp_path: Path, chromiu
         nodes_text = chromium.find_element("css selector", "#nodes tbody").text
         shot = tmp_path / "status-page.png"
         chromium.save_screenshot(str(shot))
+        open_gate(gate, ROUNDS)
         codes = [p.wait(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
     finally:
+        open_gate(gate, ROUNDS)
         wait_all([p for p in procs if p.poll() is None], timeout=1)  # kills what still runs
         for f in node_logs:
             f.close()
 
     # Assert: the counter moved while the run went on, the chart has its line, the run ended well
-    assert later and pixels
+    assert first and later and pixels
     assert nodes_text.count("connected") == 2, nodes_text
     assert shot.stat().st_size > 10_000
     assert codes == [0, 0, 0], log.read_text()[-3000:]
