@@ -10,10 +10,12 @@ import grpc
 import pytest
 
 from fedhive.common.config import ServerConfig
+from fedhive.common.privacy.rdp import rdp_epsilon, step_rdp
 from fedhive.common.tasks import digits
 from fedhive.proto.v1 import control_pb2 as cpb
+from fedhive.server.coordinator import BudgetSpent
 from fedhive.server.service.service import one_shot
-from tests.integration.harness import wait_all
+from tests.integration.harness import start_node, wait_all
 from tests.integration.standing import (
     CONSTANT,
     CONSTANT_ARGS,
@@ -124,3 +126,43 @@ def test_the_one_shot_server_is_a_service_of_one_run_that_takes_no_submissions(
 def audit_rows(service: object) -> list[tuple[str, str, str, str, str]]:
     log = service.queue.audit_log()  # type: ignore[attr-defined]
     return [(r.caller, r.action, r.target, r.outcome, r.detail) for r in log]
+
+
+def test_a_run_its_privacy_budget_ends_is_finished_in_the_queue_not_aborted(
+    tmp_path: Path,
+) -> None:
+    # Prepare: `fedhive server`'s service with a central DP run whose budget holds one round of
+    # three; two constant-task nodes
+    z, delta = 2.0, 1e-5
+    one, two = (rdp_epsilon(k * step_rdp(z, 1.0), delta) for k in (1, 2))
+    config = ServerConfig(
+        address="127.0.0.1:0", run_dir=tmp_path / "run", task=CONSTANT, insecure=True,
+        task_args=CONSTANT_ARGS, rounds=3, min_nodes=2, progress=False,
+        dp={"delta": delta, "max_epsilon": (one + two) / 2,
+            "central": {"noise_multiplier": z, "clip": 1.0}},
+    )  # fmt: skip
+    service = one_shot(config)
+    port = service.start()
+    procs = [
+        start_node(
+            f"127.0.0.1:{port}", f"n{i}", i, task_args=CONSTANT_ARGS, log=tmp_path / f"n{i}.log"
+        )
+        for i in range(2)
+    ]
+    entry = service.queue.next()
+    assert entry is not None
+
+    # Execute
+    try:
+        with pytest.raises(BudgetSpent) as stop:
+            service.run_entry(entry)
+        codes = wait_all(procs, timeout=60)
+    finally:
+        service.stop(grace=0.5)
+
+    # Assert: the run ended where its budget says, which is how it was meant to end
+    (ended,) = service.queue.runs()
+    assert codes == [0, 0], [(tmp_path / f"n{i}.log").read_text()[-2000:] for i in range(2)]
+    assert "max_epsilon" in str(stop.value)
+    assert ended.state == "finished", (ended.state, ended.reason)
+    assert "max_epsilon" in ended.reason

@@ -35,7 +35,13 @@ from fedhive.server.app import (
     prepare_run,
     serve_health,
 )
-from fedhive.server.coordinator import Coordinator, RoundListener, RunAborted, RunStopped
+from fedhive.server.coordinator import (
+    BudgetSpent,
+    Coordinator,
+    RoundListener,
+    RunAborted,
+    RunStopped,
+)
 from fedhive.server.identity import AdminGate, PeerGate, server_tls
 from fedhive.server.limits import Watchdog
 from fedhive.server.service.control import ControlServicer
@@ -237,7 +243,8 @@ class Service:
 
     def run_entry(self, entry: RunEntry) -> list[RoundRecord]:
         """Run one queue entry to its end; raises as the coordinator does (RunStopped when the
-        service stops; RunAborted; a FedhiveError when it cannot start)."""
+        service stops; BudgetSpent, recorded as finished; RunAborted; a FedhiveError when it cannot
+        start)."""
         run_id = entry.run_id
         try:
             config = compose(self.base, entry.settings, self.run_dir(entry))
@@ -278,6 +285,9 @@ class Service:
             requested = self.queue.get(run_id).reason
             if requested:  # an administrator's stop (else SIGTERM: it resumes on restart)
                 self.queue.end(run_id, STOPPED, requested)
+            raise
+        except BudgetSpent as exc:  # the end its privacy budget sets: the run is done
+            self.queue.end(run_id, FINISHED, str(exc))
             raise
         except RunAborted as exc:
             self.queue.end(run_id, ABORTED, str(exc))
