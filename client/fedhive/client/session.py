@@ -125,15 +125,16 @@ class Session:
 
     def _heartbeat_loop(self) -> None:
         while not self.stop_event.is_set():
-            joined = self.joined
-            interval = joined.heartbeat_interval_s if joined else 1.0
+            interval = self.joined.heartbeat_interval_s if self.joined else 1.0
             if self.stop_event.wait(interval):
                 return
+            joined = self.joined  # read after the wait: never a token a join since replaced
             if joined is None or self._rejoin.is_set():
                 continue
             try:
                 self.transport.heartbeat(joined.auth)
             except UnknownNodeError:
-                self._rejoin.set()
+                if self.joined is joined:  # (a join in the meantime answered it already)
+                    self._rejoin.set()
             except FedhiveError as exc:
                 log.debug("heartbeat failed: %s", exc)
