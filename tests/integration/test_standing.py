@@ -13,6 +13,7 @@ from fedhive.common.config import ServerConfig
 from fedhive.common.privacy.rdp import rdp_epsilon, step_rdp
 from fedhive.common.tasks import digits
 from fedhive.proto.v1 import control_pb2 as cpb
+from fedhive.proto.v1 import coordinator_pb2 as pb
 from fedhive.server.coordinator import BudgetSpent
 from fedhive.server.service.service import one_shot
 from tests.integration.harness import start_node, wait_all
@@ -117,10 +118,41 @@ def test_the_one_shot_server_is_a_service_of_one_run_that_takes_no_submissions(
         service.stop(grace=0.5)
 
     # Assert: its one run is listed; another is refused, saying where to submit it
-    assert [r.state for r in runs.runs] == ["queued"]  # type: ignore[attr-defined]
+    assert [r.state for r in runs.runs] == ["running"]  # type: ignore[attr-defined]
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "fedhive service" in (caught.value.details() or "")
     assert any(a == "submit" and o.startswith("refused") for _, a, _, o, _ in audit_rows(service))
+
+
+def test_a_one_shot_server_asks_its_nodes_to_retry_until_its_run_is_served(
+    tmp_path: Path,
+) -> None:
+    # Prepare: `fedhive server`'s service listening, its run not served yet (as while a
+    # restarted coordinator loads the run it resumes)
+    config = ServerConfig(
+        address="127.0.0.1:0", run_dir=tmp_path / "run", task=CONSTANT, insecure=True
+    )
+    service = one_shot(config)
+    port = service.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    heartbeat = channel.unary_unary(
+        "/fedhive.proto.v1.Coordinator/Heartbeat",
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=lambda b: b,
+    )
+
+    # Execute: a node of the run before the restart beats with its token
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            heartbeat(pb.HeartbeatRequest(auth=pb.NodeAuth(node_id="n0", token=b"t")), timeout=10)
+    finally:
+        channel.close()
+        service.stop(grace=0.5)
+
+    # Assert: retry shortly (its session may well live on in the resumed run), not "session
+    # over" (which made the node join again instead of coming back with its token)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
+    assert "starting a run" in (caught.value.details() or "")
 
 
 def audit_rows(service: object) -> list[tuple[str, str, str, str, str]]:

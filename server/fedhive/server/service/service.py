@@ -327,4 +327,7 @@ def one_shot(
         freeze_startup=freeze_startup,
     )
     service.queue.submit(run_fields(config), "command line")
+    # running from the start: until the coordinator serves it, node calls are told to retry
+    # shortly (a restart's nodes come back to the run it resumes), not that their session is over
+    service.queue.next()
     return service
