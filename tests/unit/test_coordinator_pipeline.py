@@ -4,6 +4,7 @@ and aggregate stages do around a strategy (fedhive.server.pipeline)."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,18 @@ import numpy as np
 import pytest
 
 from fedhive.common.api.hooks import Block
+from fedhive.common.api.pipeline import load_stages
 from fedhive.common.config import ServerConfig, build_config
 from fedhive.common.errors import ConfigError, InvalidUpdateError
+from fedhive.common.privacy.central import CentralDPSettings
 from fedhive.common.wire.tensors import TensorSpec, raw_view
 from fedhive.server.aggregation import StrategyHost
 from fedhive.server.app import check_strategy, prepare_run
 from fedhive.server.cli import server_main
 from fedhive.server.pipeline import CoordinatorStages
+from fedhive.server.privacy.budget import RunPrivacy
+from fedhive.server.privacy.central import CentralDP
+from fedhive.server.privacy.noise import GaussianNoise
 from fedhive.server.service.settings import check_settings, compose
 from fedhive.server.strategy.fedavg import FedAvg
 
@@ -60,6 +66,13 @@ class Words:
 
 class NotAStage:
     name = "no transform"
+
+
+class NoNoise(GaussianNoise):
+    """Zero noise: isolates the clip (a test double; never in a run)."""
+
+    def standard_normal(self, n: int) -> np.ndarray:
+        return np.zeros(n)
 
 
 class Update:
@@ -225,3 +238,26 @@ def test_aggregate_stages_change_the_round_result_and_a_failure_is_the_rounds_re
         assert np.array_equal(n.view(np.float32), g + 2)
     assert arrays == []
     assert reason.startswith(f"pipeline stage '{HERE}:Short' failed on the round's aggregate")
+
+
+def test_update_stages_run_before_central_dps_clip_which_they_cannot_undo() -> None:
+    # Prepare: the doubling stage around central DP (clip 1, no noise: a test double), one node
+    dp = CentralDP(FedAvg(), CentralDPSettings(noise_multiplier=1.0, clip=1.0), NoNoise())
+    aggregator = CoordinatorStages(dp, load_stages([f"{HERE}:Double"], coordinator=True), [])
+    cfg = ServerConfig.model_validate(
+        {"insecure": True, "dp": {"delta": 1e-5, "central": {"noise_multiplier": 1.0, "clip": 1.0}}}
+    )
+
+    # Execute: a small delta (norm 0.22, doubled 0.45) and a large one (2.2, doubled 4.5)
+    moved = []
+    for step in (0.1, 1.0):
+        aggregator.begin(SPECS, GLOBAL)
+        dp.expect(1)
+        aggregator.fold(Update([g + step for g in GLOBAL]))
+        new = aggregator.finalize()
+        pairs = zip(new, GLOBAL, strict=True)
+        moved.append(math.sqrt(sum(float(np.sum((n.view(np.float32) - g) ** 2)) for n, g in pairs)))
+
+    # Assert: doubled, then clipped to 1; the run's accountant finds central DP under the stages
+    assert moved == pytest.approx([2 * 0.1 * math.sqrt(5), 1.0], rel=1e-5)
+    assert RunPrivacy.for_run(cfg, aggregator, []).central is dp
