@@ -17,7 +17,7 @@ from fedhive.common.api.pipeline import load_stages
 from fedhive.common.config import ServerConfig, build_config
 from fedhive.common.errors import ConfigError, InvalidUpdateError
 from fedhive.common.privacy.central import CentralDPSettings
-from fedhive.common.wire.tensors import TensorSpec, raw_view
+from fedhive.common.wire.tensors import TensorSpec, from_float, raw_view
 from fedhive.server.aggregation import StrategyHost
 from fedhive.server.app import check_strategy, prepare_run
 from fedhive.server.cli import server_main
@@ -39,6 +39,13 @@ class Double:
     def transform(self, blocks: Iterable[Block]) -> Iterator[Block]:
         for b in blocks:
             yield Block(b.start, b.values * 2)
+
+
+class Same:
+    name = "same"
+
+    def transform(self, blocks: Iterable[Block]) -> Iterator[Block]:
+        yield from blocks
 
 
 class Infinite:
@@ -84,6 +91,19 @@ class Update:
 
     def pieces(self, tensor: int) -> Iterator[memoryview]:
         yield raw_view(self.arrays[tensor])
+
+
+class Raw:
+    """A staged update of raw arrays (each spec's storage dtype), in pieces of 2 elements."""
+
+    def __init__(self, arrays: Sequence[np.ndarray], num_examples: int) -> None:
+        self.arrays = arrays
+        self.num_examples = num_examples
+
+    def pieces(self, tensor: int) -> Iterator[memoryview]:
+        data = self.arrays[tensor]
+        for lo in range(0, data.size, 2):
+            yield raw_view(data[lo : lo + 2])
 
 
 def config(**pipeline: Any) -> ServerConfig:
@@ -261,3 +281,62 @@ def test_update_stages_run_before_central_dps_clip_which_they_cannot_undo() -> N
     # Assert: doubled, then clipped to 1; the run's accountant finds central DP under the stages
     assert moved == pytest.approx([2 * 0.1 * math.sqrt(5), 1.0], rel=1e-5)
     assert RunPrivacy.for_run(cfg, aggregator, []).central is dp
+
+
+def test_an_identity_stage_folds_every_dtype_bit_exactly_as_without_stages() -> None:
+    # Prepare: bf16, int64 and float64 tensors; FedAvg with and without a stage that returns the
+    # delta it was given
+    specs = [
+        TensorSpec("h", "bfloat16", (4,)),
+        TensorSpec("i", "int64", (3,)),
+        TensorSpec("d", "float64", (2,)),
+    ]
+    current = [
+        from_float(np.array([0.5, -1.25, 3.0, 100.0], np.float32), "bfloat16"),
+        np.array([1, -2, 7], np.int64),
+        np.array([0.1, -0.2], np.float64),
+    ]
+    bf16 = [
+        from_float(np.array(v, np.float32), "bfloat16")
+        for v in ([0.75, -1.0, 2.5, 96.0], [1.5, -2.0, 3.5, 104.0])
+    ]
+    updates = [
+        [bf16[0], np.array([2, -3, 9], np.int64), np.array([0.3, 0.25], np.float64)],
+        [bf16[1], np.array([4, 0, 7], np.int64), np.array([-0.1, 1e-3], np.float64)],
+    ]
+    plain = FedAvg()
+    staged = CoordinatorStages(FedAvg(), load_stages([f"{HERE}:Same"], coordinator=True), [])
+
+    # Execute
+    results = []
+    for aggregator in (plain, staged):
+        aggregator.begin(specs, current)
+        for n, arrays in enumerate(updates, start=1):
+            aggregator.fold(Raw(arrays, n))
+        results.append(aggregator.finalize())
+
+    # Assert
+    for a, b in zip(*results, strict=True):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def test_a_robust_rule_sees_the_transformed_updates(tmp_path: Path) -> None:
+    # Prepare: the coordinatewise median over three updates, each delta doubled first
+    cfg = ServerConfig(
+        insecure=True,
+        task=TASK,
+        run_dir=tmp_path / "run",
+        strategy="fedmedian",
+        pipeline={"update": [f"{HERE}:Double"]},
+    )
+    aggregator = check_strategy(cfg)
+    aggregator.begin(SPECS, GLOBAL)
+
+    # Execute
+    for step in (1.0, 2.0, 30.0):
+        aggregator.fold(Update([g + step for g in GLOBAL]))
+    new = aggregator.finalize()
+
+    # Assert: global + median(2, 4, 60)
+    for g, n in zip(GLOBAL, new, strict=True):
+        assert np.allclose(np.asarray(n, np.float32).reshape(-1), g + 4)
