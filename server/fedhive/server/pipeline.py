@@ -34,6 +34,7 @@ nothing changes on the hot path.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -46,6 +47,8 @@ from fedhive.common.errors import AggregationError, InvalidUpdateError
 from fedhive.common.wire.tensors import TensorSpec, from_float, peak_magnitude, raw_view, to_float
 from fedhive.server.privacy.noise import SLICE
 from fedhive.server.strategy.base import Aggregator, StagedUpdate
+
+log = logging.getLogger("fedhive.server")
 
 
 class StageFailed(AggregationError):
@@ -109,6 +112,9 @@ def transform(
             raise InvalidUpdateError(
                 f"pipeline stage {failure.path!r} refused {what}: {failure.exc}"
             ) from failure.exc
+        log.warning(  # a bug in the stage: its traceback helps its author
+            "pipeline stage %r failed on %s", failure.path, what, exc_info=failure.exc
+        )
         raise InvalidUpdateError(
             f"pipeline stage {failure.path!r} failed on {what}: {failure.exc!r}"
         ) from failure.exc
