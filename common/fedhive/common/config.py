@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fedhive.common.api.pipeline import PipelineSettings
+from fedhive.common.api.pipeline import CoordinatorPipelineSettings, PipelineSettings
 from fedhive.common.errors import ConfigError
 from fedhive.common.privacy.distributed import check_settings
 from fedhive.common.privacy.settings import DPSettings, check_run
@@ -107,6 +107,9 @@ class ServerConfig(_Config):
     dp: DPSettings | None = None
     # the status page and /metrics (fedhive.common.status_config); None: off
     status: StatusConfig | None = None
+    # user stages on each update and on the round's result ([pipeline] update / aggregate =
+    # ["package.module:Stage"]), imported and checked at start (fedhive.server.pipeline)
+    pipeline: CoordinatorPipelineSettings | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -151,6 +154,13 @@ class ServerConfig(_Config):
         _check_insecure(self, ("tls_dir", "tls_cert", "tls_key", "tls_ca", "crl"))
         check_run(self.dp, secure_aggregation=self.secure_aggregation, min_nodes=self.min_nodes)
         check_sgd_train(self.dp, self.train)
+        if self.pipeline is not None and self.pipeline.update and self.secure_aggregation != "none":
+            raise ValueError(
+                f"[pipeline] update = {list(self.pipeline.update)} runs on each node's update, "
+                f"but secure_aggregation = {self.secure_aggregation!r} never shows the "
+                "coordinator one node's update: put the stage on the nodes ([pipeline] node in "
+                "their config), or run it on the round's result ([pipeline] aggregate)"
+            )
         allowed = self.allowed_nodes
         if allowed is not None and (not allowed or not all(n.strip() for n in allowed)):
             raise ValueError(

@@ -86,6 +86,12 @@ class CheckpointModel(Sequence[np.ndarray]):
         return (self[i] for i in range(len(self)))
 
 
+def _why(exc: AggregationError) -> str:
+    """Why a round fails: a user stage's own reason (fedhive.server.pipeline), else the rule's."""
+    reason = getattr(exc, "reason", None)
+    return str(reason) if reason else f"the strategy could not aggregate: {exc}"
+
+
 def _scalar(value: object) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
@@ -115,7 +121,7 @@ class StrategyHost:
         try:
             return self.aggregator.finalize(), ""
         except AggregationError as exc:
-            return [], f"the strategy could not aggregate: {exc}"
+            return [], _why(exc)
 
     def from_mean(
         self, specs: Sequence[TensorSpec], mean: list[np.ndarray], global_path: Path
@@ -128,7 +134,7 @@ class StrategyHost:
         try:
             return step(specs, mean, CheckpointModel(global_path, specs)), ""
         except AggregationError as exc:
-            return [], f"the strategy could not aggregate: {exc}"
+            return [], _why(exc)
 
     def select(
         self, round_: int, attempt: int, candidates: Sequence[str], k: int, seed: int

@@ -37,6 +37,7 @@ from fedhive.common.wire.tensors import (
 from fedhive.server.coordinator import Coordinator, RoundListener
 from fedhive.server.identity import PeerGate, ServerTls, server_credentials, server_tls
 from fedhive.server.limits import Watchdog
+from fedhive.server.pipeline import wrap_stages
 from fedhive.server.privacy.central import wrap_central
 from fedhive.server.servicer import SERVICE, CoordinatorServicer, generic_handler
 from fedhive.server.store import RunStore, StoreError
@@ -171,7 +172,8 @@ def serve_health(server: grpc.Server) -> health.HealthServicer:
 
 def check_strategy(config: ServerConfig) -> Aggregator:
     """The run's strategy, built before the run is created: refused if it cannot be built with its
-    arguments or cannot run under the run's secure aggregation."""
+    arguments or cannot run under the run's secure aggregation, or if a ``[pipeline]`` stage
+    cannot be imported and built (fedhive.server.pipeline)."""
     aggregator = build_strategy(config.strategy, config.strategy_args, config.run_dir / "updates")
     if config.secure_aggregation != "none" and not sum_only(config.strategy):
         raise ConfigError(
@@ -180,7 +182,8 @@ def check_strategy(config: ServerConfig) -> Aggregator:
             "that needs only the sum (fedavg, fedavgm, fedadam, fedyogi, fedadagrad) or no secure "
             "aggregation"
         )
-    return wrap_central(config, aggregator, sum_only(config.strategy))
+    # the user's update stages run outside central DP: before its clip, which they cannot undo
+    return wrap_stages(config, wrap_central(config, aggregator, sum_only(config.strategy)))
 
 
 def prepare_run(

@@ -13,7 +13,10 @@ Plain FedAvg is the pipeline with no stages on either side. Secure aggregation i
 (:mod:`fedhive.common.secagg.stages`). The node's pipeline is chosen by configuration
 (:mod:`fedhive.common.api.pipeline`: distributed DP's clip and noise, SecAgg+'s quantization and
 mask, and user stages named by import path in the node's ``[pipeline]``); the round engine only
-calls :func:`run`.
+calls :func:`run`. The coordinator runs user float stages of its own, named in its run config's
+``[pipeline]``: ``update`` stages on each update's delta before the strategy folds it,
+``aggregate`` stages on the round's result before it is committed
+(:mod:`fedhive.server.pipeline`).
 
 A stage may change the element type (float -> uint32) and the index space (a stage may prepend
 or drop elements, as quantization does with the example count), but it must emit blocks in

@@ -25,6 +25,10 @@ Where the math does not allow a stage, it is refused with the reason: a float st
 stage (quantization turned the values into integers mod 2^32, which SecAgg+ sums), and a word
 stage in a round without SecAgg+ (there are no words). User float stages come before the DP
 clip, word stages before the noise: a stage after either could undo the privacy guarantee.
+
+The coordinator has user stages of its own (``[pipeline] update`` and ``aggregate`` in its run
+config, :class:`CoordinatorPipelineSettings`; run by :mod:`fedhive.server.pipeline`): float
+stages only, loaded by the same :func:`load_stages`.
 """
 
 from __future__ import annotations
@@ -52,6 +56,19 @@ class PipelineSettings(BaseModel):
     node: tuple[str, ...] = ()
 
 
+class CoordinatorPipelineSettings(BaseModel):
+    """``[pipeline]`` of the coordinator's run config: user stages by import path.
+
+    ``update``: run on each node's update as it arrives (its delta from the round's global
+    model), before the strategy folds it; ``aggregate``: run on the round's result (new model
+    less global) before it is committed. Float stages only (:mod:`fedhive.server.pipeline`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    update: tuple[str, ...] = ()
+    aggregate: tuple[str, ...] = ()
+
+
 def domain_of(stage: object) -> str:
     return str(getattr(stage, "domain", FLOAT))
 
@@ -66,9 +83,10 @@ class UserStage:
         return self.factory()
 
 
-def load_stages(paths: Sequence[str]) -> list[UserStage]:
-    """Import and check every user stage (at the node's start): importable, a factory of
-    :class:`~fedhive.common.api.hooks.Stage`, a known domain, no float stage after a word stage."""
+def load_stages(paths: Sequence[str], *, coordinator: bool = False) -> list[UserStage]:
+    """Import and check every user stage (at the node's or the coordinator's start): importable,
+    a factory of :class:`~fedhive.common.api.hooks.Stage`, a known domain, no float stage after a
+    word stage; on the ``coordinator``, float stages only (it never sees quantized words)."""
     out: list[UserStage] = []
     for path in paths:
         factory = import_object(path, "pipeline stage", ConfigError, form="Stage")
@@ -87,6 +105,12 @@ def load_stages(paths: Sequence[str]) -> list[UserStage]:
         if domain not in DOMAINS:
             raise ConfigError(
                 f"pipeline stage {path!r}: domain {domain!r} is not one of {list(DOMAINS)}"
+            )
+        if coordinator and domain != FLOAT:
+            raise ConfigError(
+                f"pipeline stage {path!r} works on quantized SecAgg+ words (domain {domain!r}), "
+                f"but the coordinator's stages see float deltas only: put it on the nodes "
+                f"([pipeline] node in their config)"
             )
         if domain == FLOAT and out and out[-1].domain == WORDS:
             raise ConfigError(

@@ -41,6 +41,7 @@ from fedhive.common.privacy import rdp
 from fedhive.common.privacy.distributed import past_rounds, plan
 from fedhive.common.privacy.settings import DPSettings
 from fedhive.common.record import ROUND
+from fedhive.server.pipeline import inner_of
 from fedhive.server.privacy.central import CentralDP
 from fedhive.server.strategy.base import Aggregator
 
@@ -77,6 +78,7 @@ class RunPrivacy:
         events: Callable[[], Iterable[Mapping[str, Any]]] = tuple,
     ) -> RunPrivacy:
         """The run's accountant, continued from the ``committed`` events (a resumed run's)."""
+        aggregator = inner_of(aggregator)  # central DP sits under the user's stages
         central = aggregator if isinstance(aggregator, CentralDP) else None
         if config.dp is not None and config.dp.central is not None and central is None:
             raise ConfigError("[dp.central]: the run's strategy is not wrapped in central DP")
