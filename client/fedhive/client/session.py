@@ -133,8 +133,9 @@ class Session:
                 continue
             try:
                 self.transport.heartbeat(joined.auth)
-            except UnknownNodeError:
+            except UnknownNodeError as exc:
                 if self.joined is joined:  # (a join in the meantime answered it already)
+                    log.info("heartbeat: %s; joining again", exc)
                     self._rejoin.set()
             except FedhiveError as exc:
                 log.debug("heartbeat failed: %s", exc)
