@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from fedhive.common.config import ServerConfig
 from fedhive.common.errors import InvalidUpdateError, RunNameTakenError
+from fedhive.common.status_config import StatusConfig
 from fedhive.server.service.queue import FINISHED, QUEUED, RunQueue
+from fedhive.server.service.service import Service
+from fedhive.server.store import RunStore
 
 TASK = "fedhive.common.tasks.constant:make_task"
 SETTINGS = {"task": TASK, "rounds": 3}
@@ -151,3 +157,32 @@ def test_a_queue_written_before_runs_had_names_opens_and_takes_names(tmp_path: P
             "VALUES ('x', 'queued', '{}', 'me', 0, 'rehearsal')"
         )
     db.close()
+
+
+def test_the_status_page_shows_a_named_runs_name(tmp_path: Path) -> None:
+    # Prepare: a service with its status page; a named and an unnamed run, each with its run
+    # directory as a started run has one
+    base = ServerConfig(
+        address="127.0.0.1:0", insecure=True, progress=False, status=StatusConfig(port=0)
+    )
+    service = Service(base, tmp_path / "state")
+    service.start()
+    try:
+        named = service.submit_once(SETTINGS, "admin:a", "rehearsal").entry
+        unnamed = service.submit(SETTINGS, "admin:a")
+        for entry in (named, unnamed):
+            store = RunStore(service.run_dir(entry))
+            store.create(ServerConfig(insecure=True).model_dump(mode="json"), entry.run_id)
+            store.close()
+
+        # Execute
+        with urllib.request.urlopen(service.status.server.url + "api/status", timeout=10) as r:
+            runs = json.loads(r.read())["runs"]
+    finally:
+        service.stop(0)
+
+    # Assert
+    assert {run["run_id"]: run["name"] for run in runs} == {
+        named.run_id: "rehearsal",
+        unnamed.run_id: "",
+    }

@@ -231,6 +231,12 @@ class RunQueue:
             ).fetchall()
         return [_entry(r) for r in reversed(rows)]
 
+    def names(self) -> dict[str, str]:
+        """Run id -> name, of the runs that have one."""
+        with self._lock:
+            rows = self._db.execute("SELECT run_id, name FROM runs WHERE name IS NOT NULL")
+            return {str(run_id): str(name) for run_id, name in rows.fetchall()}
+
     def queued(self) -> int:
         with self._lock:
             row = self._db.execute("SELECT COUNT(*) FROM runs WHERE state = ?", (QUEUED,))

@@ -118,6 +118,7 @@ class Service:
 
             runs = RunDirs.under(state_dir / RUNS) if state_dir is not None else None
             self.status = status_part(base, runs)
+            self.status.names = self.queue.names  # the page shows a named run's name
         self.port = 0
         self._stopping = threading.Event()
         self._lock = threading.Lock()
