@@ -333,6 +333,7 @@ def test_a_named_run_is_submitted_once_and_its_name_is_bounded(federation: Feder
         refusals.append((caught.value.code(), caught.value.details() or ""))
     named = [r for r in list_runs(channel).runs if r.name == "nightly"]
     channel.close()
+    listed = fed.cli("run", "list")
 
     # Assert: one run of that name, whatever was sent; each answer said so; audited
     assert first.returncode == 0 and f'run {run_id} "nightly" ' in first.stdout, first.stderr
@@ -346,6 +347,8 @@ def test_a_named_run_is_submitted_once_and_its_name_is_bounded(federation: Feder
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert "is not 1 to 64 characters of A-Z a-z 0-9 . _ -" in details
     assert [r.run_id for r in named] == [run_id]
+    row = next(line for line in listed.stdout.splitlines() if run_id in line)
+    assert "nightly" in row and "stopped" in row, listed.stdout
     trail = audit(fed)
     assert ("admin:alice", "queued", run_id, "ok") in trail
     assert [o for c, a, t, o in trail if a == "submit" and t == "nightly"] == [
