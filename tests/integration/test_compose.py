@@ -7,10 +7,11 @@ the configs are mapped to those folders and files (a config is read with the mou
 service that mounts it, the run settings with the coordinator's: it reads them), and the
 services start as separate processes in ``depends_on`` order: the one-shots run to completion,
 the coordinator service must pass the Dockerfile's HEALTHCHECK command, then the standing nodes
-and the administrator's one-shot ``submit`` start. Mutual TLS is on, with the certificates (and
-the administrator's, and the status page's token) the certs service made. The coordinator and
-the nodes stay up: once the submitted run has finished they are stopped with SIGTERM, as
-``docker compose stop`` does, and must exit 0.
+and the administrator's one-shot ``submit`` start; once its run has finished, ``submit`` runs
+again, as a second ``docker compose up`` would, and queues nothing (the run is named). Mutual TLS
+is on, with the certificates (and the administrator's, and the status page's token) the certs
+service made. The coordinator and the nodes stay up: once the submitted run has finished they
+are stopped with SIGTERM, as ``docker compose stop`` does, and must exit 0.
 
 Network: ``netns`` puts the coordinator and each other service in its own network namespace on
 a bridge, with ``coordinator`` resolving to the coordinator's address, so the compose commands
@@ -204,6 +205,7 @@ def test_compose_topology_runs_as_processes_with_mutual_tls(
         for dep, cond in s.get("depends_on", {}).items()
     }
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    commands: dict[str, list[str]] = {}
     logs = tmp_path / "logs"
     logs.mkdir()
     state = volumes / "state"
@@ -211,7 +213,8 @@ def test_compose_topology_runs_as_processes_with_mutual_tls(
     standing = ["coordinator", *nodes]
 
     # Execute: bring it up; the administrator's submit queues the rehearsal run; once it has
-    # finished, read the status page, then stop the standing services as `docker compose stop`
+    # finished, submit again (a second `up`), read the status page, then stop the standing
+    # services as `docker compose stop`
     try:
         for name in dependency_order(services):
             service = services[name]
@@ -219,6 +222,7 @@ def test_compose_topology_runs_as_processes_with_mutual_tls(
             service_env = service.get("environment", {}).items()
             env = {**os.environ, **{k: interpolate(str(v), variables) for k, v in service_env}}
             cmd = wrap(name, command(service["command"], mapping, variables, addresses))
+            commands[name] = cmd
             with open(logs / f"{name}.log", "wb") as out:
                 procs[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
             if conditions.get(name) == "service_completed_successfully":
@@ -234,6 +238,7 @@ def test_compose_topology_runs_as_processes_with_mutual_tls(
         wait_until(
             lambda: [s for _, s, _ in queue_rows(state)] == ["finished"], 300, "the run", procs
         )
+        again = subprocess.run(commands["submit"], capture_output=True, text=True, timeout=60)
         alive = {name: procs[name].poll() is None for name in standing}
         token = (volumes / "pki" / "status" / "status.token").read_text().strip()
         ca = volumes / "pki" / "ca" / "ca.crt"
@@ -248,7 +253,8 @@ def test_compose_topology_runs_as_processes_with_mutual_tls(
                 proc.kill()
                 proc.wait()
 
-    # Assert: the standing services outlived the run and left cleanly; every one-shot exited 0;
+    # Assert: the standing services outlived the run and left cleanly; every one-shot exited 0,
+    # the second submit too, without queueing the rehearsal again;
     # 3 rounds with the 3 sites in the run's directory under the service's state; the status
     # page answers only with its token
     text = {name: (logs / f"{name}.log").read_text() for name in procs}
@@ -256,7 +262,12 @@ def test_compose_topology_runs_as_processes_with_mutual_tls(
     assert codes == dict.fromkeys(procs, 0), text
     assert len(nodes) == 3
     ((run_id, _, _),) = queue_rows(state)
-    assert text["submit"].startswith(f"run {run_id} ") and "by admin:ops" in text["submit"]
+    assert text["submit"].startswith(f'run {run_id} "rehearsal" ')
+    assert "by admin:ops" in text["submit"]
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout == (
+        f"run rehearsal already submitted as {run_id} (finished): not submitted again\n"
+    )
     run = state / "runs" / run_id
     events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
     rounds = [e for e in events if e["event"] == "round"]
@@ -271,7 +282,7 @@ def test_compose_topology_runs_as_processes_with_mutual_tls(
     assert anonymous[0] == 401
     with sqlite3.connect(f"file:{state / 'service.sqlite'}?mode=ro", uri=True) as db:
         audit = db.execute("SELECT caller, action FROM audit").fetchall()
-    assert ("admin:ops", "submit") in audit
+    assert audit.count(("admin:ops", "submit")) == 2
     if network is not None:  # the nodes came over the bridge, each from its own address
         for n in nodes:
             assert f"join from ipv4:{network.addresses[n]}:" in text["coordinator"], text

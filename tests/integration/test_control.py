@@ -301,3 +301,59 @@ def test_a_hostile_wait_for_a_run_is_refused(
     # Assert
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert problem in (caught.value.details() or "")
+
+
+def test_a_named_run_is_submitted_once_and_its_name_is_bounded(federation: Federation) -> None:
+    # Prepare: a run's settings, the same run's settings with another round count; an
+    # administrator's channel for hand-built requests
+    fed = federation
+    settings = run_settings(CONSTANT, rounds=500, min_nodes=1)
+    path = write_toml(fed.root / "nightly.toml", settings)
+    other = write_toml(fed.root / "nightly-4.toml", {**settings, "rounds": 4})
+    admin = fed.pki.admin_dir("alice")
+    channel = control_channel(fed, admin / "admin.key", admin / "admin.crt", fed.pki.ca_cert)
+    submit = channel.unary_unary(
+        CONTROL + "SubmitRun",
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=cpb.RunInfo.FromString,
+    )
+
+    # Execute: submit it, again, stop it, again once it has ended; reuse its name for another
+    # run; send names beyond the rule
+    first = fed.cli("run", "submit", str(path), "--name", "nightly")
+    run_id = first.stdout.split()[1]
+    again = fed.cli("run", "submit", str(path), "--name", "nightly")
+    fed.cli("run", "stop", run_id)
+    ended = submit(cpb.SubmitRunRequest(settings_toml=path.read_text(), name="nightly"), timeout=10)
+    reused = fed.cli("run", "submit", str(other), "--name", "nightly")
+    refusals = []
+    for name in ("../nightly", "n" * 10_000, "night\x00ly"):
+        with pytest.raises(grpc.RpcError) as caught:
+            submit(cpb.SubmitRunRequest(settings_toml=path.read_text(), name=name), timeout=10)
+        refusals.append((caught.value.code(), caught.value.details() or ""))
+    named = [r for r in list_runs(channel).runs if r.name == "nightly"]
+    channel.close()
+    listed = fed.cli("run", "list")
+
+    # Assert: one run of that name, whatever was sent; each answer said so; audited
+    assert first.returncode == 0 and f'run {run_id} "nightly" ' in first.stdout, first.stderr
+    assert again.returncode == 0, again.stderr
+    assert f"run nightly already submitted as {run_id} (" in again.stdout
+    assert again.stdout.rstrip().endswith("): not submitted again")
+    assert ended.existed and ended.run_id == run_id and ended.state == "stopped"
+    assert reused.returncode == 1 and "ALREADY_EXISTS" in reused.stderr
+    assert f"taken by run {run_id} (stopped) with other settings" in reused.stderr
+    for code, details in refusals:
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "is not 1 to 64 characters of A-Z a-z 0-9 . _ -" in details
+    assert [r.run_id for r in named] == [run_id]
+    row = next(line for line in listed.stdout.splitlines() if run_id in line)
+    assert "nightly" in row and "stopped" in row, listed.stdout
+    trail = audit(fed)
+    assert ("admin:alice", "queued", run_id, "ok") in trail
+    assert [o for c, a, t, o in trail if a == "submit" and t == "nightly"] == [
+        "ok",
+        "existing",
+        "existing",
+        "refused: " + reused.stderr.split("ALREADY_EXISTS: ")[1].strip(),
+    ]

@@ -155,6 +155,12 @@ class RunStateError(RequestRefused):
     status = "FAILED_PRECONDITION"
 
 
+class RunNameTakenError(RequestRefused):
+    """A run's name is taken by a run with other settings (a name is one run's, for good)."""
+
+    status = "ALREADY_EXISTS"
+
+
 REFUSALS: dict[str, type[RequestRefused]] = {
     cls.__name__: cls
     for cls in (
@@ -168,5 +174,6 @@ REFUSALS: dict[str, type[RequestRefused]] = {
         CoordinatorStopping,
         UnknownRunError,
         RunStateError,
+        RunNameTakenError,
     )
 }

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64hive/proto/v1/control.proto\x12\x10\x66\x65\x64hive.proto.v1\")\n\x10SubmitRunRequest\x12\x15\n\rsettings_toml\x18\x01 \x01(\t\"\xf1\x01\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x14\n\x0csubmitted_by\x18\x04 \x01(\t\x12\x14\n\x0csubmitted_at\x18\x05 \x01(\x01\x12\x12\n\nstarted_at\x18\x06 \x01(\x01\x12\x10\n\x08\x65nded_at\x18\x07 \x01(\x01\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x15\n\rsettings_json\x18\t \x01(\t\x12\x0e\n\x06rounds\x18\n \x01(\x04\x12\x18\n\x10\x63ommitted_rounds\x18\x0b \x01(\x04\x12\x16\n\x0equeue_position\x18\x0c \x01(\r\" \n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"2\n\x07RunList\x12\'\n\x04runs\x18\x01 \x03(\x0b\x32\x19.fedhive.proto.v1.RunInfo\"\x18\n\x06RunRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"0\n\x0eStopRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x12\n\x10ListNodesRequest\"b\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\r\n\x05tasks\x18\x03 \x03(\t\x12\x11\n\tlast_seen\x18\x04 \x01(\x01\x12\x13\n\x0b\x63urrent_run\x18\x05 \x01(\t\"5\n\x08NodeList\x12)\n\x05nodes\x18\x01 \x03(\x0b\x32\x1a.fedhive.proto.v1.NodeInfo\"0\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x04\"4\n\x08RunEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04json\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t2\xc0\x03\n\x07\x43ontrol\x12J\n\tSubmitRun\x12\".fedhive.proto.v1.SubmitRunRequest\x1a\x19.fedhive.proto.v1.RunInfo\x12H\n\x08ListRuns\x12!.fedhive.proto.v1.ListRunsRequest\x1a\x19.fedhive.proto.v1.RunList\x12=\n\x06GetRun\x12\x18.fedhive.proto.v1.RunRef\x1a\x19.fedhive.proto.v1.RunInfo\x12\x46\n\x07StopRun\x12 .fedhive.proto.v1.StopRunRequest\x1a\x19.fedhive.proto.v1.RunInfo\x12K\n\tListNodes\x12\".fedhive.proto.v1.ListNodesRequest\x1a\x1a.fedhive.proto.v1.NodeList\x12K\n\x08WatchRun\x12!.fedhive.proto.v1.WatchRunRequest\x1a\x1a.fedhive.proto.v1.RunEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64hive/proto/v1/control.proto\x12\x10\x66\x65\x64hive.proto.v1\"7\n\x10SubmitRunRequest\x12\x15\n\rsettings_toml\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\x90\x02\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x14\n\x0csubmitted_by\x18\x04 \x01(\t\x12\x14\n\x0csubmitted_at\x18\x05 \x01(\x01\x12\x12\n\nstarted_at\x18\x06 \x01(\x01\x12\x10\n\x08\x65nded_at\x18\x07 \x01(\x01\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x15\n\rsettings_json\x18\t \x01(\t\x12\x0e\n\x06rounds\x18\n \x01(\x04\x12\x18\n\x10\x63ommitted_rounds\x18\x0b \x01(\x04\x12\x16\n\x0equeue_position\x18\x0c \x01(\r\x12\x0c\n\x04name\x18\r \x01(\t\x12\x0f\n\x07\x65xisted\x18\x0e \x01(\x08\" \n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"2\n\x07RunList\x12\'\n\x04runs\x18\x01 \x03(\x0b\x32\x19.fedhive.proto.v1.RunInfo\"\x18\n\x06RunRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"0\n\x0eStopRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x12\n\x10ListNodesRequest\"b\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\r\n\x05tasks\x18\x03 \x03(\t\x12\x11\n\tlast_seen\x18\x04 \x01(\x01\x12\x13\n\x0b\x63urrent_run\x18\x05 \x01(\t\"5\n\x08NodeList\x12)\n\x05nodes\x18\x01 \x03(\x0b\x32\x1a.fedhive.proto.v1.NodeInfo\"0\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x04\"4\n\x08RunEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04json\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t2\xc0\x03\n\x07\x43ontrol\x12J\n\tSubmitRun\x12\".fedhive.proto.v1.SubmitRunRequest\x1a\x19.fedhive.proto.v1.RunInfo\x12H\n\x08ListRuns\x12!.fedhive.proto.v1.ListRunsRequest\x1a\x19.fedhive.proto.v1.RunList\x12=\n\x06GetRun\x12\x18.fedhive.proto.v1.RunRef\x1a\x19.fedhive.proto.v1.RunInfo\x12\x46\n\x07StopRun\x12 .fedhive.proto.v1.StopRunRequest\x1a\x19.fedhive.proto.v1.RunInfo\x12K\n\tListNodes\x12\".fedhive.proto.v1.ListNodesRequest\x1a\x1a.fedhive.proto.v1.NodeList\x12K\n\x08WatchRun\x12!.fedhive.proto.v1.WatchRunRequest\x1a\x1a.fedhive.proto.v1.RunEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,27 +32,27 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedhive.proto.v1.control_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUBMITRUNREQUEST']._serialized_start=52
-  _globals['_SUBMITRUNREQUEST']._serialized_end=93
-  _globals['_RUNINFO']._serialized_start=96
-  _globals['_RUNINFO']._serialized_end=337
-  _globals['_LISTRUNSREQUEST']._serialized_start=339
-  _globals['_LISTRUNSREQUEST']._serialized_end=371
-  _globals['_RUNLIST']._serialized_start=373
-  _globals['_RUNLIST']._serialized_end=423
-  _globals['_RUNREF']._serialized_start=425
-  _globals['_RUNREF']._serialized_end=449
-  _globals['_STOPRUNREQUEST']._serialized_start=451
-  _globals['_STOPRUNREQUEST']._serialized_end=499
-  _globals['_LISTNODESREQUEST']._serialized_start=501
-  _globals['_LISTNODESREQUEST']._serialized_end=519
-  _globals['_NODEINFO']._serialized_start=521
-  _globals['_NODEINFO']._serialized_end=619
-  _globals['_NODELIST']._serialized_start=621
-  _globals['_NODELIST']._serialized_end=674
-  _globals['_WATCHRUNREQUEST']._serialized_start=676
-  _globals['_WATCHRUNREQUEST']._serialized_end=724
-  _globals['_RUNEVENT']._serialized_start=726
-  _globals['_RUNEVENT']._serialized_end=778
-  _globals['_CONTROL']._serialized_start=781
-  _globals['_CONTROL']._serialized_end=1229
+  _globals['_SUBMITRUNREQUEST']._serialized_end=107
+  _globals['_RUNINFO']._serialized_start=110
+  _globals['_RUNINFO']._serialized_end=382
+  _globals['_LISTRUNSREQUEST']._serialized_start=384
+  _globals['_LISTRUNSREQUEST']._serialized_end=416
+  _globals['_RUNLIST']._serialized_start=418
+  _globals['_RUNLIST']._serialized_end=468
+  _globals['_RUNREF']._serialized_start=470
+  _globals['_RUNREF']._serialized_end=494
+  _globals['_STOPRUNREQUEST']._serialized_start=496
+  _globals['_STOPRUNREQUEST']._serialized_end=544
+  _globals['_LISTNODESREQUEST']._serialized_start=546
+  _globals['_LISTNODESREQUEST']._serialized_end=564
+  _globals['_NODEINFO']._serialized_start=566
+  _globals['_NODEINFO']._serialized_end=664
+  _globals['_NODELIST']._serialized_start=666
+  _globals['_NODELIST']._serialized_end=719
+  _globals['_WATCHRUNREQUEST']._serialized_start=721
+  _globals['_WATCHRUNREQUEST']._serialized_end=769
+  _globals['_RUNEVENT']._serialized_start=771
+  _globals['_RUNEVENT']._serialized_end=823
+  _globals['_CONTROL']._serialized_start=826
+  _globals['_CONTROL']._serialized_end=1274
 # @@protoc_insertion_point(module_scope)

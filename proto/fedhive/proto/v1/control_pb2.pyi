@@ -7,13 +7,15 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SubmitRunRequest(_message.Message):
-    __slots__ = ("settings_toml",)
+    __slots__ = ("settings_toml", "name")
     SETTINGS_TOML_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     settings_toml: str
-    def __init__(self, settings_toml: _Optional[str] = ...) -> None: ...
+    name: str
+    def __init__(self, settings_toml: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class RunInfo(_message.Message):
-    __slots__ = ("run_id", "state", "task", "submitted_by", "submitted_at", "started_at", "ended_at", "reason", "settings_json", "rounds", "committed_rounds", "queue_position")
+    __slots__ = ("run_id", "state", "task", "submitted_by", "submitted_at", "started_at", "ended_at", "reason", "settings_json", "rounds", "committed_rounds", "queue_position", "name", "existed")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +28,8 @@ class RunInfo(_message.Message):
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EXISTED_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     state: str
     task: str
@@ -38,7 +42,9 @@ class RunInfo(_message.Message):
     rounds: int
     committed_rounds: int
     queue_position: int
-    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[str] = ..., task: _Optional[str] = ..., submitted_by: _Optional[str] = ..., submitted_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., reason: _Optional[str] = ..., settings_json: _Optional[str] = ..., rounds: _Optional[int] = ..., committed_rounds: _Optional[int] = ..., queue_position: _Optional[int] = ...) -> None: ...
+    name: str
+    existed: bool
+    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[str] = ..., task: _Optional[str] = ..., submitted_by: _Optional[str] = ..., submitted_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., reason: _Optional[str] = ..., settings_json: _Optional[str] = ..., rounds: _Optional[int] = ..., committed_rounds: _Optional[int] = ..., queue_position: _Optional[int] = ..., name: _Optional[str] = ..., existed: _Optional[bool] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ("limit",)

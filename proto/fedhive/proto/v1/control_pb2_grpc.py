@@ -70,7 +70,9 @@ class ControlServicer:
     """Missing associated documentation comment in .proto file."""
 
     def SubmitRun(self, request, context):
-        """Queue a run; refused (INVALID_ARGUMENT) with the same messages as a bad config file.
+        """Queue a run; refused (INVALID_ARGUMENT) with the same messages as a bad config file. A named
+        run is queued once: submitting its name again answers that run (existed, in any state), or
+        ALREADY_EXISTS when the settings differ from that run's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

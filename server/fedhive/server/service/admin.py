@@ -3,6 +3,7 @@
 ::
 
     fedhive run submit RUN.toml     queue a run (its settings: a `fedhive server --config` TOML)
+        [--name NAME]               ... once: a run of that name is not submitted again
     fedhive run list                the service's runs, queued, running and ended
     fedhive run status RUN_ID       the run, then its rounds live as the server shows them
     fedhive run stop RUN_ID         cancel it while queued, stop it while running
@@ -32,6 +33,7 @@ from fedhive.common.record import RoundRecord
 from fedhive.proto.v1 import control_pb2 as cpb
 from fedhive.server.progress import RichProgress, make_console, summary_table
 from fedhive.server.service.control import CONTROL
+from fedhive.server.service.queue import RUN_NAME_RULE, check_run_name
 from fedhive.server.service.settings import MAX_SETTINGS_BYTES
 
 TIMEOUT_S = 30.0
@@ -117,8 +119,9 @@ def _run_line(info: Any) -> str:
         said = info.reason
     elif info.state == "running" and info.reason:  # an administrator's stop, under way
         said = f"running, stopping ({info.reason})"
+    named = f" {json.dumps(info.name)}" if info.name else ""
     return (
-        f"run {info.run_id} {said}{where}  task {info.task}, "
+        f"run {info.run_id}{named} {said}{where}  task {info.task}, "
         f"{info.committed_rounds}/{info.rounds} rounds, submitted by {info.submitted_by}"
     )
 
@@ -162,12 +165,13 @@ def _nodes_table(nodes: Any) -> Table:
 
 def _runs_table(runs: Any) -> Table:
     table = Table(title="runs")
-    for col in ("run", "state", "task", "rounds", "submitted by", "submitted", "reason"):
+    for col in ("run", "name", "state", "task", "rounds", "submitted by", "submitted", "reason"):
         table.add_column(col)
     for r in runs.runs:
         state = f"{r.state} #{r.queue_position}" if r.queue_position else r.state
         table.add_row(
             r.run_id,
+            r.name or "-",
             state,
             r.task,
             f"{r.committed_rounds}/{r.rounds}",
@@ -203,6 +207,13 @@ def run_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="action", required=True)
     c = sub.add_parser("submit", help="queue a run")
     c.add_argument("settings", type=Path, help="the run's settings (TOML)")
+    c.add_argument(
+        "--name",
+        default="",
+        help=f"the run's name, its identity in the queue for good ({RUN_NAME_RULE}): a run of "
+        "that name is not submitted again (exit 0), or refused if its settings differ "
+        "(default none: a new run every time)",
+    )
     _connection_args(c)
     c = sub.add_parser("list", help="list the runs")
     _connection_args(c)
@@ -229,14 +240,21 @@ def run_main(argv: list[str] | None = None) -> int:
         client = _client(ns)
         try:
             if ns.action == "submit":
+                name = check_run_name(ns.name) if ns.name else ""
                 text = ns.settings.read_text(encoding="utf-8") if ns.settings.exists() else None
                 if text is None:
                     raise ConfigError(f"run settings file not found: {ns.settings}")
                 if len(text.encode()) > MAX_SETTINGS_BYTES:
                     raise ConfigError(f"{ns.settings} exceeds {MAX_SETTINGS_BYTES} bytes")
-                request = cpb.SubmitRunRequest(settings_toml=text)
+                request = cpb.SubmitRunRequest(settings_toml=text, name=name)
                 info = client.call("SubmitRun", request, cpb.RunInfo)
-                print(_run_line(info))
+                if info.existed:
+                    print(
+                        f"run {info.name} already submitted as {info.run_id} ({info.state}): "
+                        "not submitted again"
+                    )
+                else:
+                    print(_run_line(info))
             elif ns.action == "list":
                 runs = client.call("ListRuns", cpb.ListRunsRequest(), cpb.RunList)
                 make_console().print(_runs_table(runs))

@@ -16,6 +16,7 @@ import threading
 import time
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -32,7 +33,13 @@ from fedhive.common.errors import (
 )
 from fedhive.proto.v1 import control_pb2 as cpb
 from fedhive.server.identity import AdminGate
-from fedhive.server.service.queue import ENDED, QUEUED, RunEntry
+from fedhive.server.service.queue import (
+    ENDED,
+    MAX_RUN_NAME,
+    QUEUED,
+    RunEntry,
+    check_run_name,
+)
 from fedhive.server.service.settings import MAX_SETTINGS_BYTES
 from fedhive.server.store import read_committed, read_events
 
@@ -48,6 +55,16 @@ WATCH_POLL_S = 0.5
 MAX_ID = 64
 MAX_STOP_REASON = 500  # characters of an administrator's reason to stop a run
 DEFAULT_ROUNDS = ServerConfig.model_fields["rounds"].default
+
+
+@dataclass
+class Call:
+    """One control call as the audit table records it (``outcome``: "ok" unless the method says
+    otherwise, e.g. "existing" for a named run submitted again)."""
+
+    caller: str
+    outcome: str = "ok"
+    detail: str = ""
 
 
 def _run_id(text: str) -> str:
@@ -66,14 +83,15 @@ class ControlServicer:
     # ------------------------------------------------------------------ plumbing
 
     @contextlib.contextmanager
-    def _call(self, context: grpc.ServicerContext, action: str, target: str = "") -> Iterator[str]:
+    def _call(self, context: grpc.ServicerContext, action: str, target: str = "") -> Iterator[Call]:
         """Who calls (refused unless an administrator); the outcome goes to the audit table."""
         queue = self.service.queue
         caller = f"insecure:{context.peer()}"
+        call = Call(caller)
         try:
             if self.gate is not None:
-                caller = self.gate.identify(context)
-            yield caller
+                caller = call.caller = self.gate.identify(context)
+            yield call
         except RequestRefused as exc:
             if isinstance(exc, AccessDeniedError):
                 log.warning("control %s refused to %s: %s", action, context.peer(), exc)
@@ -93,7 +111,7 @@ class ControlServicer:
             queue.audit(caller, action, target, f"error: {type(exc).__name__}")
             context.abort(grpc.StatusCode.INTERNAL, f"internal error in {action}")
         else:
-            queue.audit(caller, action, target, "ok")
+            queue.audit(caller, action, target, call.outcome, call.detail)
 
     def _info(self, entry: RunEntry, position: int = 0) -> cpb.RunInfo:
         run_dir = self.service.run_dir(entry)
@@ -110,6 +128,7 @@ class ControlServicer:
             rounds=int(entry.settings.get("rounds", DEFAULT_ROUNDS)),
             committed_rounds=read_committed(run_dir) if entry.state != QUEUED else 0,
             queue_position=position,
+            name=entry.name,
         )
 
     def _positions(self) -> dict[str, int]:
@@ -119,7 +138,8 @@ class ControlServicer:
     # ------------------------------------------------------------------ methods
 
     def submit_run(self, request: cpb.SubmitRunRequest, context: Any) -> cpb.RunInfo:
-        with self._call(context, "submit") as caller:
+        with self._call(context, "submit", request.name[: MAX_RUN_NAME + 1]) as call:
+            name = check_run_name(request.name) if request.name else ""
             if self.service.exit_when_idle:
                 raise RunStateError(
                     "this coordinator runs one run (fedhive server) and exits: submit runs to a "
@@ -132,10 +152,19 @@ class ControlServicer:
                 settings = tomllib.loads(text)
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"run settings are not valid TOML: {exc}") from exc
-            entry = self.service.submit(settings, caller)
-            self.service.queue.audit(caller, "queued", entry.run_id, "ok", entry.task)
+            if name:
+                done = self.service.submit_once(settings, call.caller, name)
+                entry, existed = done.entry, done.existed
+            else:
+                entry, existed = self.service.submit(settings, call.caller), False
+            if existed:  # nothing queued: the audit says which run the name answered
+                call.outcome, call.detail = "existing", f"{entry.run_id} ({entry.state})"
+            else:
+                self.service.queue.audit(call.caller, "queued", entry.run_id, "ok", entry.task)
             positions = self._positions()  # (the driver may have started it already)
-            return self._info(self.service.queue.get(entry.run_id), positions.get(entry.run_id, 0))
+            info = self._info(self.service.queue.get(entry.run_id), positions.get(entry.run_id, 0))
+            info.existed = existed
+            return info
         raise AssertionError("unreachable")
 
     def list_runs(self, request: cpb.ListRunsRequest, context: Any) -> cpb.RunList:
@@ -153,9 +182,9 @@ class ControlServicer:
         raise AssertionError("unreachable")
 
     def stop_run(self, request: cpb.StopRunRequest, context: Any) -> cpb.RunInfo:
-        with self._call(context, "stop run", request.run_id[:MAX_ID]) as caller:
+        with self._call(context, "stop run", request.run_id[:MAX_ID]) as call:
             reason = request.reason.strip()[:MAX_STOP_REASON]
-            entry = self.service.cancel(_run_id(request.run_id), caller, reason)
+            entry = self.service.cancel(_run_id(request.run_id), call.caller, reason)
             return self._info(entry)
         raise AssertionError("unreachable")
 

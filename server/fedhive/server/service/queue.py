@@ -2,13 +2,17 @@
 
 ::
 
-    runs   (seq, run_id, state, settings, submitted_by, submitted_at, started_at, ended_at, reason)
+    runs   (seq, run_id, state, settings, submitted_by, submitted_at, started_at, ended_at, reason,
+            name)
     audit  (id, time, caller, action, target, outcome, detail)
 
 A run moves ``queued -> running -> finished | aborted | stopped | failed``, or ``queued ->
 cancelled``. While a run is ``running`` its ``reason`` is empty unless an administrator asked to
 stop it (:meth:`RunQueue.request_stop`): the request is durable, so a service killed before the run
-stopped stops it on restart; a run that finishes anyway ends ``finished``. The queue is FIFO by
+stopped stops it on restart; a run that finishes anyway ends ``finished``. A run may have a name
+(:meth:`RunQueue.submit_once`), unique in the queue for good whatever the run's state: the run's
+identity, as an idempotency key (submitting the name again queues nothing and answers the run that
+has it; refused if the settings differ). The queue is FIFO by
 ``seq``; at most one run is ``running``. Every change is one SQLite transaction (WAL, synchronous
 FULL): a service killed at any instant finds on restart the run it was running (still ``running``:
 it resumes from the run's own directory) and its queue. Without a state directory (the one-shot
@@ -18,6 +22,7 @@ it resumes from the run's own directory) and its queue. Without a state director
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import sqlite3
 import threading
@@ -27,7 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedhive.common.errors import FedhiveError, LimitExceededError, RunStateError, UnknownRunError
+from fedhive.common.errors import (
+    FedhiveError,
+    InvalidUpdateError,
+    LimitExceededError,
+    RunNameTakenError,
+    RunStateError,
+    UnknownRunError,
+)
 
 QUEUED, RUNNING = "queued", "running"
 FINISHED, ABORTED, STOPPED, FAILED, CANCELLED = (
@@ -41,6 +53,9 @@ ENDED = frozenset({FINISHED, ABORTED, STOPPED, FAILED, CANCELLED})
 MAX_QUEUED = 1000  # runs waiting at once: a submission beyond it is refused
 MAX_REASON = 2000  # characters of a run's recorded reason
 MAX_AUDIT = 100_000  # audit rows kept (the oldest are dropped beyond it)
+MAX_RUN_NAME = 64
+RUN_NAME = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_RUN_NAME}}}")
+RUN_NAME_RULE = f"1 to {MAX_RUN_NAME} characters of A-Z a-z 0-9 . _ -"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -52,7 +67,8 @@ CREATE TABLE IF NOT EXISTS runs (
     submitted_at REAL NOT NULL,
     started_at REAL,
     ended_at REAL,
-    reason TEXT NOT NULL DEFAULT ''
+    reason TEXT NOT NULL DEFAULT '',
+    name TEXT
 );
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -64,6 +80,8 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL
 );
 """
+# after any migration (a queue written before runs had names gets the column first)
+NAME_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS runs_name ON runs(name)"  # NULLs: no name
 
 
 @dataclass(frozen=True)
@@ -77,6 +95,7 @@ class RunEntry:
     started_at: float | None
     ended_at: float | None
     reason: str
+    name: str = ""  # "" when submitted without one
 
     @property
     def task(self) -> str:
@@ -93,15 +112,36 @@ class AuditRecord:
     detail: str
 
 
-COLUMNS = "seq, run_id, state, settings, submitted_by, submitted_at, started_at, ended_at, reason"
+@dataclass(frozen=True)
+class Submission:
+    entry: RunEntry
+    existed: bool  # the name was taken already: nothing was queued, ``entry`` is that run
+
+
+COLUMNS = (
+    "seq, run_id, state, settings, submitted_by, submitted_at, started_at, ended_at, reason, name"
+)
 
 
 def _entry(row: tuple[Any, ...]) -> RunEntry:
-    seq, run_id, state, settings, by, at, started, ended, reason = row
+    seq, run_id, state, settings, by, at, started, ended, reason, name = row
     return RunEntry(
         int(seq), str(run_id), str(state), json.loads(settings), str(by), float(at),
-        started, ended, str(reason),
+        started, ended, str(reason), str(name or ""),
     )  # fmt: skip
+
+
+def check_run_name(text: str) -> str:
+    """A run's name as given (refused unless it follows :data:`RUN_NAME_RULE`)."""
+    if not RUN_NAME.fullmatch(text):
+        shown = text[: MAX_RUN_NAME + 1]
+        raise InvalidUpdateError(f"run name {shown!r} is not {RUN_NAME_RULE}")
+    return text
+
+
+def canonical(settings: Mapping[str, Any]) -> str:
+    """The settings as the queue stores and compares them."""
+    return json.dumps(dict(settings), sort_keys=True, default=str)
 
 
 class RunQueue:
@@ -118,6 +158,10 @@ class RunQueue:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")
             db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+            if "name" not in columns:  # a queue written before runs had names
+                db.execute("ALTER TABLE runs ADD COLUMN name TEXT")
+            db.execute(NAME_INDEX)
         except sqlite3.Error as exc:
             raise FedhiveError(f"cannot open the service's queue {target}: {exc}") from exc
         self._db = db
@@ -137,23 +181,44 @@ class RunQueue:
     def submit(
         self, settings: Mapping[str, Any], submitted_by: str, run_id: str | None = None
     ) -> RunEntry:
-        run_id = run_id or secrets.token_hex(8)
-        body = json.dumps(dict(settings), sort_keys=True, default=str)
         with self._lock:
-            waiting = self._db.execute(
-                "SELECT COUNT(*) FROM runs WHERE state = ?", (QUEUED,)
-            ).fetchone()[0]
-            if waiting >= MAX_QUEUED:
-                raise LimitExceededError(
-                    f"the queue already holds {waiting} runs (at most {MAX_QUEUED})"
+            return self._insert(canonical(settings), submitted_by, run_id, None)
+
+    def submit_once(self, settings: Mapping[str, Any], submitted_by: str, name: str) -> Submission:
+        """Queue a run named ``name`` unless a run of that name exists, in any state: then it is
+        that run (``existed``), or a RunNameTakenError if its settings differ. Atomic: of
+        concurrent submissions of one name, one queues the run."""
+        name = check_run_name(name)
+        body = canonical(settings)
+        with self._lock:
+            row = self._db.execute(f"SELECT {COLUMNS} FROM runs WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return Submission(self._insert(body, submitted_by, None, name), False)
+            entry = _entry(row)
+            if canonical(entry.settings) != body:
+                raise RunNameTakenError(
+                    f"run name {name!r} is taken by run {entry.run_id} ({entry.state}) with "
+                    "other settings: a name is one run's; give another run another name"
                 )
-            self._db.execute(
-                "INSERT INTO runs(run_id, state, settings, submitted_by, submitted_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (run_id, QUEUED, body, submitted_by, time.time()),
+            return Submission(entry, True)
+
+    def _insert(self, body: str, by: str, run_id: str | None, name: str | None) -> RunEntry:
+        """(Under the lock.)"""
+        run_id = run_id or secrets.token_hex(8)
+        waiting = self._db.execute(
+            "SELECT COUNT(*) FROM runs WHERE state = ?", (QUEUED,)
+        ).fetchone()[0]
+        if waiting >= MAX_QUEUED:
+            raise LimitExceededError(
+                f"the queue already holds {waiting} runs (at most {MAX_QUEUED})"
             )
-            self.changed.notify_all()
-            return self._one(run_id)
+        self._db.execute(
+            "INSERT INTO runs(run_id, state, settings, submitted_by, submitted_at, name) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, QUEUED, body, by, time.time(), name),
+        )
+        self.changed.notify_all()
+        return self._one(run_id)
 
     def get(self, run_id: str) -> RunEntry:
         with self._lock:
@@ -165,6 +230,12 @@ class RunQueue:
                 f"SELECT {COLUMNS} FROM runs ORDER BY seq DESC LIMIT ?", (limit,)
             ).fetchall()
         return [_entry(r) for r in reversed(rows)]
+
+    def names(self) -> dict[str, str]:
+        """Run id -> name, of the runs that have one."""
+        with self._lock:
+            rows = self._db.execute("SELECT run_id, name FROM runs WHERE name IS NOT NULL")
+            return {str(run_id): str(name) for run_id, name in rows.fetchall()}
 
     def queued(self) -> int:
         with self._lock:

@@ -55,6 +55,7 @@ from fedhive.server.service.queue import (
     STOPPED,
     RunEntry,
     RunQueue,
+    Submission,
 )
 from fedhive.server.service.settings import check_settings, compose, run_fields
 from fedhive.server.service.switchboard import Switchboard
@@ -117,6 +118,7 @@ class Service:
 
             runs = RunDirs.under(state_dir / RUNS) if state_dir is not None else None
             self.status = status_part(base, runs)
+            self.status.names = self.queue.names  # the page shows a named run's name
         self.port = 0
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -204,6 +206,18 @@ class Service:
         entry = self.queue.submit(check_settings(self.base, settings), caller)
         log.info("run %s (%s) queued by %s", entry.run_id, entry.task, caller)
         return entry
+
+    def submit_once(self, settings: Mapping[str, Any], caller: str, name: str) -> Submission:
+        """Queue the run named ``name`` unless a run has that name (see RunQueue.submit_once)."""
+        done = self.queue.submit_once(check_settings(self.base, settings), caller, name)
+        entry = done.entry
+        if done.existed:
+            log.info(
+                "run %s (%s) already submitted as %s: not again", name, entry.state, entry.run_id
+            )
+        else:
+            log.info("run %s (%s, %s) queued by %s", entry.run_id, name, entry.task, caller)
+        return done
 
     def current(self) -> Current | None:
         with self._lock:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ class StatusSources:
     nodes: Callable[[], list[dict[str, Any]]]  # the live registry, as the page shows it
     live_run_id: Callable[[], str | None]  # the run this process is running now (None: none)
     max_rounds: int = 500
+    names: Callable[[], Mapping[str, str]] = dict  # run id -> its name in a service's queue
 
 
 def _cookie_value(token: str) -> str:
@@ -91,6 +92,12 @@ class _Protect(BaseHTTPMiddleware):
         return response
 
 
+def _named(runs: list[Any], names: Mapping[str, str]) -> list[Any]:
+    for run in runs:
+        run["name"] = names.get(run["run_id"], "")
+    return runs
+
+
 def build_app(sources: StatusSources, *, token: str | None, page: bool = True) -> Starlette:
     """The ASGI app: ``/metrics`` always; with ``page`` the page, its API and its files."""
 
@@ -121,7 +128,7 @@ def build_app(sources: StatusSources, *, token: str | None, page: bool = True) -
                 "queue_length": sources.metrics.queued,
                 "connected_nodes": sum(1 for n in nodes if n["connected"]),
                 "nodes": nodes,
-                "runs": read_runs(sources.runs, sources.max_rounds, live),
+                "runs": _named(read_runs(sources.runs, sources.max_rounds, live), sources.names()),
             }
         )
 

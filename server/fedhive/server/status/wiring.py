@@ -10,6 +10,7 @@ one with ``RunDirs.under(STATE_DIR / "runs")``, attaches each run's engine as it
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fedhive.common.config import ServerConfig
@@ -51,6 +52,7 @@ class StatusPart:
         self.runs = runs or RunDirs.single(config.run_dir)
         self.server: StatusServer | None = None
         self.coordinator: Any = None  # the engine of the run under way (None: none)
+        self.names: Callable[[], Mapping[str, str]] = dict  # a service's run names, by run id
 
     def listener(self, other: Any = None) -> Listeners:
         """The engine's listener: ``other`` (e.g. the progress display), then the metrics."""
@@ -75,7 +77,12 @@ class StatusPart:
         self.metrics.watch_nodes(lambda: sum(1 for n in self.nodes() if n["connected"]))
         self.metrics.set_queue_length(queue_length)
         sources = StatusSources(
-            self.runs, self.metrics, self.nodes, self.live_run_id, self.config.max_rounds_shown
+            self.runs,
+            self.metrics,
+            self.nodes,
+            self.live_run_id,
+            self.config.max_rounds_shown,
+            self.names,
         )
         app = build_app(sources, token=self.token, page=self.config.page)
         self.server = StatusServer(app, self.config).start()

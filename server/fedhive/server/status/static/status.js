@@ -72,7 +72,7 @@ function runSection(run) {
 
 function renderRun(run) {
   const section = runSection(run);
-  section.querySelector("h2").textContent = `run ${run.run_id}`;
+  section.querySelector("h2").textContent = run.name ? `run ${run.run_id} (${run.name})` : `run ${run.run_id}`;
   if (run.error) {
     section.querySelector(".meta").textContent = `cannot read ${run.run_dir}: ${run.error}`;
     return;
