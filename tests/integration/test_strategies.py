@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -9,64 +12,82 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from fedhive.common.config import ServerConfig
 from fedhive.common.tasks import digits
 from fedhive.server.coordinator import RunAborted
+from fedhive.server.service.queue import FINISHED
+from fedhive.server.service.service import Service
 from fedhive.server.store import RunStore
 from tests.integration.harness import start_coordinator, start_node, wait_all
+from tests.integration.standing import events, run_settings, start_standing_node
 
-DIGITS = "fedhive.common.tasks.digits:make_task"
 HOSTILE = "tests.integration.byzantine_task:make_task"
 
 
-def digits_run(
-    tmp_path: Path, strategy: str, args: dict[str, Any], hostile: int, honest: int, rounds: int
-) -> list[dict[str, Any]]:
-    """A digits federation (IID shares) in which ``hostile`` nodes poison every update."""
-    nodes = hostile + honest
-    server_dir, dirs = digits.prepare_simulation(tmp_path / "data", nodes, None, 0)
-    coord = start_coordinator(
-        tmp_path,
-        task=DIGITS,
-        task_args={},
-        rounds=rounds,
-        min_nodes=nodes,
-        min_updates=nodes,
-        train={"epochs": 3},
-        eval_data=server_dir,
-        strategy=strategy,
-        strategy_args=args,
-        round_timeout_s=120.0,
-    )
-    procs = [
-        start_node(
-            coord.address,
-            f"n{i}",
-            i,
-            task=HOSTILE if i < hostile else DIGITS,
-            task_args={},
-            data=d,
-            log=tmp_path / f"node-{i}.log",
-        )
-        for i, d in enumerate(dirs)
-    ]
-    history = coord.join(timeout=300)
-    assert wait_all(procs, timeout=60) == [0] * nodes
-    return [e for e in history if e["event"] == "round"]
+RULES: dict[str, dict[str, Any]] = {
+    "fedavg": {},
+    "fedmedian": {},
+    "multikrum": {"f": 1, "m": 3},
+}
+RUN_TIMEOUT_S = 300.0
 
 
 def test_robust_rules_withstand_a_poisoning_member_that_breaks_fedavg(tmp_path: Path) -> None:
-    # Prepare: 5 nodes, one of which sends its weights sign-flipped and scaled by 10 every round
+    # Prepare: 5 standing digits nodes (IID shares), one of which sends its weights sign-flipped
+    # and scaled by 10 every round; a coordinator service with the same 3-round run queued under
+    # each rule (one federation, its nodes started once, serves the three runs one after another)
+    hostile, nodes = 1, 5
+    server_dir, dirs = digits.prepare_simulation(tmp_path / "data", nodes, None, 0)
+    service = Service(ServerConfig(address="127.0.0.1:0", insecure=True, progress=False), tmp_path)
+    port = service.start()
+    driver = threading.Thread(target=service.serve, name="service driver")
+    driver.start()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        runs = {
+            name: service.submit(
+                run_settings(
+                    HOSTILE,
+                    rounds=3,
+                    min_nodes=nodes,
+                    min_updates=nodes,
+                    train={"epochs": 3},
+                    eval_data=str(server_dir),
+                    strategy=name,
+                    strategy_args=args,
+                    round_timeout_s=120.0,
+                ),
+                "test",
+            ).run_id
+            for name, args in RULES.items()
+        }
+        procs = [
+            start_standing_node(
+                tmp_path,
+                port,
+                f"n{i}",
+                {HOSTILE: {"data_dir": d, "task_args": {"poison": int(i < hostile)}}},
+                seed=i,
+            )[0]
+            for i, d in enumerate(dirs)
+        ]
 
-    # Execute: the same federation under three rules
+        # Execute: the same federation under three rules
+        ended = {name: service.queue.wait_ended(r, RUN_TIMEOUT_S) for name, r in runs.items()}
+    finally:
+        service.request_stop()
+        service.stop(grace=0.5)
+        driver.join(30)
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM) if proc.poll() is None else None
+        codes = wait_all(procs, timeout=30)
+    assert [e.state for e in ended.values()] == [FINISHED] * 3, ended
+    assert codes == [0] * nodes, codes
     accuracy = {
-        name: digits_run(tmp_path / name, name, args, hostile=1, honest=4, rounds=3)[-1][
+        name: [e for e in events(tmp_path / "runs" / r) if e["event"] == "round"][-1][
             "server_evaluate"
         ]["accuracy"]
-        for name, args in (
-            ("fedavg", {}),
-            ("fedmedian", {}),
-            ("multikrum", {"f": 1, "m": 3}),
-        )
+        for name, r in runs.items()
     }
 
     # Assert: FedAvg is wrecked; the median and MultiKrum learn as if the member were absent

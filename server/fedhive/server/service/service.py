@@ -185,10 +185,10 @@ class Service:
             return False
 
     def _starting(self) -> bool:
-        """A run is ``running`` in the queue but not served yet (being started or resumed)."""
-        with self._lock:
-            if self._current is not None:
-                return False
+        """A run is ``running`` in the queue but not served yet (being started or resumed; the
+        switchboard, not ``_current``, says whether it is served: ``_current`` is set first)."""
+        if self.switchboard.servicer is not None:
+            return False
         return self.queue.running() is not None
 
     @property

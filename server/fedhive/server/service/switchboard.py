@@ -8,7 +8,8 @@ Between runs a node call is answered at once: ``Join`` naming a run that is over
 nor running) gets NOT_FOUND (a standing node goes back to waiting for a run); a session call
 (pull, heartbeat ...) gets UNAUTHENTICATED (join again); a one-shot node's ``Join`` gets
 UNAVAILABLE (retry later). While the service is (re)starting a run, every node call gets
-UNAVAILABLE: its nodes retry until the run is served again, instead of leaving it.
+UNAVAILABLE: its nodes retry until the run is served again, instead of leaving it; so does a
+call routed here just before a run started to be served (it retries into that run).
 Under mutual TLS every call between runs first passes the service's peer gate (CA, CRL, node
 certificate, allow-list), as a run's calls pass the run's: a revoked node is refused
 (PERMISSION_DENIED) before it learns anything, even that no run is running.
@@ -92,6 +93,16 @@ class Switchboard(grpc.GenericRpcHandler):
 
     # ------------------------------------------------------------------ between runs
 
+    def _retry(self) -> bool:
+        """Whether a call answered between runs is told to retry shortly: a run is about to be
+        served, or is served now (the call was routed here just before it was; told its session
+        is over, a resumed run's node would join again and leave its old session behind, waited
+        out by the round as a silent node)."""
+        with self._lock:
+            if self._current is not None:
+                return True
+        return self._starting()
+
     def _admit(self, context: grpc.ServicerContext, method: str) -> None:
         """The peer gate, as during a run: refused (aborted) unless a live node of the CA."""
         if self._gate is not None:
@@ -104,7 +115,7 @@ class Switchboard(grpc.GenericRpcHandler):
             run_id = pb.JoinRequest.FromString(request).run_id[:64]
         except Exception:  # a malformed request: refused like any other
             return _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed JoinRequest")
-        if self._starting():  # (a resumed one-shot run keeps its directory's id, not the queue's)
+        if self._retry():  # (a resumed one-shot run keeps its directory's id, not the queue's)
             return _abort(context, grpc.StatusCode.UNAVAILABLE, STARTING)
         if run_id and not self._live(run_id):
             return _abort(context, grpc.StatusCode.NOT_FOUND, f"run {run_id!r} is not running")
@@ -112,7 +123,7 @@ class Switchboard(grpc.GenericRpcHandler):
 
     def _session_over(self, context: grpc.ServicerContext, method: str) -> Any:
         self._admit(context, method)
-        if self._starting():
+        if self._retry():
             return _abort(context, grpc.StatusCode.UNAVAILABLE, STARTING)
         return _abort(context, grpc.StatusCode.UNAUTHENTICATED, f"{NO_RUN}: this session is over")
 
