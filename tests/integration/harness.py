@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,13 @@ class CoordinatorThread:
             raise self.result["error"]
         history: list[dict[str, Any]] = self.result["history"]
         return history
+
+    def wait_joined(self, name: str, timeout: float = 60.0) -> None:
+        """Until a node named ``name`` has joined the run (raises after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while not any(n.name == name for n in self.running.coordinator.nodes().values()):
+            assert time.monotonic() < deadline, f"node {name} did not join in {timeout:g}s"
+            time.sleep(0.05)
 
     def stop(self) -> None:
         """Stop the server and the run; join the run's thread (idempotent)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,20 +35,19 @@ SECURE = {
 def test_a_node_killed_mid_round_leaves_less_noise_and_more_epsilon(tmp_path: Path) -> None:
     # Prepare: 4 nodes, distributed DP in SecAgg+; n1 (which trains a little longer) is
     # killed in round 2 once the first masked (already noised) upload was folded: it has
-    # exchanged keys but its noise never reaches the sum
+    # exchanged keys but its noise never reaches the sum. n1 joins first: the run (3 nodes
+    # suffice, as after the kill) could otherwise be over before a slow start joined it
     killer = Killer(2, "update", victim_prefix="n1-")
     coord = start_coordinator(tmp_path, killer, rounds=ROUNDS, min_nodes=NODES - 1, **SECURE)
-    procs = [
-        start_node(
-            coord.address,
-            f"n{i}",
-            seed=i,
-            task_args={**ARGS, "train_s": 1.0} if i == 1 else ARGS,
-            log=tmp_path / f"n{i}.log",
-        )
-        for i in range(NODES)
-    ]
-    killer.victim = procs[1]
+
+    def node(i: int) -> subprocess.Popen[bytes]:
+        args = {**ARGS, "train_s": 1.0} if i == 1 else ARGS
+        return start_node(coord.address, f"n{i}", i, task_args=args, log=tmp_path / f"n{i}.log")
+
+    victim = node(1)
+    coord.wait_joined("n1")
+    procs = [node(0), victim, *(node(i) for i in range(2, NODES))]
+    killer.victim = victim
 
     # Execute
     history = coord.join(timeout=240)

@@ -100,13 +100,18 @@ def test_five_nodes_one_killed_mid_round_match_fedavg_of_the_survivors(tmp_path:
     # Prepare: 5 nodes, secure aggregation; node n2 is killed once the first masked upload of
     # the first round from 2 on that selected it was folded (the others are between their
     # uploads and the unmask step).
+    # n2 joins first: the run (4 nodes suffice) could otherwise be over before a slow start
+    # joined it
     killer = Killer(2, "update", victim_prefix="n2-")
     coord = start_coordinator(tmp_path, killer, rounds=ROUNDS, min_nodes=4, **SECURE)
-    procs = [
-        start_node(coord.address, f"n{i}", seed=i, task_args=ARGS, log=tmp_path / f"n{i}.log")
-        for i in range(5)
-    ]
-    killer.victim = procs[2]
+
+    def node(i: int) -> subprocess.Popen[bytes]:
+        return start_node(coord.address, f"n{i}", i, task_args=ARGS, log=tmp_path / f"n{i}.log")
+
+    victim = node(2)
+    coord.wait_joined("n2")
+    procs = [node(0), node(1), victim, node(3), node(4)]
+    killer.victim = victim
 
     # Execute
     history = coord.join(timeout=240)
