@@ -39,7 +39,7 @@ def events(run_dir: Path) -> list[dict]:
 def test_central_dp_budget_stops_the_run_and_survives_a_sigkill(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Prepare: 2 digits nodes that outlive the coordinator; a budget of three rounds (of 6)
+    # Prepare: 2 digits nodes that outlive the coordinator; a budget of three rounds (of 10)
     _, dirs = digits.prepare_simulation(tmp_path / "data", 2, 0.5, 0)
     port, run_dir = free_port(), tmp_path / "run"
     config = tmp_path / "server.toml"
