@@ -46,7 +46,7 @@ from fedhive.common.config import ServerConfig
 from fedhive.common.errors import AggregationError, InvalidUpdateError
 from fedhive.common.wire.tensors import TensorSpec, from_float, peak_magnitude, raw_view, to_float
 from fedhive.server.privacy.noise import SLICE
-from fedhive.server.strategy.base import Aggregator, StagedUpdate
+from fedhive.server.strategy.base import Aggregator, StagedUpdate, delta_pieces
 
 log = logging.getLogger("fedhive.server")
 
@@ -218,13 +218,8 @@ class CoordinatorStages:
     ) -> Iterator[Block]:
         start = 0
         for index, spec in enumerate(self.specs):
-            pos = 0
-            for piece in update.pieces(index):
-                values = to_float(piece, spec.dtype).astype(np.float64)
-                n = values.size
-                values -= _float(current[index][pos : pos + n], spec)
-                yield Block(start + pos, values)
-                pos += n
+            for pos, delta in delta_pieces(update, index, spec, current[index]):
+                yield Block(start + pos, delta)
             start += spec.numel
 
     def finalize(self) -> list[np.ndarray]:

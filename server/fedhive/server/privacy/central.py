@@ -41,7 +41,7 @@ from fedhive.common.errors import AggregationError, ConfigError
 from fedhive.common.privacy.central import CentralDPSettings
 from fedhive.common.wire.tensors import TensorSpec, from_float, raw_view, to_float
 from fedhive.server.privacy.noise import SLICE, GaussianNoise
-from fedhive.server.strategy.base import Aggregator, StagedUpdate
+from fedhive.server.strategy.base import Aggregator, StagedUpdate, delta_pieces
 
 DELEGATED = frozenset({"configure", "aggregate_metrics", "state_arrays", "restore_arrays"})
 """Optional strategy hooks the wrapper passes to the strategy it wraps."""
@@ -117,15 +117,7 @@ class CentralDP:
 
     def _deltas(self, update: StagedUpdate, index: int) -> Iterator[tuple[int, np.ndarray]]:
         """(offset, float64 delta) pieces of tensor ``index`` of ``update``."""
-        spec = self.specs[index]
-        current = self._global[index]
-        pos = 0
-        for piece in update.pieces(index):
-            values = to_float(piece, spec.dtype).astype(np.float64)
-            n = values.size
-            base = to_float(np.ascontiguousarray(current[pos : pos + n]), spec.dtype)
-            yield pos, values - base
-            pos += n
+        return delta_pieces(update, index, self.specs[index], self._global[index])
 
     def norm(self, update: StagedUpdate) -> float:
         """The L2 norm of the update's delta over the whole model."""

@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from fedhive.common.wire.tensors import TensorSpec
+from fedhive.common.wire.tensors import TensorSpec, to_float
 
 
 class StagedUpdate(Protocol):
@@ -19,6 +19,20 @@ class StagedUpdate(Protocol):
     def pieces(self, tensor: int) -> Iterator[memoryview]:
         """The raw bytes of tensor ``tensor`` in order, in pieces."""
         ...
+
+
+def delta_pieces(
+    update: StagedUpdate, index: int, spec: TensorSpec, current: np.ndarray
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(offset, float64 delta) pieces of tensor ``index`` of ``update``: its values less
+    ``current`` (that tensor of the round's global model, raw), piece by piece."""
+    pos = 0
+    for piece in update.pieces(index):
+        values = to_float(piece, spec.dtype).astype(np.float64)
+        n = values.size
+        values -= to_float(np.ascontiguousarray(current[pos : pos + n]), spec.dtype)
+        yield pos, values
+        pos += n
 
 
 @runtime_checkable
